@@ -1,0 +1,121 @@
+"""Settings from the environment (and `st.secrets` when the UI passes them in), pydantic-settings.
+
+No key set means everything runs offline on one machine: SQLite under DATA_DIR, local folder
+storage, offline providers. Each capability switches to its real provider once its key is set,
+unless forced with IMAGE_PROVIDER / VIDEO_PROVIDER / MODERATION_PROVIDER / STORAGE_BACKEND.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ProviderChoice = Literal["auto", "openai", "fal", "offline"]
+StorageChoice = Literal["auto", "s3", "local"]
+
+STEP_TIMEOUT_DEFAULTS_S: dict[str, float] = {
+    "validate": 60,
+    "generate_image": 300,
+    "upload_image": 120,
+    "generate_video": 900,
+    "upload_video": 300,
+    "finalize": 120,
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # Where things live
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    local_storage_dir: Path | None = None
+
+    # Real providers (names as the original system used them)
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    fal_key: SecretStr | None = None
+    fal_queue_run_host: str | None = None
+    s3_bucket_name: str | None = None
+    s3_region: str | None = None
+    s3_endpoint_url: str | None = None
+    redis_url: str | None = None
+
+    image_provider: ProviderChoice = "auto"
+    video_provider: ProviderChoice = "auto"
+    moderation_provider: ProviderChoice = "auto"
+    storage_backend: StorageChoice = "auto"
+    image_model: str = "gpt-image-2"
+    video_model: str = "fal-ai/veo3.1/image-to-video"
+    moderation_model: str = "omni-moderation-latest"
+
+    # Offline providers and fault injection
+    offline_latency_s: float = Field(1.5, ge=0)
+    offline_blocklist: str = "gore,beheading,massacre,child abuse,terrorist attack,nazi"
+    fault_latency_s: float = Field(0.0, ge=0)
+    fault_transient_rate: float = Field(0.0, ge=0, le=1)
+    fault_permanent_rate: float = Field(0.0, ge=0, le=1)
+    fault_seed: int | None = None
+
+    # Engine
+    worker_threads: int = Field(4, ge=1, le=64)
+    starting_credits: int = Field(100, ge=0)
+    retry_max_attempts: int = Field(4, ge=1)
+    retry_initial_wait_s: float = Field(1.0, ge=0)
+    retry_max_wait_s: float = Field(30.0, ge=0)
+    poll_interval_s: float = Field(3.0, ge=0)
+    progress_min_interval_s: float = Field(0.5, ge=0)
+    heartbeat_interval_s: float = Field(5.0, gt=0)
+    heartbeat_stale_s: float = Field(60.0, gt=0)
+    recovery_interval_s: float = Field(30.0, gt=0)
+    max_recoveries: int = Field(3, ge=0)
+    step_timeouts_s: dict[str, float] = Field(default_factory=dict)
+    presign_expiry_s: int = Field(3600, gt=0)
+    webhook_url: str | None = None
+
+    # Accounts
+    admin_email: str | None = None
+    admin_password: SecretStr | None = None
+
+    # `DEBUG=workflow:*` turns on debug logging for the engine, as in the original system.
+    debug: str = ""
+
+    @field_validator("step_timeouts_s")
+    @classmethod
+    def _known_steps_only(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = set(value) - set(STEP_TIMEOUT_DEFAULTS_S)
+        if unknown:
+            raise ValueError(f"unknown step names {sorted(unknown)}")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'reelforge.db').resolve()}"
+
+    @property
+    def resolved_storage_dir(self) -> Path:
+        return (self.local_storage_dir or self.data_dir / "storage").resolve()
+
+    @property
+    def offline_provider_dir(self) -> Path:
+        """Where the offline video 'service' keeps its jobs, so a restarted app can reattach."""
+        return (self.data_dir / "offline-provider").resolve()
+
+    def step_timeout_s(self, step: str) -> float:
+        return self.step_timeouts_s.get(step, STEP_TIMEOUT_DEFAULTS_S[step])
+
+    @property
+    def blocklist(self) -> tuple[str, ...]:
+        return tuple(w.strip().lower() for w in self.offline_blocklist.split(",") if w.strip())
+
+    @property
+    def debug_workflow(self) -> bool:
+        return any(p.strip() in ("workflow:*", "*", "workflow") for p in self.debug.split(","))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment; `overrides` (e.g. from st.secrets) win."""
+    return Settings(**overrides)

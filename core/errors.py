@@ -1,0 +1,111 @@
+"""Every exception the project raises, and the failure categories stored on failed runs."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class FailureCategory(StrEnum):
+    """Why a step or workflow failed; stored as a plain string, grouped on the monitoring page."""
+
+    INVALID_REQUEST = "invalid_request"
+    MODERATION = "moderation"
+    CONTENT_POLICY = "content_policy"
+    PROVIDER_AUTH = "provider_auth"
+    PROVIDER_REJECTED = "provider_rejected"
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
+    TIMEOUT = "timeout"
+    STORAGE = "storage"
+    VERIFICATION = "verification"
+    STALE = "stale"
+    INTERNAL = "internal"
+
+
+class ReelforgeError(Exception):
+    """Base of every project exception."""
+
+
+class RequestValidationError(ReelforgeError):
+    """A user request was refused; `problems` maps each offending field to a readable message."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{field}: {msg}" for field, msg in problems.items()))
+
+
+class InsufficientCreditsError(ReelforgeError):
+    def __init__(self, needed: int, balance: int) -> None:
+        self.needed = needed
+        self.balance = balance
+        super().__init__(f"This run costs {needed} credits but the balance is {balance}.")
+
+
+class NotFoundError(ReelforgeError):
+    """The thing does not exist, or the caller may not see it (deliberately indistinguishable)."""
+
+
+class PermissionDeniedError(ReelforgeError):
+    pass
+
+
+class InvalidTransitionError(ReelforgeError):
+    """A state write that the transition table forbids, or that lost a race to another writer."""
+
+
+class ProviderError(ReelforgeError):
+    """A provider call failed. Adapters translate SDK errors into the two subclasses below."""
+
+    category = FailureCategory.PROVIDER_REJECTED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        code: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        self.message = message
+        self.provider = provider
+        self.code = code
+        self.status_code = status_code
+        super().__init__(message)
+
+
+class TransientProviderError(ProviderError):
+    """Worth retrying: 429, 5xx, timeouts, dropped connections."""
+
+    category = FailureCategory.PROVIDER_UNAVAILABLE
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, **kwargs) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message, **kwargs)
+
+
+class PermanentProviderError(ProviderError):
+    """Retrying cannot help: bad request, content policy, bad credentials."""
+
+    def __init__(self, message: str, *, category: FailureCategory | None = None, **kwargs) -> None:
+        if category is not None:
+            self.category = category
+        super().__init__(message, **kwargs)
+
+
+class StepFailedError(ReelforgeError):
+    """A step decided on its own that the run cannot go on (flagged prompt, unreadable output)."""
+
+    def __init__(self, message: str, category: FailureCategory) -> None:
+        self.category = category
+        super().__init__(message)
+
+
+class StepTimeoutError(ReelforgeError):
+    category = FailureCategory.TIMEOUT
+
+
+class WorkflowCancelledError(ReelforgeError):
+    """Raised inside a step when the user's cancel flag is seen; ends the run `cancelled`."""
+
+
+class RunnerStoppingError(ReelforgeError):
+    """The executor is shutting down; the run is released untouched for recovery to resume."""
