@@ -1,0 +1,260 @@
+"""The credit ledger: append-only transactions plus a cached balance on the user row.
+
+Invariant: users.balance == sum(credit_transactions.amount) for every user. Every function here
+changes both in the caller's transaction, with a single conditional UPDATE on the balance, so
+concurrent starts can never overdraw and concurrent grants never lose an update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from core.errors import InsufficientCreditsError, NotFoundError, RequestValidationError
+from core.models import CreditTransaction, Setting, User, Workflow, utcnow, view_of
+from core.schemas import WorkflowRequest
+
+COSTS_SETTING_KEY = "credit_costs"
+SYSTEM_ACTOR = "system"
+
+
+class TransactionKind(StrEnum):
+    GRANT = "grant"
+    RESERVE = "reserve"
+    REFUND = "refund"
+    ADJUST = "adjust"
+
+
+Credits = Field(ge=0, le=10_000)
+
+
+class ImageCosts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    square: int = Credits  # 1024x1024
+    wide: int = Credits  # 1792x1024 or 1024x1792
+
+
+class VideoCostsPerSecond(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    silent: int = Credits
+    audio: int = Credits
+
+
+class CreditCosts(BaseModel):
+    """CREDIT_COSTS: what a run costs, by image quality/size and video resolution/audio."""
+
+    model_config = ConfigDict(extra="forbid")
+    image: dict[Literal["standard", "hd"], ImageCosts]  # by quality
+    video_per_second: dict[Literal["720p", "1080p"], VideoCostsPerSecond]  # by resolution
+
+
+DEFAULT_CREDIT_COSTS = CreditCosts(
+    image={"standard": ImageCosts(square=2, wide=3), "hd": ImageCosts(square=4, wide=6)},
+    video_per_second={
+        "720p": VideoCostsPerSecond(silent=1, audio=2),
+        "1080p": VideoCostsPerSecond(silent=2, audio=3),
+    },
+)
+
+
+def cost_of(request: WorkflowRequest, costs: CreditCosts) -> int:
+    """Credits one run of `request` costs (pure)."""
+    image = costs.image[request.image_config.quality]
+    image_cost = image.square if request.image_config.size == "1024x1024" else image.wide
+    per_second = costs.video_per_second[request.video_config.resolution]
+    rate = per_second.audio if request.video_config.generate_audio else per_second.silent
+    return image_cost + rate * request.video_config.duration_s
+
+
+def load_costs(session: Session) -> CreditCosts:
+    row = session.get(Setting, COSTS_SETTING_KEY)
+    return DEFAULT_CREDIT_COSTS if row is None else CreditCosts.model_validate(row.value)
+
+
+def save_costs(session: Session, raw: dict, *, actor: str) -> CreditCosts:
+    """Validate and store new costs; the settings row records who changed it."""
+    try:
+        costs = CreditCosts.model_validate(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            {".".join(map(str, e["loc"])): e["msg"] for e in exc.errors()}
+        ) from None
+    missing = sorted(
+        ({"standard", "hd"} - costs.image.keys())
+        | ({"720p", "1080p"} - costs.video_per_second.keys())
+    )
+    if missing:
+        raise RequestValidationError({"costs": f"missing entries {missing}"})
+    row = session.get(Setting, COSTS_SETTING_KEY)
+    if row is None:
+        row = Setting(key=COSTS_SETTING_KEY, value={})
+        session.add(row)
+    row.value, row.updated_at, row.updated_by = costs.model_dump(), utcnow(), actor
+    return costs
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    id: int
+    kind: str
+    amount: int
+    balance_after: int
+    workflow_id: str | None
+    actor: str
+    reason: str
+    created_at: datetime
+
+
+def _apply(
+    session: Session,
+    *,
+    user_id: int,
+    amount: int,
+    kind: TransactionKind,
+    actor: str,
+    reason: str,
+    workflow_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> int:
+    """Move `amount` (signed) in one conditional UPDATE and append its ledger row."""
+    new_balance = session.execute(
+        update(User)
+        .where(User.id == user_id, User.balance + amount >= 0)
+        .values(balance=User.balance + amount)
+        .returning(User.balance)
+    ).scalar_one_or_none()
+    if new_balance is None:
+        current = session.execute(select(User.balance).where(User.id == user_id)).scalar()
+        if current is None:
+            raise NotFoundError(f"user {user_id} does not exist")
+        raise InsufficientCreditsError(needed=-amount, balance=current)
+    session.add(
+        CreditTransaction(
+            user_id=user_id,
+            kind=kind.value,
+            amount=amount,
+            balance_after=new_balance,
+            workflow_id=workflow_id,
+            actor=actor,
+            reason=reason,
+            idempotency_key=idempotency_key,
+        )
+    )
+    return new_balance
+
+
+def grant(session: Session, user_id: int, amount: int, *, actor: str, reason: str) -> int:
+    """Add credits (amount > 0) and return the new balance."""
+    if amount <= 0:
+        raise RequestValidationError({"amount": "must be a positive number of credits"})
+    return _apply(
+        session,
+        user_id=user_id,
+        amount=amount,
+        kind=TransactionKind.GRANT,
+        actor=actor,
+        reason=reason,
+    )
+
+
+def adjust(session: Session, user_id: int, amount: int, *, actor: str, reason: str) -> int:
+    """An admin correction, either sign; never takes a balance below zero."""
+    if amount == 0:
+        raise RequestValidationError({"amount": "must not be zero"})
+    if not reason.strip():
+        raise RequestValidationError({"reason": "is required for an adjustment"})
+    return _apply(
+        session,
+        user_id=user_id,
+        amount=amount,
+        kind=TransactionKind.ADJUST,
+        actor=actor,
+        reason=reason,
+    )
+
+
+def reserve(session: Session, user_id: int, amount: int, *, workflow_id: str, actor: str) -> int:
+    """Take a run's credits up front; raises InsufficientCreditsError rather than overdraw."""
+    return _apply(
+        session,
+        user_id=user_id,
+        amount=-amount,
+        kind=TransactionKind.RESERVE,
+        actor=actor,
+        reason="credits reserved at start",
+        workflow_id=workflow_id,
+        idempotency_key=f"reserve:{workflow_id}",
+    )
+
+
+def refund(session: Session, workflow_id: str, *, reason: str, actor: str = SYSTEM_ACTOR) -> int:
+    """Give a failed or cancelled run's credits back, exactly once. Returns credits refunded.
+
+    The workflow row is locked first (a no-op on SQLite, whose write transactions are already
+    serial), so two concurrent refunds queue and the second finds the first's ledger row; the
+    unique idempotency key is the last line of defence.
+    """
+    workflow = session.execute(
+        select(Workflow.user_id, Workflow.cost_credits)
+        .where(Workflow.id == workflow_id)
+        .with_for_update()
+    ).one()
+    key = f"refund:{workflow_id}"
+    already = session.execute(
+        select(CreditTransaction.id).where(CreditTransaction.idempotency_key == key)
+    ).first()
+    if already or workflow.cost_credits == 0:
+        return 0
+    _apply(
+        session,
+        user_id=workflow.user_id,
+        amount=workflow.cost_credits,
+        kind=TransactionKind.REFUND,
+        actor=actor,
+        reason=reason,
+        workflow_id=workflow_id,
+        idempotency_key=key,
+    )
+    return workflow.cost_credits
+
+
+def refund_entry(session: Session, workflow_id: str) -> LedgerEntry | None:
+    """The refund ledger row of a workflow, for the receipt shown on failed/cancelled runs."""
+    row = session.execute(
+        select(CreditTransaction).where(
+            CreditTransaction.idempotency_key == f"refund:{workflow_id}"
+        )
+    ).scalar_one_or_none()
+    return None if row is None else view_of(LedgerEntry, row)
+
+
+def history(session: Session, user_id: int, *, limit: int = 200) -> list[LedgerEntry]:
+    rows = session.execute(
+        select(CreditTransaction)
+        .where(CreditTransaction.user_id == user_id)
+        .order_by(CreditTransaction.id.desc())
+        .limit(limit)
+    ).scalars()
+    return [view_of(LedgerEntry, row) for row in rows]
+
+
+def balance_mismatches(session: Session) -> list[tuple[int, int, int]]:
+    """Users whose cached balance differs from their ledger sum: (user_id, cached, ledger)."""
+    ledger = (
+        select(CreditTransaction.user_id, func.sum(CreditTransaction.amount).label("total"))
+        .group_by(CreditTransaction.user_id)
+        .subquery()
+    )
+    total = func.coalesce(ledger.c.total, 0)
+    rows = session.execute(
+        select(User.id, User.balance, total)
+        .outerjoin(ledger, ledger.c.user_id == User.id)
+        .where(User.balance != total)
+    )
+    return [(r[0], r[1], int(r[2])) for r in rows]

@@ -1,0 +1,125 @@
+"""The validated user request, in the original system's shape (imagePrompt, imageConfig, ...).
+
+`parse_request` is the only way in: it turns pydantic's errors into a RequestValidationError whose
+messages name the field as the user knows it (e.g. "imageConfig.size").
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from core.errors import RequestValidationError
+
+# 4,000 characters is the smallest image-model limit in our registry (dall-e-3); safe for all.
+IMAGE_PROMPT_MAX_CHARS = 4000
+VIDEO_PROMPT_MAX_CHARS = 2000
+
+ImageSize = Literal["1024x1024", "1792x1024", "1024x1792"]
+VIDEO_DIMENSIONS = {
+    ("720p", "16:9"): (1280, 720),
+    ("720p", "9:16"): (720, 1280),
+    ("1080p", "16:9"): (1920, 1080),
+    ("1080p", "9:16"): (1080, 1920),
+}
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ImageConfig(_Strict):
+    style: Literal["natural", "vivid"] = "vivid"
+    quality: Literal["standard", "hd"] = "standard"
+    # Landscape by default: the still becomes the first frame of a 16:9 clip.
+    size: ImageSize = "1792x1024"
+
+    @property
+    def width(self) -> int:
+        return int(self.size.split("x")[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.size.split("x")[1])
+
+
+class VideoConfig(_Strict):
+    duration: Literal["4s", "6s", "8s"] = "8s"
+    resolution: Literal["720p", "1080p"] = "720p"
+    generate_audio: bool = Field(True, alias="generateAudio")
+    # Not in the seed: None follows the image (a portrait still makes a 9:16 clip).
+    aspect_ratio: Literal["16:9", "9:16"] | None = Field(None, alias="aspectRatio")
+
+    @property
+    def duration_s(self) -> int:
+        return int(self.duration.removesuffix("s"))
+
+
+class WorkflowRequest(_Strict):
+    image_prompt: str = Field(alias="imagePrompt", max_length=IMAGE_PROMPT_MAX_CHARS)
+    video_prompt: str = Field(alias="videoPrompt", max_length=VIDEO_PROMPT_MAX_CHARS)
+    image_config: ImageConfig = Field(default_factory=ImageConfig, alias="imageConfig")
+    video_config: VideoConfig = Field(default_factory=VideoConfig, alias="videoConfig")
+    project_id: int | None = Field(None, alias="projectId", ge=1)
+
+    @field_validator("image_prompt", "video_prompt", mode="before")
+    @classmethod
+    def _clean_prompt(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        value = unicodedata.normalize("NFC", value).strip()
+        if not value:
+            raise ValueError("must not be empty")
+        if _CONTROL_CHARS.search(value):
+            raise ValueError("contains control characters")
+        return value
+
+    @property
+    def aspect_ratio(self) -> Literal["16:9", "9:16"]:
+        if self.video_config.aspect_ratio:
+            return self.video_config.aspect_ratio
+        portrait = self.image_config.height > self.image_config.width
+        return "9:16" if portrait else "16:9"
+
+    @property
+    def video_dimensions(self) -> tuple[int, int]:
+        return VIDEO_DIMENSIONS[(self.video_config.resolution, self.aspect_ratio)]
+
+    def to_json(self) -> dict[str, Any]:
+        """The request as stored on the workflow row, with the seed's field names."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def parse_request(data: dict[str, Any]) -> WorkflowRequest:
+    """Validate a request dict (seed field names), or raise RequestValidationError."""
+    try:
+        return WorkflowRequest.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(_problems(exc)) from None
+
+
+def _problems(exc: ValidationError) -> dict[str, str]:
+    problems: dict[str, str] = {}
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "request"
+        problems.setdefault(field, _message(error))
+    return problems
+
+
+def _message(error: Any) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not a known field"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}"
+    if kind == "string_too_long":
+        return f"is too long (at most {ctx.get('max_length'):,} characters)"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return error["msg"].lower()
