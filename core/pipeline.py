@@ -1,0 +1,424 @@
+"""The six steps, what each does, and the pure decision of what a workflow does next.
+
+Step functions talk to the world only through their StepContext (provider calls with retries and
+records, throttled progress, cancel/deadline checks, asset rows); the orchestrator implements it.
+A step returns its output dict, which is persisted on the step row so a resumed run skips it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol, TypeVar
+
+import httpx
+
+from core import media, prompts
+from core.config import Settings
+from core.errors import (
+    FailureCategory,
+    PermanentProviderError,
+    StepFailedError,
+    StepTimeoutError,
+    WorkflowCancelledError,
+)
+from core.providers.base import ImageSpec, Providers, VideoJobState, VideoSpec
+from core.providers.download import fetch_bytes
+from core.schemas import WorkflowRequest
+from core.states import StepName, StepStatus, WorkflowStatus
+from core.workflows import StepView, WorkflowView
+
+T = TypeVar("T")
+
+# Finished files may differ from the asked duration by a frame or two of container rounding.
+DURATION_TOLERANCE_S = 0.25
+
+
+class StepContext(Protocol):
+    workflow: WorkflowView
+    step: StepView
+    providers: Providers
+    settings: Settings
+
+    @property
+    def remaining_s(self) -> float: ...
+
+    def report(self, progress: int, message: str, detail: dict[str, Any] | None = None) -> None:
+        """Progress for the live page (throttled; the last report before a write is kept)."""
+
+    def check(self) -> None:
+        """Raise if the user cancelled, the step's deadline passed, or the runner is stopping."""
+
+    def wait(self, seconds: float) -> None:
+        """Sleep between polls; wakes early when the runner is stopping."""
+
+    def call(
+        self,
+        operation: str,
+        fn: Callable[[], T],
+        *,
+        provider: str,
+        cost_usd: Decimal = Decimal(0),
+        retry: bool = True,
+    ) -> T:
+        """Call a provider with the retry policy; every attempt becomes an api_calls row."""
+        ...
+
+    def save_provider_request_id(self, request_id: str) -> None:
+        """Persist a paid job's id before waiting on it (write-ahead)."""
+
+    def add_asset(self, **fields: Any) -> None:
+        """Record an asset row (written with the step's completion)."""
+
+    def output_of(self, step: StepName) -> dict[str, Any]: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# What next (pure)
+
+
+@dataclass(frozen=True)
+class RunStep:
+    step: StepName
+
+
+@dataclass(frozen=True)
+class EndRun:
+    status: WorkflowStatus
+    message: str = ""
+    category: FailureCategory | None = None
+
+
+def next_action(view: WorkflowView, *, max_recoveries: int) -> RunStep | EndRun | None:
+    """What a runner holding `view` should do next; None when the run is over."""
+    if view.status.is_terminal:
+        return None
+    if view.cancel_requested:
+        return EndRun(WorkflowStatus.CANCELLED, "cancelled by the user")
+    if view.recoveries > max_recoveries:
+        return EndRun(
+            WorkflowStatus.FAILED,
+            f"gave up after {view.recoveries} restarts of an interrupted run",
+            FailureCategory.STALE,
+        )
+    for step in view.steps:
+        if step.status.is_done:
+            continue
+        if step.status in (StepStatus.PENDING, StepStatus.PROCESSING):
+            return RunStep(step.name)
+        # A failed or cancelled step under a live workflow: end the run the same way.
+        ended = WorkflowStatus.CANCELLED if step.status is StepStatus.CANCELLED else None
+        return EndRun(ended or WorkflowStatus.FAILED, step.error_message or f"{step.name} failed")
+    return EndRun(WorkflowStatus.COMPLETED)
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps
+
+
+def storage_key(view: WorkflowView, name: str) -> str:
+    """Layout: users/<user>/workflows/<workflow>/<name>."""
+    return f"users/{view.user_id}/workflows/{view.id}/{name}"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def validate(ctx: StepContext) -> dict[str, Any]:
+    """Moderate both prompts in one call; a flagged prompt ends the run (and refunds it)."""
+    request = ctx.workflow.request
+    moderator = ctx.providers.moderator
+    ctx.report(20, "checking both prompts")
+    verdicts = ctx.call(
+        "moderate",
+        lambda: moderator.moderate([request.image_prompt, request.video_prompt]),
+        provider=moderator.name,
+    )
+    flagged = {
+        field: verdict.categories
+        for field, verdict in zip(("imagePrompt", "videoPrompt"), verdicts, strict=True)
+        if verdict.flagged
+    }
+    if flagged:
+        named = "; ".join(
+            f"{f} flagged for {', '.join(c) or 'unsafe content'}" for f, c in flagged.items()
+        )
+        raise StepFailedError(
+            f"Moderation refused the request: {named}", FailureCategory.MODERATION
+        )
+    return {"moderation": {"provider": moderator.name, "flagged": False}}
+
+
+def generate_image(ctx: StepContext) -> dict[str, Any]:
+    """Ask the image model for the first frame and park the bytes in storage (no second bill)."""
+    request, providers = ctx.workflow.request, ctx.providers
+    config = request.image_config
+    spec = ImageSpec(
+        prompt=prompts.first_frame_prompt(request.image_prompt, config.style),
+        width=config.width,
+        height=config.height,
+        quality=config.quality,
+        style=config.style,
+        model=ctx.settings.image_model,
+    )
+    ctx.report(10, f"generating a {config.size} image")
+    image = ctx.call(
+        "generate",
+        lambda: providers.image.generate(spec, timeout_s=max(1.0, ctx.remaining_s)),
+        provider=providers.image.name,
+    )
+    key = storage_key(ctx.workflow, "staging/image.png")
+    ctx.report(80, "keeping the generated image")
+    ctx.call(
+        "put",
+        lambda: providers.storage.put(key, image.data, image.content_type),
+        provider=providers.storage.name,
+    )
+    return {
+        "staging_key": key,
+        "content_type": image.content_type,
+        "model": image.model,
+        "prompt_sent": spec.prompt,
+        "revised_prompt": image.revised_prompt,
+        "size_bytes": len(image.data),
+    }
+
+
+def upload_image(ctx: StepContext) -> dict[str, Any]:
+    """Check the image decodes, store it under its final key and record the asset."""
+    staged = ctx.output_of(StepName.GENERATE_IMAGE)
+    storage = ctx.providers.storage
+    data = ctx.call("get", lambda: storage.get(staged["staging_key"]), provider=storage.name)
+    try:
+        probe = media.probe_image(data)
+    except ValueError as exc:
+        raise StepFailedError(
+            f"The image model returned an unreadable image: {exc}", FailureCategory.VERIFICATION
+        ) from exc
+    ctx.report(50, "storing the image")
+    return _store(
+        ctx,
+        "image",
+        "image.png",
+        data,
+        staged["content_type"],
+        width=probe.width,
+        height=probe.height,
+    )
+
+
+def generate_video(ctx: StepContext) -> dict[str, Any]:
+    """Submit the image to the video queue (or reattach to the job a previous run paid for),
+    poll until done, and cancel at the provider if the user cancels or the budget runs out."""
+    request, video = ctx.workflow.request, ctx.providers.video
+    request_id = ctx.step.provider_request_id
+    if request_id is None:
+        request_id = _submit_video(ctx)
+    else:
+        ctx.report(5, f"reattached to provider job {request_id}", {"request_id": request_id})
+    try:
+        _poll_until_done(ctx, request_id)
+    except (WorkflowCancelledError, StepTimeoutError) as stop:
+        confirmed = ctx.call(
+            "cancel", lambda: video.cancel(request_id), provider=video.name, retry=False
+        )
+        verdict = (
+            "the provider confirmed the cancellation"
+            if confirmed
+            else ("the provider did not confirm the cancellation")
+        )
+        raise type(stop)(f"{stop}; {verdict}") from stop
+    result = ctx.call("result", lambda: video.result(request_id), provider=video.name)
+    return {
+        "request_id": request_id,
+        "video_url": result.url,
+        "content_type": result.content_type,
+        "prompt_sent": prompts.motion_prompt(request.video_prompt),
+        "model": ctx.settings.video_model,
+    }
+
+
+def _submit_video(ctx: StepContext) -> str:
+    request, providers = ctx.workflow.request, ctx.providers
+    image_key = ctx.output_of(StepName.UPLOAD_IMAGE)["storage_key"]
+    spec = VideoSpec(
+        prompt=prompts.motion_prompt(request.video_prompt),
+        image_url=providers.storage.url(image_key, expires_s=ctx.settings.presign_expiry_s),
+        duration_s=request.video_config.duration_s,
+        resolution=request.video_config.resolution,
+        aspect_ratio=request.aspect_ratio,
+        generate_audio=request.video_config.generate_audio,
+        model=ctx.settings.video_model,
+    )
+    ctx.report(2, "submitting to the video queue")
+    request_id = ctx.call(
+        "submit", lambda: providers.video.submit(spec), provider=providers.video.name
+    )
+    ctx.save_provider_request_id(request_id)
+    return request_id
+
+
+def _poll_until_done(ctx: StepContext, request_id: str) -> None:
+    video = ctx.providers.video
+    while True:
+        ctx.check()
+        status = ctx.call("status", lambda: video.status(request_id), provider=video.name)
+        detail: dict[str, Any] = {"request_id": request_id, "phase": status.state.value}
+        if status.state is VideoJobState.COMPLETED:
+            ctx.report(95, "video ready, fetching it", detail)
+            return
+        if status.state is VideoJobState.FAILED:
+            raise PermanentProviderError(
+                f"The video provider failed the job: {status.error or 'no reason given'}",
+                provider=video.name,
+            )
+        if status.state is VideoJobState.QUEUED:
+            detail["queue_position"] = status.queue_position
+            ctx.report(5, f"in the provider's queue (position {status.queue_position})", detail)
+        else:
+            fraction = status.progress if status.progress is not None else 0.0
+            message = status.logs[-1] if status.logs else "generating the video"
+            ctx.report(10 + round(85 * fraction), message, detail)
+        ctx.wait(ctx.settings.poll_interval_s)
+
+
+def upload_video(ctx: StepContext) -> dict[str, Any]:
+    """Download the clip from the provider, check it decodes, store it and record the asset."""
+    made = ctx.output_of(StepName.GENERATE_VIDEO)
+    settings = ctx.settings
+    ctx.report(10, "downloading the video")
+    data = ctx.call(
+        "download",
+        lambda: fetch_bytes(
+            made["video_url"],
+            timeout_s=max(1.0, ctx.remaining_s),
+            allowed_roots=(settings.offline_provider_dir, settings.resolved_storage_dir),
+        ),
+        provider=ctx.providers.video.name,
+    )
+    probe = _probe_video(data)
+    ctx.report(60, "storing the video")
+    stored = _store(
+        ctx,
+        "video",
+        "video.mp4",
+        data,
+        made["content_type"],
+        width=probe.width,
+        height=probe.height,
+        duration_s=probe.duration_s,
+    )
+    return {**stored, "has_audio": probe.has_audio}
+
+
+def _store(
+    ctx: StepContext, kind: str, name: str, data: bytes, content_type: str, **dimensions: Any
+) -> dict[str, Any]:
+    """Put a finished file under its final key and record its asset row; returns the step output
+    that finalize checks it against."""
+    storage, key = ctx.providers.storage, storage_key(ctx.workflow, name)
+    ctx.call("put", lambda: storage.put(key, data, content_type), provider=storage.name)
+    digest = sha256(data)
+    ctx.add_asset(
+        kind=kind,
+        storage_key=key,
+        content_type=content_type,
+        size_bytes=len(data),
+        sha256=digest,
+        **dimensions,
+    )
+    return {"storage_key": key, "sha256": digest, "size_bytes": len(data), **dimensions}
+
+
+def _probe_video(data: bytes) -> media.VideoProbe:
+    try:
+        return media.probe_video(data)
+    except ValueError as exc:
+        raise StepFailedError(
+            f"The video provider returned an unreadable file: {exc}", FailureCategory.VERIFICATION
+        ) from exc
+
+
+def finalize(ctx: StepContext) -> dict[str, Any]:
+    """No false done: read both stored files back (exist, size, checksum) and check the clip's
+    probed resolution and duration before calling the run complete. A matching checksum means
+    the stored bytes are the very ones upload_video decoded, so they are not decoded again.
+    The credits reserved at start are simply kept: there is nothing to settle."""
+    storage = ctx.providers.storage
+    image = ctx.output_of(StepName.UPLOAD_IMAGE)
+    video = ctx.output_of(StepName.UPLOAD_VIDEO)
+    ctx.report(20, "reading back the stored image")
+    _read_back(ctx, image)
+    ctx.report(50, "reading back the stored video")
+    _read_back(ctx, video)
+    _check_clip(ctx.workflow.request, video)
+    # The staged copy goes only now: until upload_image is committed, a resumed run needs it.
+    staged = ctx.output_of(StepName.GENERATE_IMAGE)["staging_key"]
+    ctx.call("delete", lambda: storage.delete(staged), provider=storage.name)
+    notified = _notify(ctx) if ctx.settings.webhook_url else False
+    return {
+        "verified": {"image_sha256": image["sha256"], "video_sha256": video["sha256"]},
+        "webhook_notified": notified,
+        "storage": storage.name,
+    }
+
+
+def _check_clip(request: WorkflowRequest, video: dict[str, Any]) -> None:
+    want_w, want_h = request.video_dimensions
+    if (video["width"], video["height"]) != (want_w, want_h):
+        raise StepFailedError(
+            f"The video is {video['width']}x{video['height']}, not the {want_w}x{want_h} asked for",
+            FailureCategory.VERIFICATION,
+        )
+    wanted_s = request.video_config.duration_s
+    if abs(video["duration_s"] - wanted_s) > DURATION_TOLERANCE_S:
+        raise StepFailedError(
+            f"The video lasts {video['duration_s']:.2f} s, not the {wanted_s} s asked for",
+            FailureCategory.VERIFICATION,
+        )
+
+
+def _read_back(ctx: StepContext, uploaded: dict[str, Any]) -> bytes:
+    storage, key = ctx.providers.storage, uploaded["storage_key"]
+    found = ctx.call("head", lambda: storage.head(key), provider=storage.name)
+    if found is None or found.size != uploaded["size_bytes"]:
+        raise StepFailedError(
+            f"Stored file {key} is missing or has the wrong size", FailureCategory.VERIFICATION
+        )
+    data = ctx.call("get", lambda: storage.get(key), provider=storage.name)
+    if sha256(data) != uploaded["sha256"]:
+        raise StepFailedError(
+            f"Stored file {key} does not match its checksum", FailureCategory.VERIFICATION
+        )
+    return data
+
+
+def _notify(ctx: StepContext) -> bool:
+    """Best-effort webhook; a failing webhook never fails a finished video."""
+    body = {"workflowId": ctx.workflow.id, "status": WorkflowStatus.COMPLETED.value}
+    try:
+        ctx.call(
+            "notify",
+            lambda: httpx.post(
+                ctx.settings.webhook_url or "", content=json.dumps(body), timeout=10
+            ).raise_for_status(),
+            provider="webhook",
+            retry=False,
+        )
+    except Exception:  # noqa: BLE001 - reported in api_calls; the run is done regardless
+        return False
+    return True
+
+
+STEPS: dict[StepName, Callable[[StepContext], dict[str, Any]]] = {
+    StepName.VALIDATE: validate,
+    StepName.GENERATE_IMAGE: generate_image,
+    StepName.UPLOAD_IMAGE: upload_image,
+    StepName.GENERATE_VIDEO: generate_video,
+    StepName.UPLOAD_VIDEO: upload_video,
+    StepName.FINALIZE: finalize,
+}

@@ -1,0 +1,557 @@
+"""Workflows and their steps: creation, read views for pages, and every state write.
+
+State writes are conditional UPDATEs: the WHERE clause holds the states the transition table
+allows (core.states) and, for a running workflow, the runner that owns it. A write that matches no
+row lost a race or broke the table, and raises InvalidTransitionError instead of passing silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, exists, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core import credits
+from core.auth import UserView
+from core.db import Database
+from core.errors import (
+    FailureCategory,
+    InvalidTransitionError,
+    NotFoundError,
+    PermissionDeniedError,
+    RequestValidationError,
+)
+from core.models import (
+    ApiCall,
+    Asset,
+    Project,
+    User,
+    Workflow,
+    WorkflowStep,
+    utcnow,
+    view_of,
+)
+from core.schemas import WorkflowRequest
+from core.states import (
+    STEP_ORDER,
+    StepName,
+    StepStatus,
+    WorkflowStatus,
+    step_sources,
+    workflow_sources,
+)
+
+
+@dataclass(frozen=True)
+class StepView:
+    name: StepName
+    position: int
+    status: StepStatus
+    progress: int
+    message: str
+    attempts: int
+    provider_request_id: str | None
+    output: dict[str, Any]
+    error_message: str | None
+    error_category: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    deadline_at: datetime | None
+
+    @property
+    def duration_s(self) -> float | None:
+        return elapsed_s(self.started_at, self.finished_at)
+
+
+@dataclass(frozen=True)
+class WorkflowView:
+    id: str
+    user_id: int
+    project_id: int | None
+    status: WorkflowStatus
+    request: WorkflowRequest
+    cost_credits: int
+    cancel_requested: bool
+    runner_id: str | None
+    heartbeat_at: datetime | None
+    recoveries: int
+    error_message: str | None
+    error_category: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    steps: tuple[StepView, ...]
+
+    def step(self, name: StepName) -> StepView:
+        return next(s for s in self.steps if s.name == name)
+
+    @property
+    def progress(self) -> int:
+        """Overall progress: each step weighs the same."""
+        done = sum(100 if s.status.is_done else s.progress for s in self.steps)
+        return round(done / len(self.steps)) if self.steps else 0
+
+    @property
+    def duration_s(self) -> float | None:
+        return elapsed_s(self.started_at, self.finished_at)
+
+
+def elapsed_s(started_at: datetime | None, finished_at: datetime | None) -> float | None:
+    """Seconds from start to finish, or to now while still running."""
+    if started_at is None:
+        return None
+    return ((finished_at or utcnow()) - started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class AssetView:
+    id: int
+    workflow_id: str
+    kind: str
+    storage_backend: str
+    storage_key: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    width: int | None
+    height: int | None
+    duration_s: float | None
+
+
+@dataclass(frozen=True)
+class ApiCallRecord:
+    """One provider call attempt, buffered by the orchestrator and written with its next write."""
+
+    workflow_id: str | None
+    step: str | None
+    provider: str
+    operation: str
+    attempt: int
+    started_at: datetime
+    duration_ms: int
+    outcome: str
+    status_code: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    cost_usd: Decimal = Decimal(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Creating and reading
+
+
+def start_workflow(
+    db: Database, *, user_id: int, request: WorkflowRequest, client_key: str, actor: str
+) -> tuple[str, bool]:
+    """Create a workflow and reserve its credits in one transaction. Returns (id, created).
+
+    The same (user, client_key) always yields the same workflow: a double click or a retried
+    call creates one run and one charge, even when both requests race.
+    """
+    try:
+        with db.begin() as session:
+            return _create(session, user_id, request, client_key, actor)
+    except IntegrityError:
+        with db.read() as session:
+            existing = _by_client_key(session, user_id, client_key)
+        if existing is None:
+            raise
+        return existing, False
+
+
+def _by_client_key(session: Session, user_id: int, client_key: str) -> str | None:
+    return session.execute(
+        select(Workflow.id).where(Workflow.user_id == user_id, Workflow.client_key == client_key)
+    ).scalar()
+
+
+def _create(
+    session: Session, user_id: int, request: WorkflowRequest, client_key: str, actor: str
+) -> tuple[str, bool]:
+    existing = _by_client_key(session, user_id, client_key)
+    if existing is not None:
+        return existing, False
+    if request.project_id is not None and not _owns_project(session, user_id, request.project_id):
+        raise RequestValidationError({"projectId": "no such project"})
+    active = session.execute(select(User.is_active).where(User.id == user_id)).scalar()
+    if not active:
+        raise PermissionDeniedError("this account is deactivated")
+    workflow = Workflow(
+        user_id=user_id,
+        project_id=request.project_id,
+        client_key=client_key,
+        status=WorkflowStatus.QUEUED.value,
+        image_prompt=request.image_prompt,
+        video_prompt=request.video_prompt,
+        request=request.to_json(),
+        cost_credits=credits.cost_of(request, credits.load_costs(session)),
+    )
+    session.add(workflow)
+    session.flush()
+    session.execute(
+        insert(WorkflowStep),
+        [
+            {"workflow_id": workflow.id, "name": name.value, "position": i, "output": {}}
+            for i, name in enumerate(STEP_ORDER)
+        ],
+    )
+    credits.reserve(session, user_id, workflow.cost_credits, workflow_id=workflow.id, actor=actor)
+    return workflow.id, True
+
+
+def _owns_project(session: Session, user_id: int, project_id: int) -> bool:
+    owner = session.execute(select(Project.user_id).where(Project.id == project_id)).scalar()
+    return owner == user_id
+
+
+def load_workflow(session: Session, workflow_id: str) -> WorkflowView:
+    workflow = session.get(Workflow, workflow_id)
+    if workflow is None:
+        raise NotFoundError(f"workflow {workflow_id} not found")
+    steps = session.execute(
+        select(WorkflowStep)
+        .where(WorkflowStep.workflow_id == workflow_id)
+        .order_by(WorkflowStep.position)
+    ).scalars()
+    return _workflow_view(workflow, [_step_view(s) for s in steps])
+
+
+def workflow_for(session: Session, workflow_id: str, viewer: UserView) -> WorkflowView:
+    """A workflow the viewer may see: their own, or any for an admin. Others look missing."""
+    view = load_workflow(session, workflow_id)
+    if view.user_id != viewer.id and not viewer.is_admin:
+        raise NotFoundError(f"workflow {workflow_id} not found")
+    return view
+
+
+def _workflow_view(w: Workflow, steps: Sequence[StepView]) -> WorkflowView:
+    return WorkflowView(
+        id=w.id,
+        user_id=w.user_id,
+        project_id=w.project_id,
+        status=WorkflowStatus(w.status),
+        request=WorkflowRequest.model_validate(w.request),
+        cost_credits=w.cost_credits,
+        cancel_requested=w.cancel_requested,
+        runner_id=w.runner_id,
+        heartbeat_at=w.heartbeat_at,
+        recoveries=w.recoveries,
+        error_message=w.error_message,
+        error_category=w.error_category,
+        created_at=w.created_at,
+        started_at=w.started_at,
+        finished_at=w.finished_at,
+        steps=tuple(steps),
+    )
+
+
+def _step_view(s: WorkflowStep) -> StepView:
+    return StepView(
+        name=StepName(s.name),
+        position=s.position,
+        status=StepStatus(s.status),
+        progress=s.progress,
+        message=s.message,
+        attempts=s.attempts,
+        provider_request_id=s.provider_request_id,
+        output=dict(s.output or {}),
+        error_message=s.error_message,
+        error_category=s.error_category,
+        started_at=s.started_at,
+        finished_at=s.finished_at,
+        deadline_at=s.deadline_at,
+    )
+
+
+def assets_of(session: Session, workflow_id: str) -> list[AssetView]:
+    rows = session.execute(
+        select(Asset).where(Asset.workflow_id == workflow_id).order_by(Asset.id)
+    ).scalars()
+    return [view_of(AssetView, a) for a in rows]
+
+
+def is_cancel_requested(session: Session, workflow_id: str) -> bool:
+    return bool(
+        session.execute(
+            select(Workflow.cancel_requested).where(Workflow.id == workflow_id)
+        ).scalar()
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Cancel (from users) and the runner's writes
+
+
+def request_cancel(db: Database, workflow_id: str, viewer: UserView) -> WorkflowView:
+    """Flag a run for cancellation. A run nobody has picked up yet ends here and now, refunded;
+    a running one is stopped by its runner at the next step boundary or poll."""
+    with db.begin() as session:
+        view = workflow_for(session, workflow_id, viewer)
+        if view.status.is_terminal:
+            return view
+        _update(
+            session,
+            update(Workflow).where(Workflow.id == workflow_id).values(cancel_requested=True),
+        )
+        moved = _update(
+            session,
+            update(Workflow)
+            .where(Workflow.id == workflow_id, Workflow.status == WorkflowStatus.QUEUED.value)
+            .values(status=WorkflowStatus.CANCELLED.value, finished_at=utcnow()),
+        )
+        if moved:
+            _close_steps(session, workflow_id, StepStatus.CANCELLED, "cancelled before it started")
+            credits.refund(session, workflow_id, reason="cancelled by the user")
+        return load_workflow(session, workflow_id)
+
+
+def _update(session: Session, statement: Any) -> int:
+    """Run a bulk UPDATE and return its row count. Sessions here never hold the rows they
+    update, so the ORM's session synchronisation (an extra RETURNING or SELECT) is skipped."""
+    result = session.execute(statement, execution_options={"synchronize_session": False})
+    return result.rowcount
+
+
+def _owned_by(workflow_id: str, runner_id: str) -> ColumnElement[bool]:
+    """True while `runner_id` still holds the workflow: fences out a runner that lost its claim."""
+    return exists().where(Workflow.id == workflow_id, Workflow.runner_id == runner_id)
+
+
+def claim(session: Session, workflow_id: str, runner_id: str, *, stale_before: datetime) -> bool:
+    """Take a queued run, or a running one whose runner stopped beating. True when we won."""
+    now = utcnow()
+    return bool(
+        _update(
+            session,
+            update(Workflow)
+            .where(
+                Workflow.id == workflow_id,
+                or_(
+                    Workflow.status == WorkflowStatus.QUEUED.value,
+                    and_(
+                        Workflow.status == WorkflowStatus.RUNNING.value,
+                        or_(Workflow.heartbeat_at.is_(None), Workflow.heartbeat_at < stale_before),
+                    ),
+                ),
+            )
+            .values(
+                status=WorkflowStatus.RUNNING.value,
+                runner_id=runner_id,
+                heartbeat_at=now,
+                started_at=func.coalesce(Workflow.started_at, now),
+                recoveries=Workflow.recoveries
+                + case((Workflow.status == WorkflowStatus.RUNNING.value, 1), else_=0),
+            ),
+        )
+    )
+
+
+def heartbeat(session: Session, workflow_ids: Iterable[str], runner_id: str) -> None:
+    ids = list(workflow_ids)
+    if ids:
+        _update(
+            session,
+            update(Workflow)
+            .where(Workflow.id.in_(ids), Workflow.runner_id == runner_id)
+            .values(heartbeat_at=utcnow()),
+        )
+
+
+def release(session: Session, workflow_id: str, runner_id: str) -> None:
+    """Give a run back untouched (clean shutdown): recovery resumes it without waiting."""
+    _update(
+        session,
+        update(Workflow)
+        .where(Workflow.id == workflow_id, Workflow.runner_id == runner_id)
+        .values(runner_id=None, heartbeat_at=None),
+    )
+
+
+def write_step(
+    session: Session,
+    workflow_id: str,
+    step: StepName,
+    target: StepStatus,
+    runner_id: str,
+    **values: Any,
+) -> None:
+    """Move a step to `target` (or update it in place when already there), checked and fenced."""
+    done = _update(
+        session,
+        update(WorkflowStep)
+        .where(
+            WorkflowStep.workflow_id == workflow_id,
+            WorkflowStep.name == step.value,
+            WorkflowStep.status.in_(step_sources(target)),
+            _owned_by(workflow_id, runner_id),
+        )
+        .values(status=target.value, **values),
+    )
+    if not done:
+        raise InvalidTransitionError(f"workflow {workflow_id} step {step}: cannot become {target}")
+
+
+def start_step(
+    session: Session, workflow_id: str, step: StepName, runner_id: str, *, deadline_at: datetime
+) -> None:
+    """Mark a step processing. A resumed step keeps its first start and its first deadline, so
+    a crash loop cannot stretch a step's time budget."""
+    write_step(
+        session,
+        workflow_id,
+        step,
+        StepStatus.PROCESSING,
+        runner_id,
+        attempts=WorkflowStep.attempts + 1,
+        started_at=func.coalesce(WorkflowStep.started_at, utcnow()),
+        deadline_at=func.coalesce(WorkflowStep.deadline_at, deadline_at),
+        message="started",
+    )
+
+
+def complete_step(
+    session: Session, workflow_id: str, step: StepName, runner_id: str, output: dict[str, Any]
+) -> None:
+    write_step(
+        session,
+        workflow_id,
+        step,
+        StepStatus.COMPLETED,
+        runner_id,
+        progress=100,
+        output=output,
+        message="done",
+        finished_at=utcnow(),
+    )
+
+
+def complete_run(session: Session, workflow_id: str, runner_id: str) -> None:
+    _move_run(session, workflow_id, runner_id, WorkflowStatus.COMPLETED)
+
+
+def end_run(
+    session: Session,
+    workflow_id: str,
+    runner_id: str | None,
+    target: WorkflowStatus,
+    *,
+    message: str,
+    category: FailureCategory | None,
+) -> int:
+    """End a run failed or cancelled: the step in flight takes the same end, the steps after it
+    are skipped, and the credits come back exactly once. Returns the credits refunded."""
+    _move_run(session, workflow_id, runner_id, target, message=message, category=category)
+    step_end = StepStatus.FAILED if target is WorkflowStatus.FAILED else StepStatus.CANCELLED
+    _update(
+        session,
+        update(WorkflowStep)
+        .where(
+            WorkflowStep.workflow_id == workflow_id,
+            WorkflowStep.status == StepStatus.PROCESSING.value,
+        )
+        .values(
+            status=step_end.value,
+            message=message,
+            error_message=message,
+            error_category=category.value if category else None,
+            finished_at=utcnow(),
+        ),
+    )
+    _close_steps(session, workflow_id, StepStatus.SKIPPED, "skipped")
+    reason = "cancelled by the user" if target is WorkflowStatus.CANCELLED else message
+    return credits.refund(session, workflow_id, reason=reason)
+
+
+def _move_run(
+    session: Session,
+    workflow_id: str,
+    runner_id: str | None,
+    target: WorkflowStatus,
+    *,
+    message: str | None = None,
+    category: FailureCategory | None = None,
+) -> None:
+    condition = [Workflow.id == workflow_id, Workflow.status.in_(workflow_sources(target))]
+    if runner_id is not None:
+        condition.append(Workflow.runner_id == runner_id)
+    done = _update(
+        session,
+        update(Workflow)
+        .where(*condition)
+        .values(
+            status=target.value,
+            error_message=message,
+            error_category=category.value if category else None,
+            finished_at=utcnow(),
+            runner_id=None,
+            heartbeat_at=None,
+        ),
+    )
+    if not done:
+        raise InvalidTransitionError(f"workflow {workflow_id}: cannot become {target}")
+
+
+def _close_steps(session: Session, workflow_id: str, target: StepStatus, message: str) -> None:
+    """Every step that never started ends as `target` (skipped after a failure)."""
+    _update(
+        session,
+        update(WorkflowStep)
+        .where(
+            WorkflowStep.workflow_id == workflow_id,
+            WorkflowStep.status == StepStatus.PENDING.value,
+        )
+        .values(status=target.value, message=message, finished_at=utcnow()),
+    )
+
+
+def stale_runs(session: Session, *, stale_before: datetime, limit: int = 100) -> list[str]:
+    """Runs nobody is looking after: running with an old (or released) heartbeat, or queued
+    since before `stale_before` (the process that queued them died before running them)."""
+    rows = session.execute(
+        select(Workflow.id)
+        .where(
+            or_(
+                and_(
+                    Workflow.status == WorkflowStatus.RUNNING.value,
+                    or_(Workflow.heartbeat_at.is_(None), Workflow.heartbeat_at < stale_before),
+                ),
+                and_(
+                    Workflow.status == WorkflowStatus.QUEUED.value,
+                    Workflow.created_at < stale_before,
+                ),
+            )
+        )
+        .order_by(Workflow.created_at)
+        .limit(limit)
+    )
+    return list(rows.scalars())
+
+
+def record_calls(session: Session, calls: Sequence[ApiCallRecord]) -> None:
+    # A Core executemany on the session's connection: the ORM bulk path costs several times more
+    # per row, and these rows are never loaded back into this session.
+    if calls:
+        session.connection().execute(insert(ApiCall.__table__), [vars(c) for c in calls])
+
+
+def add_asset(session: Session, **fields: Any) -> int:
+    """Insert an asset row (columns as keyword arguments), or refresh the existing one for the
+    same workflow and kind (an upload retried after a crash). Returns the asset id."""
+    existing = session.execute(
+        select(Asset.id).where(
+            Asset.workflow_id == fields["workflow_id"], Asset.kind == fields["kind"]
+        )
+    ).scalar()
+    if existing is not None:
+        _update(session, update(Asset).where(Asset.id == existing).values(**fields))
+        return existing
+    asset = Asset(**fields)
+    session.add(asset)
+    session.flush()
+    return asset.id
