@@ -1,0 +1,236 @@
+"""The `reelforge` / `python -m core` command: run a workflow in the terminal, manage users and
+credits, upgrade the schema, check health."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from core import auth, credits, health, workflows
+from core.config import Settings, load_settings
+from core.db import Database, upgrade_schema
+from core.errors import ReelforgeError, RequestValidationError
+from core.logs import configure_logging
+from core.states import StepStatus, WorkflowStatus
+from core.workflows import WorkflowView
+
+console = Console()
+err_console = Console(stderr=True)
+
+STEP_ICONS = {
+    StepStatus.PENDING: "[dim]○[/]",
+    StepStatus.PROCESSING: "[cyan]◐[/]",
+    StepStatus.COMPLETED: "[green]✔[/]",
+    StepStatus.FAILED: "[red]✖[/]",
+    StepStatus.CANCELLED: "[yellow]■[/]",
+    StepStatus.SKIPPED: "[dim]–[/]",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reelforge", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step change")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run one workflow end to end, live in the terminal")
+    run.add_argument("--image-prompt", required=True)
+    run.add_argument("--video-prompt", required=True)
+    run.add_argument("--style", choices=["vivid", "natural"], default="vivid")
+    run.add_argument("--quality", choices=["standard", "hd"], default="standard")
+    run.add_argument("--size", choices=["1024x1024", "1792x1024", "1024x1792"], default="1792x1024")
+    run.add_argument("--duration", choices=["4s", "6s", "8s"], default="8s")
+    run.add_argument("--resolution", choices=["720p", "1080p"], default="720p")
+    run.add_argument("--no-audio", action="store_true", help="generate a silent clip")
+    run.add_argument("--user", default=auth.OPERATOR_EMAIL, help="act as this account")
+
+    commands.add_parser("health", help="check the database, storage and providers")
+
+    users = commands.add_parser("users", help="manage accounts").add_subparsers(
+        dest="users_command", required=True
+    )
+    create = users.add_parser("create", help="create an account")
+    create.add_argument("email")
+    create.add_argument("--admin", action="store_true")
+    create.add_argument("--password", help="default: a generated one, printed once")
+
+    credit = commands.add_parser("credits", help="manage credits").add_subparsers(
+        dest="credits_command", required=True
+    )
+    grant = credit.add_parser("grant", help="grant credits to an account")
+    grant.add_argument("email")
+    grant.add_argument("amount", type=int)
+    grant.add_argument("--reason", default="granted from the command line")
+
+    db = commands.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="bring the schema to the newest version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        configure_logging(
+            settings, level=logging.INFO if args.verbose else logging.WARNING, console=err_console
+        )
+        return COMMANDS[args.command](args, settings)
+    except RequestValidationError as exc:
+        for field, problem in exc.problems.items():
+            err_console.print(f"[red]error:[/] {field} {problem}")
+        return 2
+    except ReelforgeError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _database(settings: Settings) -> Database:
+    upgrade_schema(settings.resolved_database_url)
+    return Database.from_url(settings.resolved_database_url)
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from core.runtime import Runtime
+
+    payload = {
+        "imagePrompt": args.image_prompt,
+        "videoPrompt": args.video_prompt,
+        "imageConfig": {"style": args.style, "quality": args.quality, "size": args.size},
+        "videoConfig": {
+            "duration": args.duration,
+            "resolution": args.resolution,
+            "generateAudio": not args.no_audio,
+        },
+    }
+    runtime = Runtime(settings)
+    try:
+        with runtime.db.begin() as session:
+            user = auth.ensure_user(session, args.user, starting_credits=settings.starting_credits)
+        runtime.start_background()
+        workflow_id, _ = runtime.start_workflow(user, payload)
+        view = _follow(runtime, workflow_id, user)
+        _print_summary(runtime, view)
+        return 0 if view.status is WorkflowStatus.COMPLETED else 1
+    finally:
+        runtime.shutdown()
+
+
+def _follow(runtime, workflow_id: str, user: auth.UserView) -> WorkflowView:
+    """Redraw the steps until the run ends; Ctrl-C cancels the run (and waits for the refund)."""
+    cancelled = False
+    with Live(console=console, refresh_per_second=8) as live:
+        while True:
+            try:
+                with runtime.db.read() as session:
+                    view = workflows.load_workflow(session, workflow_id)
+                live.update(_steps_table(view))
+                if view.status.is_terminal:
+                    return view
+                time.sleep(0.2)
+            except KeyboardInterrupt:
+                if cancelled:
+                    raise
+                cancelled = True
+                runtime.cancel(workflow_id, user)
+                err_console.print("[yellow]Cancelling… (Ctrl-C again to leave at once)[/]")
+
+
+def _steps_table(view: WorkflowView) -> Table:
+    table = Table(title=f"Workflow {view.id} — {view.status} ({view.progress}%)", expand=True)
+    for column in ("", "step", "progress", "message", "time"):
+        table.add_column(column)
+    for step in view.steps:
+        seconds = step.duration_s
+        table.add_row(
+            STEP_ICONS[step.status],
+            step.name.value,
+            ProgressBar(
+                total=100, completed=100 if step.status.is_done else step.progress, width=20
+            ),
+            step.error_message or step.message,
+            f"{seconds:.2f} s" if seconds is not None else "",
+        )
+    return table
+
+
+def _print_summary(runtime, view: WorkflowView) -> None:
+    with runtime.db.read() as session:
+        assets = workflows.assets_of(session, view.id)
+        refund = credits.refund_entry(session, view.id)
+    if view.status is WorkflowStatus.COMPLETED:
+        for asset in assets:
+            url = runtime.providers.storage.url(asset.storage_key, expires_s=3600)
+            console.print(f"[green]{asset.kind}[/]: {url.removeprefix('file://')}")
+    else:
+        console.print(f"[red]{view.status}[/]: {view.error_message or ''}")
+        if refund is not None:
+            console.print(f"refunded {refund.amount} credits (ledger entry {refund.id})")
+    total = view.duration_s or 0.0
+    console.print(f"total {total:.2f} s, cost {view.cost_credits} credits")
+
+
+def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    report = health.check_all(settings)
+    table = Table(title="Reelforge health")
+    for column in ("check", "status", "latency", "detail"):
+        table.add_column(column)
+    for check in report:
+        status = "[green]ok[/]" if check.ok else "[red]down[/]"
+        table.add_row(check.name, status, f"{check.latency_ms:.0f} ms", check.detail)
+    console.print(table)
+    return 0 if all(check.ok for check in report) else 1
+
+
+def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
+    password = args.password or secrets.token_urlsafe(12)
+    role = auth.Role.ADMIN if args.admin else auth.Role.USER
+    with _database(settings).begin() as session:
+        user = auth.create_user(
+            session,
+            args.email,
+            password=password,
+            role=role,
+            starting_credits=settings.starting_credits,
+        )
+    console.print(f"created {user.role} {user.email} with {user.balance} credits")
+    if not args.password:
+        console.print(f"password (shown once): [bold]{password}[/]")
+    return 0
+
+
+def cmd_credits(args: argparse.Namespace, settings: Settings) -> int:
+    with _database(settings).begin() as session:
+        user = auth.find_user(session, args.email)
+        if user is None:
+            raise RequestValidationError({"email": f"no account for {args.email}"})
+        balance = credits.grant(session, user.id, args.amount, actor="cli", reason=args.reason)
+    console.print(f"{user.email}: {balance} credits")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    upgrade_schema(settings.resolved_database_url)
+    console.print("schema is up to date")
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "health": cmd_health,
+    "users": cmd_users,
+    "credits": cmd_credits,
+    "db": cmd_db,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Health checks: the database (and its schema version), a storage write/read/delete probe, and
+each provider's configuration; each with its latency."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from core.config import Settings
+from core.db import Database, alembic_config
+from core.providers import build_providers
+from core.providers.base import Providers
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    latency_ms: float
+    detail: str
+
+
+def _timed(name: str, probe: Callable[[], str]) -> Check:
+    started = time.perf_counter()
+    try:
+        detail, ok = probe(), True
+    except Exception as exc:  # noqa: BLE001 - a health check reports every failure as "down"
+        detail, ok = f"{type(exc).__name__}: {exc}", False
+    return Check(name, ok, (time.perf_counter() - started) * 1000, detail)
+
+
+def check_database(db: Database, url: str) -> str:
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    with db.engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    if current != head:
+        raise RuntimeError(
+            f"schema at {current}, code expects {head}: run `python -m core db upgrade`"
+        )
+    return f"{db.dialect}, schema {current}"
+
+
+def check_storage(providers: Providers) -> str:
+    storage = providers.storage
+    key = f"health/{uuid.uuid4().hex}.txt"
+    payload = b"reelforge health probe"
+    storage.put(key, payload, "text/plain")
+    try:
+        if storage.get(key) != payload:
+            raise RuntimeError("read back different bytes than written")
+    finally:
+        storage.delete(key)
+    return f"{storage.name}: write/read/delete ok"
+
+
+def check_all(settings: Settings) -> list[Check]:
+    url = settings.resolved_database_url
+    db = Database.from_url(url)
+    try:
+        checks = [_timed("database", lambda: check_database(db, url))]
+    finally:
+        db.dispose()
+    try:
+        providers = build_providers(settings)
+    except Exception as exc:  # noqa: BLE001 - misconfiguration is reported, not raised
+        return [*checks, Check("providers", False, 0.0, str(exc))]
+    checks.append(_timed("storage", lambda: check_storage(providers)))
+    for capability, label in providers.labels.items():
+        checks.append(Check(f"{capability} provider", True, 0.0, label))
+    return checks

@@ -1,0 +1,73 @@
+"""One process's engine: settings, database, providers and orchestrator wired together.
+
+The Streamlit app caches one Runtime per process (st.cache_resource); the CLI builds its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from core import workflows
+from core.auth import UserView
+from core.config import Settings
+from core.db import Database, upgrade_schema
+from core.executor import Executor
+from core.orchestrator import Orchestrator
+from core.providers import build_providers
+from core.providers.base import Providers
+from core.schemas import parse_request
+from core.workflows import WorkflowView
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        upgrade: bool = True,
+        executor: Executor | None = None,
+        providers: Providers | None = None,
+    ) -> None:
+        url = settings.resolved_database_url
+        if upgrade:
+            upgrade_schema(url)
+        self.settings = settings
+        self.db = Database.from_url(url)
+        self.providers = providers or build_providers(settings)
+        self.orchestrator = Orchestrator(self.db, self.providers, settings, executor=executor)
+
+    def start_background(self) -> None:
+        """Resume what a previous process left behind and start heartbeats and recovery."""
+        report = self.orchestrator.start()
+        if report.resubmitted:
+            log.info("Recovery resubmitted %d interrupted runs", len(report.resubmitted))
+
+    def start_workflow(
+        self, user: UserView, payload: dict[str, Any], *, client_key: str | None = None
+    ) -> tuple[str, bool]:
+        """Validate, reserve credits and queue a run. Returns (workflow id, newly created).
+
+        Raises RequestValidationError or InsufficientCreditsError with nothing written.
+        """
+        request = parse_request(payload)
+        workflow_id, created = workflows.start_workflow(
+            self.db,
+            user_id=user.id,
+            request=request,
+            client_key=client_key or uuid.uuid4().hex,
+            actor=user.email,
+        )
+        if created:
+            self.orchestrator.submit(workflow_id)
+        return workflow_id, created
+
+    def cancel(self, workflow_id: str, user: UserView) -> WorkflowView:
+        return workflows.request_cancel(self.db, workflow_id, user)
+
+    def shutdown(self) -> None:
+        self.orchestrator.shutdown()
+        self.db.dispose()
