@@ -1,0 +1,168 @@
+"""Shared fixtures: every database test runs on a SQLite file and, when TEST_DATABASE_URL is set,
+on Postgres. With REQUIRE_POSTGRES=1 and no reachable server the run fails instead of skipping."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from core.auth import UserView, create_user
+from core.config import Settings
+from core.db import Database, upgrade_schema
+from core.executor import InlineExecutor
+from core.models import Base
+from core.runtime import Runtime
+
+PROVIDER_ENV = (
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "FAL_KEY",
+    "S3_BUCKET_NAME",
+    "S3_ENDPOINT_URL",
+    "DATABASE_URL",
+    "IMAGE_PROVIDER",
+    "VIDEO_PROVIDER",
+    "MODERATION_PROVIDER",
+    "STORAGE_BACKEND",
+    "OFFLINE_LATENCY_S",
+    "DATA_DIR",
+    "DEBUG",
+)
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's real keys must never turn a test into a paid call."""
+    for name in PROVIDER_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+# -- Postgres ---------------------------------------------------------------------------------
+
+
+def _postgres_required() -> bool:
+    return os.environ.get("REQUIRE_POSTGRES") == "1"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A scratch database created for this test session on TEST_DATABASE_URL's server."""
+    base = os.environ.get("TEST_DATABASE_URL")
+    if not base:
+        if _postgres_required():
+            pytest.fail("REQUIRE_POSTGRES=1 but TEST_DATABASE_URL is not set")
+        pytest.skip("TEST_DATABASE_URL not set")  # deselected before running; see below
+    name = f"reelforge_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        pytest.fail(f"Postgres at {base} is not usable: {exc}")
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    upgrade_schema(url)
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without a Postgres URL, the Postgres variants are deselected (reported, never 'passed')."""
+    if os.environ.get("TEST_DATABASE_URL") or _postgres_required():
+        return
+    keep = [item for item in items if "[postgres" not in item.nodeid]
+    dropped = [item for item in items if "[postgres" in item.nodeid]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    url = os.environ.get("TEST_DATABASE_URL")
+    return f"databases: sqlite + postgres ({url})" if url else "databases: sqlite only"
+
+
+# -- SQLite -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied for each test (faster than migrating each time)."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade_schema(f"sqlite:///{path}")
+    return path
+
+
+# -- The database a test runs on --------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        path = tmp_path / "reelforge.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url = request.getfixturevalue("postgres_url")
+    _truncate(url)
+    return url
+
+
+def _truncate(url: str) -> None:
+    engine = create_engine(url)
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database.from_url(database_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    """Offline, instant, zero-wait settings: tests wait on conditions, never on sleeps."""
+    return Settings(
+        _env_file=None,
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        offline_latency_s=0,
+        retry_initial_wait_s=0,
+        retry_max_wait_s=0,
+        poll_interval_s=0.01,
+        progress_min_interval_s=0,
+        worker_threads=4,
+    )
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    """An engine that runs each workflow synchronously inside `start_workflow`."""
+    engine = Runtime(settings, upgrade=False, executor=InlineExecutor())
+    yield engine
+    engine.shutdown()
+
+
+@pytest.fixture
+def make_user(db: Database):
+    def make(email: str | None = None, credits: int = 100, **kwargs) -> UserView:
+        with db.begin() as session:
+            return create_user(
+                session,
+                email or f"user-{uuid.uuid4().hex[:8]}@example.com",
+                starting_credits=credits,
+                **kwargs,
+            )
+
+    return make

@@ -1,0 +1,149 @@
+"""The ledger: atomic reservations under concurrency, exactly-once refunds, the invariant."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import func, select
+
+from core import credits
+from core.errors import InsufficientCreditsError, RequestValidationError
+from core.models import CreditTransaction, Workflow
+from core.schemas import parse_request
+from core.workflows import start_workflow
+
+REQUEST = parse_request({"imagePrompt": "a fox", "videoPrompt": "dolly in"})
+COST = credits.cost_of(REQUEST, credits.DEFAULT_CREDIT_COSTS)
+
+
+def assert_invariant(db):
+    with db.read() as session:
+        assert credits.balance_mismatches(session) == []
+
+
+def balance_of(db, user_id: int) -> int:
+    with db.read() as session:
+        return credits.history(session, user_id, limit=1)[0].balance_after
+
+
+def test_a_new_account_gets_its_starting_grant_as_a_ledger_row(db, make_user):
+    user = make_user(credits=100)
+    with db.read() as session:
+        entries = credits.history(session, user.id)
+    assert [(e.kind, e.amount, e.balance_after) for e in entries] == [("grant", 100, 100)]
+    assert user.balance == 100
+    assert_invariant(db)
+
+
+def test_fifty_concurrent_starts_on_a_balance_for_ten_start_exactly_ten(db, make_user):
+    user = make_user(credits=COST * 10)
+
+    def start(i: int) -> str:
+        try:
+            start_workflow(db, user_id=user.id, request=REQUEST, client_key=f"k{i}", actor="t")
+            return "started"
+        except InsufficientCreditsError:
+            return "refused"
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        outcomes = list(pool.map(start, range(50)))
+
+    assert outcomes.count("started") == 10
+    assert outcomes.count("refused") == 40
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Workflow)) == 10
+    assert balance_of(db, user.id) == 0
+    assert_invariant(db)
+
+
+def test_a_refused_start_writes_nothing(db, make_user):
+    user = make_user(credits=COST - 1)
+    with pytest.raises(InsufficientCreditsError) as caught:
+        start_workflow(db, user_id=user.id, request=REQUEST, client_key="k", actor="t")
+    assert (caught.value.needed, caught.value.balance) == (COST, COST - 1)
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Workflow)) == 0
+        assert session.scalar(select(func.count()).select_from(CreditTransaction)) == 1
+
+
+def test_the_same_client_key_twice_makes_one_run_and_one_charge(db, make_user):
+    user = make_user(credits=100)
+    first = start_workflow(db, user_id=user.id, request=REQUEST, client_key="click", actor="t")
+    second = start_workflow(db, user_id=user.id, request=REQUEST, client_key="click", actor="t")
+    assert first == (first[0], True)
+    assert second == (first[0], False)
+    assert balance_of(db, user.id) == 100 - COST
+
+
+def test_a_double_click_racing_itself_makes_one_run(db, make_user):
+    user = make_user(credits=100)
+
+    def start(_: int):
+        return start_workflow(db, user_id=user.id, request=REQUEST, client_key="same", actor="t")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(start, range(8)))
+    assert len({workflow_id for workflow_id, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    assert balance_of(db, user.id) == 100 - COST
+    assert_invariant(db)
+
+
+def test_a_refund_happens_exactly_once_even_when_raced(db, make_user):
+    user = make_user(credits=100)
+    workflow_id, _ = start_workflow(db, user_id=user.id, request=REQUEST, client_key="k", actor="t")
+
+    def refund(_: int) -> int:
+        with db.begin() as session:
+            return credits.refund(session, workflow_id, reason="test")
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        refunded = list(pool.map(refund, range(6)))
+    assert sorted(refunded) == [0, 0, 0, 0, 0, COST]
+    assert balance_of(db, user.id) == 100
+    assert_invariant(db)
+
+
+def test_concurrent_grants_never_lose_an_update(db, make_user):
+    user = make_user(credits=0)
+
+    def grant(_: int) -> None:
+        with db.begin() as session:
+            credits.grant(session, user.id, 5, actor="admin@example.com", reason="race")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(grant, range(40)))
+    assert balance_of(db, user.id) == 200
+    assert_invariant(db)
+
+
+def test_an_adjustment_cannot_take_a_balance_below_zero(db, make_user):
+    user = make_user(credits=10)
+    with pytest.raises(InsufficientCreditsError), db.begin() as session:
+        credits.adjust(session, user.id, -11, actor="admin@example.com", reason="oops")
+    with db.begin() as session:
+        assert credits.adjust(session, user.id, -10, actor="a@example.com", reason="fix") == 0
+    assert_invariant(db)
+
+
+def test_an_adjustment_needs_a_reason(db, make_user):
+    user = make_user(credits=10)
+    with pytest.raises(RequestValidationError), db.begin() as session:
+        credits.adjust(session, user.id, 5, actor="admin@example.com", reason="  ")
+
+
+@pytest.mark.parametrize(
+    "bad", [{"image": {"standard": {"square": -1, "wide": 3}}}, {"image": "x"}]
+)
+def test_invalid_costs_are_refused(db, bad):
+    raw = credits.DEFAULT_CREDIT_COSTS.model_dump() | bad
+    with pytest.raises(RequestValidationError), db.begin() as session:
+        credits.save_costs(session, raw, actor="admin@example.com")
+
+
+def test_saved_costs_are_what_the_next_run_pays(db, make_user):
+    raw = credits.DEFAULT_CREDIT_COSTS.model_dump()
+    raw["video_per_second"]["720p"]["audio"] = 5
+    with db.begin() as session:
+        credits.save_costs(session, raw, actor="admin@example.com")
+    with db.read() as session:
+        assert credits.cost_of(REQUEST, credits.load_costs(session)) == 3 + 8 * 5
