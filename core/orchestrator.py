@@ -174,16 +174,18 @@ class Orchestrator:
         """Step until the run ends. `view` is kept current in memory rather than re-read: this
         runner is its run's only writer (every write is fenced by runner id), and the one write
         from outside, the cancel flag, is re-read with every step's completion."""
+        started: StepName | None = None  # started in the previous step's completion transaction
         while True:
             if self.stopping.is_set():
                 raise RunnerStoppingError()
             action = next_action(view, max_recoveries=self.settings.max_recoveries)
             if action is None:
                 return view.status
-            if isinstance(action, RunStep):
-                view = self._run_step(view, action.step)
-            else:
+            if isinstance(action, EndRun):
                 return self._end(view, action)
+            view, started = self._run_step(
+                view, action.step, already_started=action.step is started
+            )
 
     def _end(self, view: WorkflowView, action: EndRun) -> WorkflowStatus:
         with self.db.begin() as session:
@@ -209,14 +211,16 @@ class Orchestrator:
             "Workflow %s: %s (%s), refunded %d credits", workflow_id, status, message, refunded
         )
 
-    def _run_step(self, view: WorkflowView, step: StepName) -> WorkflowView:
-        """Run one step; returns the run's view after it."""
+    def _run_step(
+        self, view: WorkflowView, step: StepName, *, already_started: bool
+    ) -> tuple[WorkflowView, StepName | None]:
+        """Run one step. Returns the run's view after it, and the next step when its start was
+        written together with this step's completion."""
         current = view.step(step)
-        deadline = current.deadline_at or utcnow() + timedelta(
-            seconds=self.settings.step_timeout_s(step)
-        )
-        with self.db.begin() as session:
-            workflows.start_step(session, view.id, step, self.runner_id, deadline_at=deadline)
+        deadline = self._deadline(current)
+        if not already_started:
+            with self.db.begin() as session:
+                workflows.start_step(session, view.id, step, self.runner_id, deadline_at=deadline)
         log_step(view.id, step, StepStatus.PROCESSING, current.progress)
         context = StepRun(self, view, current, deadline)
         try:
@@ -225,23 +229,28 @@ class Orchestrator:
             context.flush()
             raise
         except WorkflowCancelledError as exc:
-            return self._fail(context, WorkflowStatus.CANCELLED, str(exc), None)
+            return self._fail(context, WorkflowStatus.CANCELLED, str(exc), None), None
         except (ProviderError, StepFailedError, StepTimeoutError) as exc:
             message = getattr(exc, "message", None) or str(exc) or "step timed out"
-            return self._fail(context, WorkflowStatus.FAILED, message, exc.category)
+            return self._fail(context, WorkflowStatus.FAILED, message, exc.category), None
         except Exception:
             log.exception("Workflow %s - Step %s: unexpected error", view.id, step)
+            message = f"Internal error in step {step}; the details are in the server log"
             return self._fail(
-                context,
-                WorkflowStatus.FAILED,
-                f"Internal error in step {step}; the details are in the server log",
-                FailureCategory.INTERNAL,
-            )
+                context, WorkflowStatus.FAILED, message, FailureCategory.INTERNAL
+            ), None
         return self._complete(context, output)
 
-    def _complete(self, context: StepRun, output: dict[str, Any]) -> WorkflowView:
+    def _deadline(self, step: StepView) -> datetime:
+        """A resumed step keeps its first deadline; a fresh one gets its full budget."""
+        budget = timedelta(seconds=self.settings.step_timeout_s(step.name))
+        return step.deadline_at or utcnow() + budget
+
+    def _complete(
+        self, context: StepRun, output: dict[str, Any]
+    ) -> tuple[WorkflowView, StepName | None]:
         """One transaction: the step's buffered records, its completion, the run's completion
-        after the last step, and a fresh read of the cancel flag for the next decision."""
+        after the last step, a fresh read of the cancel flag, and the next step's start."""
         view, step = context.workflow, context.step.name
         last = step is STEP_ORDER[-1]
         with self.db.begin() as session:
@@ -249,17 +258,29 @@ class Orchestrator:
             workflows.complete_step(session, view.id, step, self.runner_id, output)
             if last:
                 workflows.complete_run(session, view.id, self.runner_id)
-            cancel_requested = workflows.is_cancel_requested(session, view.id)
+            done = replace(context.step, status=StepStatus.COMPLETED, progress=100, output=output)
+            view = replace(
+                view,
+                status=WorkflowStatus.COMPLETED if last else view.status,
+                cancel_requested=workflows.is_cancel_requested(session, view.id),
+                steps=tuple(done if s.name == step else s for s in view.steps),
+            )
+            view, started = self._start_next(session, view)
         log_step(view.id, step, StepStatus.COMPLETED, 100)
         if last:
             log.info("Workflow %s: %s", view.id, WorkflowStatus.COMPLETED)
-        done = replace(context.step, status=StepStatus.COMPLETED, progress=100, output=output)
-        return replace(
-            view,
-            status=WorkflowStatus.COMPLETED if last else view.status,
-            cancel_requested=cancel_requested,
-            steps=tuple(done if s.name == step else s for s in view.steps),
-        )
+        return view, started
+
+    def _start_next(self, session: Any, view: WorkflowView) -> tuple[WorkflowView, StepName | None]:
+        action = next_action(view, max_recoveries=self.settings.max_recoveries)
+        if not isinstance(action, RunStep) or self.stopping.is_set():
+            return view, None
+        upcoming = view.step(action.step)
+        deadline = self._deadline(upcoming)
+        workflows.start_step(session, view.id, upcoming.name, self.runner_id, deadline_at=deadline)
+        started = replace(upcoming, status=StepStatus.PROCESSING, deadline_at=deadline)
+        steps = tuple(started if s.name == upcoming.name else s for s in view.steps)
+        return replace(view, steps=steps), upcoming.name
 
     def _fail(
         self,
