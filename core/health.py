@@ -1,5 +1,5 @@
 """Health checks: the database (and its schema version), a storage write/read/delete probe, and
-each provider's configuration; each with its latency."""
+each provider's credentials through its cheapest call; each with its latency."""
 
 from __future__ import annotations
 
@@ -69,7 +69,12 @@ def check_all(settings: Settings) -> list[Check]:
         providers = build_providers(settings)
     except Exception as exc:  # noqa: BLE001 - misconfiguration is reported, not raised
         return [*checks, Check("providers", False, 0.0, str(exc))]
-    checks.append(_timed("storage", lambda: check_storage(providers)))
-    for capability, label in providers.labels.items():
-        checks.append(Check(f"{capability} provider", True, 0.0, label))
+    checks.append(_timed("storage probe", lambda: check_storage(providers)))
+    capabilities = {
+        "image provider": providers.image,
+        "video provider": providers.video,
+        "moderation provider": providers.moderator,
+        "storage credentials": providers.storage,
+    }
+    checks.extend(_timed(name, port.check) for name, port in capabilities.items())
     return checks

@@ -25,9 +25,10 @@ from core.errors import (
     StepTimeoutError,
     WorkflowCancelledError,
 )
+from core.providers import catalog
 from core.providers.base import ImageSpec, Providers, VideoJobState, VideoSpec
 from core.providers.download import fetch_bytes
-from core.schemas import WorkflowRequest
+from core.schemas import VIDEO_DIMENSIONS
 from core.states import StepName, StepStatus, WorkflowStatus
 from core.workflows import StepView, WorkflowView
 
@@ -116,6 +117,53 @@ def next_action(view: WorkflowView, *, max_recoveries: int) -> RunStep | EndRun 
 
 
 # ---------------------------------------------------------------------------------------------
+# What a real provider will charge and deliver (catalog), or what the offline one does
+
+
+@dataclass(frozen=True)
+class ClipExpectation:
+    duration_s: int
+    dimensions: tuple[int, int] | None  # None: the model picks its own resolution
+    list_price: Decimal
+
+
+def _offline(provider_name: str) -> bool:
+    return provider_name == "offline"
+
+
+def image_list_price(provider_name: str, spec: ImageSpec) -> Decimal:
+    """The list price of one image at the size the model will really make (catalog)."""
+    if _offline(provider_name):
+        return Decimal(0)
+    try:
+        mapped = catalog.image_request(spec)
+        usd = catalog.estimate_image_usd(spec.model, spec.quality, mapped.width, mapped.height)
+    except ValueError:  # an unknown model: the provider call will say so itself
+        return Decimal(0)
+    return Decimal(str(usd))
+
+
+def expected_clip(provider_name: str, spec: VideoSpec) -> ClipExpectation:
+    """The clip a video provider will deliver for `spec`. Offline renders exactly what was asked;
+    a fal model snaps the duration to what it offers and may not take a resolution at all."""
+    width_height = VIDEO_DIMENSIONS[(spec.resolution, spec.aspect_ratio)]
+    if _offline(provider_name):
+        return ClipExpectation(spec.duration_s, width_height, Decimal(0))
+    try:
+        model = catalog.video_model(spec.model)
+    except ValueError:
+        return ClipExpectation(spec.duration_s, None, Decimal(0))
+    usd = catalog.estimate_video_usd(
+        spec.model, spec.duration_s, spec.resolution, spec.generate_audio
+    )
+    return ClipExpectation(
+        duration_s=catalog.effective_duration_s(model, spec.duration_s),
+        dimensions=width_height if spec.resolution in model.resolutions else None,
+        list_price=Decimal(str(usd)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # The steps
 
 
@@ -170,6 +218,7 @@ def generate_image(ctx: StepContext) -> dict[str, Any]:
         "generate",
         lambda: providers.image.generate(spec, timeout_s=max(1.0, ctx.remaining_s)),
         provider=providers.image.name,
+        cost_usd=image_list_price(providers.image.name, spec),
     )
     key = storage_key(ctx.workflow, "staging/image.png")
     ctx.report(80, "keeping the generated image")
@@ -214,7 +263,7 @@ def upload_image(ctx: StepContext) -> dict[str, Any]:
 def generate_video(ctx: StepContext) -> dict[str, Any]:
     """Submit the image to the video queue (or reattach to the job a previous run paid for),
     poll until done, and cancel at the provider if the user cancels or the budget runs out."""
-    request, video = ctx.workflow.request, ctx.providers.video
+    video = ctx.providers.video
     request_id = ctx.step.provider_request_id
     if request_id is None:
         request_id = _submit_video(ctx)
@@ -232,28 +281,39 @@ def generate_video(ctx: StepContext) -> dict[str, Any]:
             else ("the provider did not confirm the cancellation")
         )
         raise type(stop)(f"{stop}; {verdict}") from stop
-    result = ctx.call("result", lambda: video.result(request_id), provider=video.name)
+    spec = _video_spec(ctx, image_url="")
+    clip = expected_clip(video.name, spec)
+    result = ctx.call(
+        "result", lambda: video.result(request_id), provider=video.name, cost_usd=clip.list_price
+    )
     return {
         "request_id": request_id,
         "video_url": result.url,
         "content_type": result.content_type,
-        "prompt_sent": prompts.motion_prompt(request.video_prompt),
-        "model": ctx.settings.video_model,
+        "prompt_sent": spec.prompt,
+        "model": spec.model,
+        "expected": {"duration_s": clip.duration_s, "dimensions": clip.dimensions},
     }
 
 
-def _submit_video(ctx: StepContext) -> str:
-    request, providers = ctx.workflow.request, ctx.providers
-    image_key = ctx.output_of(StepName.UPLOAD_IMAGE)["storage_key"]
-    spec = VideoSpec(
+def _video_spec(ctx: StepContext, image_url: str) -> VideoSpec:
+    request = ctx.workflow.request
+    return VideoSpec(
         prompt=prompts.motion_prompt(request.video_prompt),
-        image_url=providers.storage.url(image_key, expires_s=ctx.settings.presign_expiry_s),
+        image_url=image_url,
         duration_s=request.video_config.duration_s,
         resolution=request.video_config.resolution,
         aspect_ratio=request.aspect_ratio,
         generate_audio=request.video_config.generate_audio,
         model=ctx.settings.video_model,
     )
+
+
+def _submit_video(ctx: StepContext) -> str:
+    providers = ctx.providers
+    image_key = ctx.output_of(StepName.UPLOAD_IMAGE)["storage_key"]
+    image_url = providers.storage.url(image_key, expires_s=ctx.settings.presign_expiry_s)
+    spec = _video_spec(ctx, image_url)
     ctx.report(2, "submitting to the video queue")
     request_id = ctx.call(
         "submit", lambda: providers.video.submit(spec), provider=providers.video.name
@@ -275,6 +335,7 @@ def _poll_until_done(ctx: StepContext, request_id: str) -> None:
             raise PermanentProviderError(
                 f"The video provider failed the job: {status.error or 'no reason given'}",
                 provider=video.name,
+                category=status.error_category,
             )
         if status.state is VideoJobState.QUEUED:
             detail["queue_position"] = status.queue_position
@@ -355,7 +416,7 @@ def finalize(ctx: StepContext) -> dict[str, Any]:
     _read_back(ctx, image)
     ctx.report(50, "reading back the stored video")
     _read_back(ctx, video)
-    _check_clip(ctx.workflow.request, video)
+    _check_clip(ctx.output_of(StepName.GENERATE_VIDEO)["expected"], video)
     # The staged copy goes only now: until upload_image is committed, a resumed run needs it.
     staged = ctx.output_of(StepName.GENERATE_IMAGE)["staging_key"]
     ctx.call("delete", lambda: storage.delete(staged), provider=storage.name)
@@ -367,14 +428,15 @@ def finalize(ctx: StepContext) -> dict[str, Any]:
     }
 
 
-def _check_clip(request: WorkflowRequest, video: dict[str, Any]) -> None:
-    want_w, want_h = request.video_dimensions
-    if (video["width"], video["height"]) != (want_w, want_h):
+def _check_clip(expected: dict[str, Any], video: dict[str, Any]) -> None:
+    dimensions = expected["dimensions"]
+    if dimensions is not None and [video["width"], video["height"]] != list(dimensions):
+        want_w, want_h = dimensions
         raise StepFailedError(
             f"The video is {video['width']}x{video['height']}, not the {want_w}x{want_h} asked for",
             FailureCategory.VERIFICATION,
         )
-    wanted_s = request.video_config.duration_s
+    wanted_s = expected["duration_s"]
     if abs(video["duration_s"] - wanted_s) > DURATION_TOLERANCE_S:
         raise StepFailedError(
             f"The video lasts {video['duration_s']:.2f} s, not the {wanted_s} s asked for",

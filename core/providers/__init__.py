@@ -81,6 +81,7 @@ def video_generator(settings: Settings) -> VideoGenerator:
     return FalVideoGenerator(
         key=settings.fal_key.get_secret_value(),  # type: ignore[union-attr]
         default_model=settings.video_model,
+        queue_host=settings.fal_queue_run_host,
     )
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal, Protocol
 
+from core.errors import FailureCategory
+
 ImageQuality = Literal["standard", "hd"]
 ImageStyle = Literal["natural", "vivid"]
 VideoResolution = Literal["720p", "1080p"]
@@ -43,6 +45,11 @@ class ImageGenerator(Protocol):
 
     def generate(self, spec: ImageSpec, *, timeout_s: float) -> GeneratedImage: ...
 
+    def check(self) -> str:
+        """The cheapest call that proves the credentials work; a short description on success,
+        a ProviderError (PROVIDER_AUTH for bad credentials) on failure. Used by health."""
+        ...
+
 
 @dataclass(frozen=True)
 class ModerationVerdict:
@@ -56,6 +63,8 @@ class Moderator(Protocol):
     def moderate(self, texts: Sequence[str]) -> list[ModerationVerdict]:
         """One verdict per text, in order, from a single call."""
         ...
+
+    def check(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,7 @@ class VideoJobStatus:
     progress: float | None = None  # 0..1 when the provider says; None when it doesn't
     logs: tuple[str, ...] = ()
     error: str | None = None  # set when state is FAILED
+    error_category: FailureCategory | None = None  # e.g. CONTENT_POLICY, when the provider says
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,8 @@ class VideoGenerator(Protocol):
     def cancel(self, request_id: str) -> bool:
         """Ask the provider to stop; True when it accepted the cancellation."""
         ...
+
+    def check(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -133,6 +145,8 @@ class Storage(Protocol):
     def url(self, key: str, *, expires_s: int) -> str:
         """A URL a browser or provider can fetch: presigned for S3, file:// for a local folder."""
         ...
+
+    def check(self) -> str: ...
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,10 @@ class _Faulty(Generic[_Inner]):
         self.injector = injector
         self.name = inner.name
 
+    def check(self) -> str:
+        # Health asks the real provider behind the faults; injecting here would only mislead.
+        return self.inner.check()  # type: ignore[attr-defined]
+
 
 class FaultyImageGenerator(_Faulty[ImageGenerator]):
     def generate(self, spec: ImageSpec, *, timeout_s: float) -> GeneratedImage:

@@ -38,7 +38,12 @@ _PROVIDER = "offline"
 _MAX_SIDE = 4096  # like the real models, refuse sizes nobody asks for instead of eating memory
 
 
-class OfflineImageGenerator:
+class _NoCredentials:
+    def check(self) -> str:
+        return "offline: runs on this machine, no credentials needed"
+
+
+class OfflineImageGenerator(_NoCredentials):
     name = _PROVIDER
 
     def __init__(self, latency_s: float) -> None:
@@ -72,7 +77,7 @@ _FPS = 24
 _JOB_ID = re.compile(r"offline-[0-9a-f]{32}")
 
 
-class OfflineVideoGenerator:
+class OfflineVideoGenerator(_NoCredentials):
     """Each job is a folder under `job_dir` (job.json, the input image, the finished mp4), so the
     state outlives our process like a real queue's: a restarted app reattaches by request id.
 
@@ -202,7 +207,7 @@ _CATEGORIES = {
 }
 
 
-class KeywordModerator:
+class KeywordModerator(_NoCredentials):
     """Flags a text when a blocklisted word or phrase appears in it as a whole word ("gore", not
     "gory"), on case-folded text so "GORE" and "Gore" count too."""
 
@@ -273,6 +278,9 @@ class LocalStorage:
 
     def url(self, key: str, *, expires_s: int) -> str:
         return self._path(key).absolute().as_uri()  # a local file never expires
+
+    def check(self) -> str:
+        return f"local folder {self.root}"
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
