@@ -167,10 +167,11 @@ def _print_summary(runtime, view: WorkflowView) -> None:
     with runtime.db.read() as session:
         assets = workflows.assets_of(session, view.id)
         refund = credits.refund_entry(session, view.id)
+    console.line()
     if view.status is WorkflowStatus.COMPLETED:
         for asset in assets:
             url = runtime.providers.storage.url(asset.storage_key, expires_s=3600)
-            console.print(f"[green]{asset.kind}[/]: {url.removeprefix('file://')}")
+            console.print(f"[green]{asset.kind}[/]: {url.removeprefix('file://')}", soft_wrap=True)
     else:
         console.print(f"[red]{view.status}[/]: {view.error_message or ''}")
         if refund is not None:

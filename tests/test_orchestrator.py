@@ -401,3 +401,30 @@ def test_progress_writes_are_throttled(settings, user):
     assert video.calls["status"] >= 21
     # Per step: start, first progress report, completion; plus the write-ahead provider id.
     assert len(updates) <= 6 * 3 + 1
+
+
+def test_a_stored_file_that_cannot_be_read_back_fails_verification_and_refunds(settings, user):
+    storage = Spy(build_providers(settings).storage, head=[None])  # finalize's first read-back
+    runtime = engine(settings, with_providers(settings, storage=storage))
+    workflow_id, _ = runtime.start_workflow(user, SHORT)
+
+    view = load(runtime, workflow_id)
+    assert (view.status, view.error_category) == (WorkflowStatus.FAILED, "verification")
+    assert "missing or has the wrong size" in view.error_message
+    assert view.step(StepName.FINALIZE).status is StepStatus.FAILED
+    assert balance(runtime, user) == 100
+
+
+def test_a_running_workflow_beats_its_heartbeat(settings, user):
+    beating = settings.model_copy(update={"heartbeat_interval_s": 0.05})
+    video = Spy(build_providers(settings).video, status=itertools.repeat(STUCK))
+    runtime = engine(beating, with_providers(settings, video=video), threaded=True)
+    runtime.start_background()
+    workflow_id, _ = runtime.start_workflow(user, SHORT)
+    wait_for(lambda: video.calls["status"] >= 1)
+    first = load(runtime, workflow_id).heartbeat_at
+
+    wait_for(lambda: load(runtime, workflow_id).heartbeat_at > first)
+    runtime.cancel(workflow_id, user)
+    wait_for(lambda: load(runtime, workflow_id).status.is_terminal)
+    runtime.shutdown()

@@ -1,0 +1,75 @@
+"""The `python -m core` command, run as a user would run it."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from core.media import probe_video
+
+
+def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "DATA_DIR": str(tmp_path / "data"),
+        "OFFLINE_LATENCY_S": "0",
+        "POLL_INTERVAL_S": "0.05",
+        "COLUMNS": "200",
+    }
+    env.pop("DATABASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+
+
+def test_run_completes_offline_and_prints_a_playable_video(tmp_path):
+    done = run_cli(
+        tmp_path,
+        "run",
+        "--image-prompt",
+        "a red fox in fresh snow",
+        "--video-prompt",
+        "slow dolly in, snow falling",
+        "--duration",
+        "4s",
+    )
+    assert done.returncode == 0, done.stderr
+    video = Path(re.search(r"video: (\S+\.mp4)", done.stdout).group(1))
+    probe = probe_video(video.read_bytes())
+    assert (probe.width, probe.height) == (1280, 720)
+    assert abs(probe.duration_s - 4) <= 0.2
+    assert "finalize" in done.stdout
+
+
+def test_a_refused_run_exits_non_zero_and_shows_the_refund(tmp_path):
+    done = run_cli(tmp_path, "run", "--image-prompt", "a gore scene", "--video-prompt", "slow pan")
+    assert done.returncode == 1
+    assert "Moderation refused the request" in done.stdout
+    assert re.search(r"refunded \d+ credits", done.stdout)
+
+
+def test_bad_input_names_the_field_and_exits_2(tmp_path):
+    done = run_cli(tmp_path, "run", "--image-prompt", "   ", "--video-prompt", "slow pan")
+    assert done.returncode == 2
+    assert "imagePrompt must not be empty" in done.stderr
+
+
+def test_users_and_credits_commands_manage_accounts(tmp_path):
+    created = run_cli(tmp_path, "users", "create", "ada@example.com", "--admin")
+    assert created.returncode == 0, created.stderr
+    assert "created admin ada@example.com with 100 credits" in created.stdout
+    assert re.search(r"password \(shown once\): \S{12,}", created.stdout)
+
+    granted = run_cli(tmp_path, "credits", "grant", "ada@example.com", "25")
+    assert granted.returncode == 0
+    assert "ada@example.com: 125 credits" in granted.stdout
+
+    unknown = run_cli(tmp_path, "credits", "grant", "nobody@example.com", "5")
+    assert unknown.returncode == 2
+    assert "no account for nobody@example.com" in unknown.stderr
