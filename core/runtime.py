@@ -5,8 +5,11 @@ The Streamlit app caches one Runtime per process (st.cache_resource); the CLI bu
 
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from core import workflows
@@ -21,6 +24,18 @@ from core.schemas import parse_request
 from core.workflows import WorkflowView
 
 log = logging.getLogger(__name__)
+
+
+def _before_thread_join(stop: Callable[[], None]) -> None:
+    """Run `stop` when the process exits, before Python joins worker threads.
+
+    A plain atexit handler runs only after that join, so the process would wait for every video
+    in flight (minutes) before stopping them. CPython's threading hook runs first (it is how
+    concurrent.futures itself shuts down); runners then stop at their next check and release
+    their runs to recovery.
+    """
+    register = getattr(threading, "_register_atexit", None)
+    (register or atexit.register)(stop)
 
 
 class Runtime:
@@ -42,6 +57,7 @@ class Runtime:
 
     def start_background(self) -> None:
         """Resume what a previous process left behind and start heartbeats and recovery."""
+        _before_thread_join(self.orchestrator.shutdown)
         report = self.orchestrator.start()
         if report.resubmitted:
             log.info("Recovery resubmitted %d interrupted runs", len(report.resubmitted))
