@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from sqlalchemy.exc import DBAPIError
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -156,6 +157,11 @@ class Orchestrator:
         except InvalidTransitionError as exc:
             log.warning("Workflow %s - lost its claim, stopping here: %s", workflow_id, exc)
             return None
+        except DBAPIError as exc:
+            # Not the run's fault: leave it running; its heartbeat stops, and recovery (here
+            # or on another machine) resumes it once the database answers again.
+            log.error("Workflow %s - database unavailable, left for recovery: %s", workflow_id, exc)
+            return None
         finally:
             with self._lock:
                 self._active.discard(workflow_id)
@@ -228,6 +234,8 @@ class Orchestrator:
         except (RunnerStoppingError, InvalidTransitionError):
             context.flush()
             raise
+        except DBAPIError:
+            raise  # see run_workflow: the database, not the step, failed
         except WorkflowCancelledError as exc:
             return self._fail(context, WorkflowStatus.CANCELLED, str(exc), None), None
         except (ProviderError, StepFailedError, StepTimeoutError) as exc:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import av
 import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy.exc import OperationalError
 
 from core import credits, workflows
 from core.auth import UserView
@@ -428,3 +429,19 @@ def test_a_running_workflow_beats_its_heartbeat(settings, user):
     runtime.cancel(workflow_id, user)
     wait_for(lambda: load(runtime, workflow_id).status.is_terminal)
     runtime.shutdown()
+
+
+def test_a_database_error_mid_step_leaves_the_run_to_recovery_not_failed(settings, user):
+    outage = OperationalError("UPDATE workflow_steps ...", {}, Exception("server closed"))
+    image = Spy(build_providers(settings).image, generate=[outage])
+    first = engine(settings, with_providers(settings, image=image))
+    first.start_workflow(user, SHORT)
+    with first.db.read() as session:
+        (workflow_id,) = session.execute(select(Workflow.id)).scalars()
+    view = load(first, workflow_id)
+    assert view.status is WorkflowStatus.RUNNING
+    assert refunds(first, workflow_id) == []
+
+    fresh = engine(settings.model_copy(update={"heartbeat_stale_s": 0.05}))
+    wait_for(lambda: fresh.orchestrator.recover().resubmitted == [workflow_id])
+    assert load(fresh, workflow_id).status is WorkflowStatus.COMPLETED
