@@ -13,6 +13,7 @@ from alembic.script import ScriptDirectory
 
 from core.config import Settings
 from core.db import Database, alembic_config
+from core.errors import ReelforgeError
 from core.providers import build_providers
 from core.providers.base import Providers
 
@@ -29,6 +30,8 @@ def _timed(name: str, probe: Callable[[], str]) -> Check:
     started = time.perf_counter()
     try:
         detail, ok = probe(), True
+    except ReelforgeError as exc:  # our own errors already say what to check
+        detail, ok = str(exc), False
     except Exception as exc:  # noqa: BLE001 - a health check reports every failure as "down"
         detail, ok = f"{type(exc).__name__}: {exc}", False
     return Check(name, ok, (time.perf_counter() - started) * 1000, detail)

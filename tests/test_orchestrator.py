@@ -6,15 +6,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import time
-from collections.abc import Callable
 
 import av
 import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 
-from core import credits, workflows
+from core import workflows
 from core.auth import UserView
 from core.config import Settings
 from core.errors import (
@@ -26,7 +24,7 @@ from core.errors import (
 )
 from core.executor import InlineExecutor, ThreadExecutor
 from core.media import probe_image, probe_video
-from core.models import ApiCall, CreditTransaction, Workflow, utcnow
+from core.models import ApiCall, Workflow, utcnow
 from core.providers import build_providers
 from core.providers.base import Providers, VideoJobState, VideoJobStatus
 from core.providers.offline import OfflineVideoGenerator
@@ -34,6 +32,7 @@ from core.runtime import Runtime
 from core.schemas import parse_request
 from core.states import StepName, StepStatus, WorkflowStatus
 from tests.fakes import Crash, Spy
+from tests.helpers import balance, load, refunds, wait_for
 
 SHORT = {
     "imagePrompt": "a red fox in fresh snow",
@@ -42,14 +41,6 @@ SHORT = {
     "videoConfig": {"duration": "4s", "generateAudio": False},
 }
 STUCK = VideoJobStatus(VideoJobState.IN_PROGRESS, progress=0.5, logs=("Generating frames",))
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def with_providers(settings: Settings, **replacements) -> Providers:
@@ -64,28 +55,6 @@ def user(make_user) -> UserView:
 def engine(settings: Settings, providers: Providers | None = None, *, threaded=False) -> Runtime:
     executor = ThreadExecutor(2) if threaded else InlineExecutor()
     return Runtime(settings, upgrade=False, executor=executor, providers=providers)
-
-
-def load(runtime: Runtime, workflow_id: str) -> workflows.WorkflowView:
-    with runtime.db.read() as session:
-        return workflows.load_workflow(session, workflow_id)
-
-
-def balance(runtime: Runtime, user: UserView) -> int:
-    with runtime.db.read() as session:
-        mismatches = credits.balance_mismatches(session)
-        assert mismatches == [], f"ledger invariant broken: {mismatches}"
-        return credits.history(session, user.id, limit=1)[0].balance_after
-
-
-def refunds(runtime: Runtime, workflow_id: str) -> list[int]:
-    with runtime.db.read() as session:
-        rows = session.execute(
-            select(CreditTransaction.amount).where(
-                CreditTransaction.workflow_id == workflow_id, CreditTransaction.kind == "refund"
-            )
-        )
-        return list(rows.scalars())
 
 
 # -- the happy path ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ class ProviderConfigError(ReelforgeError):
 def _choose(choice: str, real: str, has_credentials: bool, setting: str, needs: str) -> str:
     if choice == "auto":
         return real if has_credentials else "offline"
-    if choice != "offline" and not has_credentials:
+    if choice not in ("offline", "local") and not has_credentials:
         raise ProviderConfigError(f"{setting}={choice} needs {needs} to be set")
     return choice
 

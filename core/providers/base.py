@@ -70,7 +70,9 @@ class Moderator(Protocol):
 @dataclass(frozen=True)
 class VideoSpec:
     prompt: str
-    image_url: str  # https:// (presigned) for real providers; file:// works offline
+    # http(s):// (presigned) passes through; file:// (local storage) is read by the offline
+    # provider and uploaded to fal's CDN by the fal adapter.
+    image_url: str
     duration_s: int = 8
     resolution: VideoResolution = "720p"
     aspect_ratio: AspectRatio = "16:9"

@@ -1,13 +1,20 @@
 """Image-to-video on fal.ai's queue through the official `fal-client` SDK. The job id we hand out
-is "<endpoint id>::<fal request id>", so a restarted app can poll, fetch or cancel it."""
+is "<endpoint id>::<fal request id>", so a restarted app can poll, fetch or cancel it.
+
+The still reaches fal as a URL: a presigned S3 URL is passed through; a file:// URL (local-folder
+storage) is uploaded to fal's CDN first, so local storage with real fal is a supported setup.
+"""
 
 from __future__ import annotations
 
 import logging
+import mimetypes
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote, urlparse
 
 import httpx
 
@@ -30,6 +37,12 @@ PROVIDER = "fal"
 JOB_ID_SEPARATOR = "::"
 MAX_LOG_LINES = 100  # fal resends every log line on each poll; keep the tail only
 _NOT_CANCELLABLE = (400, 404)  # already finished, or unknown to fal
+# check() asks for the status of this well-formed request id that cannot exist: fal answers 404
+# once it has accepted the key, 401/403 when it has not, so no job is ever created or billed.
+CHECK_REQUEST_ID = "00000000-0000-4000-8000-000000000000"
+CHECK_TIMEOUT_S = 10.0
+# Stills uploaded for local-folder storage only need to outlive the job that reads them.
+UPLOAD_EXPIRES_IN = "1d"
 _T = TypeVar("_T")
 
 
@@ -50,6 +63,9 @@ def _sdk(queue_host: str | None) -> Any:
     # by settings. Nested, the two would multiply (10 x 4 attempts) and hide 44 s stalls from
     # heartbeats, so the SDK makes exactly one attempt. It is a module global read at call time.
     fal_http.MAX_ATTEMPTS = 1
+    # The upload hosts (REST_URL for the CDN token, CDN_URL for the bytes) have no setting of any
+    # kind, so uploads always go to fal.ai itself; only tests move them, by patching these
+    # globals (tests/twins/fixtures.py).
     if queue_host:
         url = f"https://{queue_host.removeprefix('https://').strip('/')}/"
         if fal_http.QUEUE_URL_FORMAT != url:
@@ -113,11 +129,47 @@ class FalVideoGenerator:
             raise PermanentProviderError(
                 str(exc), provider=PROVIDER, category=FailureCategory.INVALID_REQUEST
             ) from None
+        if "image_url" in arguments:
+            arguments["image_url"] = self._reachable_image_url(arguments["image_url"])
         # Submitting is not idempotent and fal takes no idempotency key: a retry after a *read*
         # timeout may leave a second job at fal, billed if it completes. Rare; accepted.
         handle = _call(lambda: self._sync_client().submit(endpoint, arguments=arguments))
         logger.info("fal job %s submitted to %s", handle.request_id, endpoint)
         return job_id(endpoint, handle.request_id)
+
+    def _reachable_image_url(self, url: str) -> str:
+        """A URL fal's servers can fetch. http(s) (a presigned S3 GET) and data: URIs pass
+        through; a file:// still (local-folder storage) goes to fal's CDN first. Each submit
+        attempt uploads again: a retry is rare and the still is small."""
+        parsed = urlparse(url)
+        if parsed.scheme in ("http", "https", "data"):
+            return url
+        if parsed.scheme != "file":
+            raise PermanentProviderError(
+                f"fal.ai cannot fetch a {parsed.scheme or 'scheme-less'} image URL: {url[:100]}",
+                provider=PROVIDER,
+                category=FailureCategory.INVALID_REQUEST,
+            )
+        path = Path(unquote(parsed.path))
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise PermanentProviderError(
+                f"cannot read the still to upload to fal.ai: {exc}",
+                provider=PROVIDER,
+                category=FailureCategory.STORAGE,
+            ) from exc
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        from fal_client import StorageSettings
+
+        lifecycle = StorageSettings(expires_in=UPLOAD_EXPIRES_IN)
+        cdn_url = _call(
+            lambda: self._sync_client().upload(
+                data, content_type, file_name=path.name, lifecycle=lifecycle
+            )
+        )
+        logger.info("fal upload of %s (%d bytes) is at %s", path.name, len(data), cdn_url)
+        return cdn_url
 
     def status(self, request_id: str) -> VideoJobStatus:
         endpoint, fal_id = parse_job_id(request_id)
@@ -130,13 +182,10 @@ class FalVideoGenerator:
         # Check first: the SDK's get() would otherwise poll (every 0.1 s, forever) until done.
         status = _job_status(_call(lambda: handle.status(with_logs=False)))
         if status.state is VideoJobState.FAILED:
-            category = (
-                FailureCategory.CONTENT_POLICY
-                if (status.error or "").startswith("content_policy_violation")
-                else FailureCategory.PROVIDER_REJECTED
-            )
             raise PermanentProviderError(
-                f"fal job failed: {status.error}", provider=PROVIDER, category=category
+                f"fal job failed: {status.error}",
+                provider=PROVIDER,
+                category=status.error_category,
             )
         if status.state is not VideoJobState.COMPLETED:
             raise TransientProviderError(
@@ -164,6 +213,25 @@ class FalVideoGenerator:
             raise
         return True
 
+    def check(self) -> str:
+        """The status of a request id that cannot exist, on the default endpoint: no job, no
+        cost. 404 means fal accepted the key; 401/403 become PROVIDER_AUTH naming FAL_KEY."""
+        endpoint = self.default_model
+
+        def probe() -> httpx.Response:
+            # The same GET as handle.status(), on the SDK's own authenticated client, but with a
+            # short timeout: the SDK's is 120 s and health has to answer.
+            handle = self._sync_client().get_handle(endpoint, CHECK_REQUEST_ID)
+            return handle.client.get(
+                handle.status_url, params={"logs": "false"}, timeout=CHECK_TIMEOUT_S
+            )
+
+        response = _call(probe)
+        if response.status_code == 404 or response.is_success:
+            return f"fal: key accepted ({endpoint})"
+        error_type = response.headers.get("x-fal-error-type")
+        raise _translate_http(response.status_code, response, response.text[:300], error_type)
+
 
 def _call(fn: Callable[[], _T]) -> _T:
     try:
@@ -188,7 +256,13 @@ def _translate(exc: Exception) -> ProviderError | None:
             category=FailureCategory.PROVIDER_AUTH,
         )
     if isinstance(exc, FalClientHTTPError):
-        return _translate_http(exc)
+        return _translate_http(exc.status_code, exc.response, exc.message, exc.error_type)
+    if isinstance(exc, httpx.HTTPStatusError):
+        # The CDN token request of an upload calls raise_for_status() itself, outside the
+        # SDK's own error wrapping.
+        response = exc.response
+        error_type = response.headers.get("x-fal-error-type")
+        return _translate_http(response.status_code, response, response.text[:300], error_type)
     if isinstance(exc, httpx.TimeoutException):
         return TransientProviderError(f"fal.ai timed out: {type(exc).__name__}", provider=PROVIDER)
     if isinstance(exc, httpx.TransportError):
@@ -200,11 +274,11 @@ def _translate(exc: Exception) -> ProviderError | None:
     return None
 
 
-def _translate_http(exc: Any) -> ProviderError:
-    status: int = exc.status_code
-    response: httpx.Response = exc.response
-    detail = _detail(response, exc.message)
-    common: dict[str, Any] = {"provider": PROVIDER, "code": exc.error_type, "status_code": status}
+def _translate_http(
+    status: int, response: httpx.Response, message: Any, error_type: str | None
+) -> ProviderError:
+    detail = _detail(response, message)
+    common: dict[str, Any] = {"provider": PROVIDER, "code": error_type, "status_code": status}
     if status in (401, 403):
         return PermanentProviderError(
             f"fal.ai refused the key (HTTP {status}): {_describe(detail)} — check FAL_KEY",
@@ -268,7 +342,15 @@ def _job_status(state: Any) -> VideoJobStatus:
     if isinstance(state, Completed):
         if state.error:
             error = f"{state.error_type}: {state.error}" if state.error_type else state.error
-            return VideoJobStatus(VideoJobState.FAILED, logs=logs, error=error)
+            policy = state.error_type == "content_policy_violation" or error.startswith(
+                "content_policy_violation"
+            )
+            category = (
+                FailureCategory.CONTENT_POLICY if policy else FailureCategory.PROVIDER_REJECTED
+            )
+            return VideoJobStatus(
+                VideoJobState.FAILED, logs=logs, error=error, error_category=category
+            )
         return VideoJobStatus(VideoJobState.COMPLETED, progress=1.0, logs=logs)
     raise PermanentProviderError(f"unknown fal status {state!r}", provider=PROVIDER)
 

@@ -26,6 +26,7 @@ from core.providers.retry_after import retry_after_s
 logger = logging.getLogger(__name__)
 
 PROVIDER = "openai"
+CHECK_TIMEOUT_S = 10.0  # health must answer quickly even when OpenAI does not
 _CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
 # 429 is usually a rate limit, but an empty prepaid balance is a 429 too and waiting won't fix it.
 _PERMANENT_429_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
@@ -101,6 +102,24 @@ class OpenAIImageGenerator:
             revised_prompt=item.revised_prompt,
         )
 
+    def check(self) -> str:
+        """GET /v1/models/{default model}: free, and it proves both the key and that the key's
+        organisation may use the model (a 404 here would fail every run too)."""
+        try:
+            client = self._client.get().with_options(timeout=CHECK_TIMEOUT_S)
+            client.models.retrieve(self.default_model)
+        except openai.NotFoundError as exc:
+            raise PermanentProviderError(
+                f"OpenAI does not offer {self.default_model} to this key — check IMAGE_MODEL "
+                "(and the organisation's access to it)",
+                provider=PROVIDER,
+                code=exc.code,
+                status_code=exc.status_code,
+            ) from exc
+        except openai.OpenAIError as exc:
+            raise translate_openai_error(exc) from exc
+        return f"openai: {self.default_model} reachable"
+
     def _image_bytes(self, b64: str | None, url: str | None, model: str) -> bytes:
         if b64:
             try:
@@ -150,6 +169,15 @@ class OpenAIModerator:
             names = tuple(name for name, hit in flags.items() if hit)
             verdicts.append(ModerationVerdict(flagged=result.flagged, categories=names))
         return verdicts
+
+    def check(self) -> str:
+        """A one-word moderation: free, and it exercises the very endpoint runs use."""
+        try:
+            client = self._client.get().with_options(timeout=CHECK_TIMEOUT_S)
+            client.moderations.create(model=self.model, input="ok")
+        except openai.OpenAIError as exc:
+            raise translate_openai_error(exc) from exc
+        return f"openai: {self.model} reachable"
 
 
 def translate_openai_error(exc: openai.OpenAIError) -> ProviderError:

@@ -151,6 +151,39 @@ class S3Storage:
             ),
         )
 
+    def check(self) -> str:
+        """HEAD on the bucket: the cheapest signed request, proving the credentials, the bucket
+        name and that those credentials may use it."""
+        try:
+            self._s3().head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            # HEAD answers carry no body, so botocore's error code is the bare status.
+            code = _code(exc)
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise PermanentProviderError(
+                    f"s3://{self.bucket}: the bucket does not exist — check S3_BUCKET_NAME "
+                    "(and S3_REGION / S3_ENDPOINT_URL)",
+                    provider=PROVIDER,
+                    category=FailureCategory.STORAGE,
+                    code=code,
+                    status_code=404,
+                ) from exc
+            if code in ("403", "401") or code in _AUTH_CODES:
+                raise PermanentProviderError(
+                    f"s3://{self.bucket}: access denied (HTTP {code}) — check the S3 credentials "
+                    "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the instance role) and that "
+                    "they may use S3_BUCKET_NAME",
+                    provider=PROVIDER,
+                    category=FailureCategory.PROVIDER_AUTH,
+                    code=code,
+                    status_code=int(code) if code.isdigit() else 403,
+                ) from exc
+            raise self._translate(exc, "head bucket", "") from exc
+        except (BotoCoreError, ValueError) as exc:
+            raise self._translate(exc, "head bucket", "") from exc
+        where = self._endpoint_url or (f"region {self._region}" if self._region else "AWS")
+        return f"s3: bucket {self.bucket} reachable ({where})"
+
     def _call(self, operation: str, key: str, fn: Callable[[], _T]) -> _T:
         try:
             return fn()

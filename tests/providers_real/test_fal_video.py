@@ -21,9 +21,10 @@ from core.errors import FailureCategory, PermanentProviderError, TransientProvid
 from core.media import probe_video
 from core.providers.base import VideoJobState, VideoSpec
 from core.providers.catalog import VIDEO_MODELS, video_arguments
-from core.providers.fal_video import FalVideoGenerator, parse_job_id
+from core.providers.fal_video import CHECK_REQUEST_ID, FalVideoGenerator, parse_job_id
 from tests.twins.base import Fault
 from tests.twins.fal_twin import CONTENT_POLICY_MESSAGE, FalTwin
+from tests.twins.openai_twin import make_png
 
 REPO = Path(__file__).resolve().parents[2]
 VEO = "fal-ai/veo3.1/image-to-video"
@@ -204,6 +205,7 @@ def test_a_job_failed_by_the_content_checker_reads_failed_and_its_result_is_cont
 
     assert final.state is VideoJobState.FAILED
     assert final.error == f"content_policy_violation: {CONTENT_POLICY_MESSAGE}"
+    assert final.error_category is FailureCategory.CONTENT_POLICY
     with pytest.raises(PermanentProviderError) as caught:
         gen.result(job)
     assert caught.value.category is FailureCategory.CONTENT_POLICY
@@ -338,3 +340,129 @@ def test_env_alone_points_a_fresh_process_at_the_twin(fal_twin, fal_tls):
     assert out["states"] == ["queued", "in_progress", "completed"]
     assert out["url"].startswith(f"https://{fal_twin.host}/") and out["ftyp"] == "ftyp"
     assert json.loads(json.dumps(submits(fal_twin)[0].json))["duration"] == "4s"
+
+
+def test_a_job_failed_for_another_reason_is_provider_rejected_and_live_states_have_no_category(
+    fal_twin,
+):
+    fal_twin.script_next_job(queue_polls=0, progress_polls=1, outcome="failed")
+    gen = adapter(fal_twin)
+    job = gen.submit(SPEC)
+
+    running, final = poll_until_done(gen, job)
+
+    assert running.error_category is None
+    assert final.state is VideoJobState.FAILED
+    assert final.error_category is FailureCategory.PROVIDER_REJECTED
+    with pytest.raises(PermanentProviderError) as caught:
+        gen.result(job)
+    assert caught.value.category is FailureCategory.PROVIDER_REJECTED
+
+
+# -- the still: presigned URL through, local file up to fal's CDN ------------------------------
+
+
+@pytest.fixture
+def local_still(tmp_path: Path) -> Path:
+    path = tmp_path / "storage" / "users" / "u1" / "image.png"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(make_png(1280, 720, "a lighthouse"))
+    return path
+
+
+def test_a_presigned_https_still_is_passed_through_without_any_upload(fal_twin):
+    adapter(fal_twin).submit(SPEC)
+    assert submits(fal_twin)[0].json["image_url"] == SPEC.image_url
+    assert fal_twin.uploads == {}
+    assert [r.path for r in fal_twin.requests] == [f"/{VEO}"]
+
+
+def test_a_file_url_still_goes_to_fals_cdn_and_the_model_gets_the_cdn_url(fal_twin, local_still):
+    job = adapter(fal_twin).submit(replace(SPEC, image_url=local_still.as_uri()))
+
+    token, upload, submit = fal_twin.requests
+    assert (token.method, token.path, token.query) == (
+        "POST",
+        "/storage/auth/token",
+        {"storage_type": "fal-cdn-v3"},
+    )
+    assert token.headers["authorization"] == f"Key {fal_twin.key}"
+    assert (upload.method, upload.path) == ("POST", "/files/upload")
+    assert upload.headers["authorization"].startswith("Bearer ")
+    assert upload.headers["x-fal-file-name"] == "image.png"
+    assert upload.headers["content-type"] == "image/png"
+    assert upload.body == local_still.read_bytes()
+    (path, stored) = next(iter(fal_twin.uploads.items()))
+    assert (stored.via, stored.lifecycle) == ("cdn", {"expiration_duration_seconds": 86400})
+    assert submit.json["image_url"] == fal_twin.access_url(path)
+    assert httpx.get(submit.json["image_url"]).content == local_still.read_bytes()
+    assert parse_job_id(job)[1] in fal_twin.jobs
+
+
+def test_when_the_cdn_upload_fails_the_sdk_falls_back_to_fals_storage_upload(fal_twin, local_still):
+    fal_twin.fail_next("cdn_upload", 500)
+
+    adapter(fal_twin).submit(replace(SPEC, image_url=local_still.as_uri()))
+
+    (stored,) = fal_twin.uploads.values()
+    assert (stored.via, stored.data) == ("storage", local_still.read_bytes())
+    paths = [r.path for r in fal_twin.requests]
+    assert paths[:3] == ["/storage/auth/token", "/files/upload", "/storage/upload/initiate"]
+    assert submits(fal_twin)[-1].json["image_url"].startswith(f"{fal_twin.origin}/files/")
+
+
+def test_a_wrong_key_at_the_upload_is_an_auth_failure_naming_fal_key_and_nothing_is_submitted(
+    fal_twin, local_still
+):
+    with pytest.raises(PermanentProviderError) as caught:
+        FalVideoGenerator("wrong-id:wrong-secret").submit(
+            replace(SPEC, image_url=local_still.as_uri())
+        )
+    assert caught.value.category is FailureCategory.PROVIDER_AUTH
+    assert caught.value.status_code == 401 and "FAL_KEY" in caught.value.message
+    assert [r.path for r in fal_twin.requests] == ["/storage/auth/token"]
+
+
+def test_an_upload_outage_is_transient(fal_twin, local_still):
+    fal_twin.fail_next("cdn_token", 503, error_type="runner_scheduling_failure")
+    with pytest.raises(TransientProviderError):
+        adapter(fal_twin).submit(replace(SPEC, image_url=local_still.as_uri()))
+    # The token request raises httpx's own HTTPStatusError, outside the SDK's error type.
+    assert [r.path for r in fal_twin.requests] == ["/storage/auth/token"]
+
+
+def test_a_missing_local_still_or_an_unfetchable_scheme_fails_before_any_request(
+    fal_twin, tmp_path
+):
+    with pytest.raises(PermanentProviderError) as missing:
+        adapter(fal_twin).submit(replace(SPEC, image_url=(tmp_path / "gone.png").as_uri()))
+    assert missing.value.category is FailureCategory.STORAGE
+    with pytest.raises(PermanentProviderError) as scheme:
+        adapter(fal_twin).submit(replace(SPEC, image_url="s3://bucket/still.png"))
+    assert scheme.value.category is FailureCategory.INVALID_REQUEST
+    assert fal_twin.requests == []
+
+
+# -- check(): what health calls ----------------------------------------------------------------
+
+
+def test_check_reads_a_404_for_an_impossible_request_as_an_accepted_key(fal_twin):
+    assert adapter(fal_twin).check() == f"fal: key accepted ({VEO})"
+    (request,) = fal_twin.requests
+    assert request.method == "GET"
+    assert request.path == f"/fal-ai/veo3.1/requests/{CHECK_REQUEST_ID}/status"
+    assert fal_twin.jobs == {}
+
+
+def test_check_with_a_wrong_key_is_an_auth_failure_naming_fal_key(fal_twin):
+    with pytest.raises(PermanentProviderError) as caught:
+        FalVideoGenerator("wrong-id:wrong-secret").check()
+    assert caught.value.category is FailureCategory.PROVIDER_AUTH
+    assert caught.value.status_code == 401 and "check FAL_KEY" in caught.value.message
+
+
+def test_check_when_fal_is_down_is_transient(fal_twin):
+    fal_twin.fail_next("status", 503, error_type="runner_scheduling_failure")
+    with pytest.raises(TransientProviderError) as caught:
+        adapter(fal_twin).check()
+    assert caught.value.status_code == 503

@@ -281,3 +281,61 @@ def test_the_twin_refuses_what_the_real_api_refuses(openai_twin):
         client.images.generate(model="gpt-image-1.5", prompt="x", size="1792x1024")
     ok = client.images.generate(model="gpt-image-2", prompt="x", size="1280x720")
     assert size_of(base64.b64decode(ok.data[0].b64_json)) == (1280, 720)
+
+
+# -- check(): what health calls ----------------------------------------------------------------
+
+
+def test_image_check_retrieves_the_default_model_and_nothing_is_generated(openai_twin):
+    assert generator(openai_twin).check() == "openai: gpt-image-2 reachable"
+    (request,) = openai_twin.requests
+    assert (request.method, request.path) == ("GET", "/v1/models/gpt-image-2")
+    assert request.headers["authorization"] == f"Bearer {openai_twin.api_key}"
+
+
+def test_image_check_with_a_wrong_key_is_an_auth_failure_naming_openai_api_key(openai_twin):
+    with pytest.raises(PermanentProviderError) as caught:
+        generator(openai_twin, key="sk-wrong-key").check()
+    assert caught.value.category is FailureCategory.PROVIDER_AUTH
+    assert caught.value.status_code == 401
+    assert "check OPENAI_API_KEY" in caught.value.message
+
+
+def test_image_check_for_a_model_the_key_cannot_use_names_image_model(openai_twin):
+    openai_twin.retired_models.add("gpt-image-2")
+    with pytest.raises(PermanentProviderError) as caught:
+        generator(openai_twin).check()
+    assert caught.value.category is FailureCategory.PROVIDER_REJECTED
+    assert "check IMAGE_MODEL" in caught.value.message
+
+
+def test_image_check_when_openai_is_down_is_transient(openai_twin):
+    openai_twin.fail_next("models", 503)
+    with pytest.raises(TransientProviderError):
+        generator(openai_twin).check()
+
+
+def test_moderator_check_is_a_single_free_one_word_moderation(openai_twin):
+    moderator = OpenAIModerator(openai_twin.api_key, base_url=openai_twin.base_url)
+    assert moderator.check() == "openai: omni-moderation-latest reachable"
+    assert [r.json for r in openai_twin.recorded("POST", "/v1/moderations")] == [
+        {"model": "omni-moderation-latest", "input": "ok"}
+    ]
+
+
+def test_moderator_check_with_a_wrong_key_names_openai_api_key(openai_twin):
+    with pytest.raises(PermanentProviderError) as caught:
+        OpenAIModerator("sk-wrong", base_url=openai_twin.base_url).check()
+    assert caught.value.category is FailureCategory.PROVIDER_AUTH
+    assert "OPENAI_API_KEY" in caught.value.message
+
+
+def test_the_twin_lists_models_for_a_valid_key_only(openai_twin):
+    import openai
+
+    client = openai.OpenAI(api_key=openai_twin.api_key, base_url=openai_twin.base_url)
+    listed = {m.id for m in client.models.list()}
+    assert {"gpt-image-2", "dall-e-3", "omni-moderation-latest"} <= listed
+    wrong = openai.OpenAI(api_key="sk-nope", base_url=openai_twin.base_url, max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()

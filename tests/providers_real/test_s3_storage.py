@@ -109,3 +109,34 @@ def test_an_unreachable_endpoint_is_transient(s3_twin):
 
 def test_constructing_the_adapter_does_no_io():
     S3Storage("any-bucket", endpoint_url="http://127.0.0.1:9")
+
+
+def test_check_is_a_head_bucket_naming_the_bucket(s3_twin):
+    assert storage(s3_twin).check() == (
+        f"s3: bucket {s3_twin.bucket} reachable ({s3_twin.endpoint_url})"
+    )
+    (request,) = s3_twin.requests
+    assert (request.method, request.path) == ("HEAD", f"/{s3_twin.bucket}")
+
+
+def test_check_of_a_missing_bucket_names_s3_bucket_name(s3_twin):
+    with pytest.raises(PermanentProviderError) as caught:
+        storage(s3_twin, bucket="no-such-bucket").check()
+    assert caught.value.category is FailureCategory.STORAGE
+    assert "check S3_BUCKET_NAME" in caught.value.message
+
+
+def test_check_with_refused_credentials_is_an_auth_failure(s3_twin):
+    # HEAD answers have no body: botocore sees a bare 403, not InvalidAccessKeyId.
+    s3_twin.fail_next(403, "InvalidAccessKeyId", "The AWS Access Key Id does not exist.")
+    with pytest.raises(PermanentProviderError) as caught:
+        storage(s3_twin).check()
+    assert caught.value.category is FailureCategory.PROVIDER_AUTH
+    assert "S3 credentials" in caught.value.message
+    assert "S3_BUCKET_NAME" in caught.value.message
+
+
+def test_check_when_s3_is_down_is_transient(s3_twin):
+    s3_twin.fail_next(503, "SlowDown")
+    with pytest.raises(TransientProviderError):
+        storage(s3_twin).check()

@@ -1,15 +1,25 @@
-"""A fal.ai queue twin over TLS: submit / status / result / cancel with the real wire shapes
-(reference/providers.md §2-3), per-model argument validation, scripted job timelines, faults,
-and a file route serving a real MP4 at the requested resolution and duration."""
+"""A fal.ai twin over TLS: the queue (submit / status / result / cancel) with the real wire shapes
+(reference/providers.md §2-3), per-model argument validation, scripted job timelines, faults and
+a file route serving a real MP4 at the requested resolution and duration; plus the CDN upload
+flow fal-client 1.0.3 uses (a storage token from REST_URL, then the bytes to CDN_URL, with the
+SDK's fallback to a signed storage upload). One port serves all three of fal's hosts.
+
+Key checks: every route but the signed PUT and the file downloads wants `Authorization: Key
+<key>` (the CDN upload wants the token's Bearer). An unknown request id with a good key is a 404,
+and a bad key is a 401 whatever the id: adapters' `check()` relies on that order.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import ssl
 import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import trustme
@@ -97,6 +107,17 @@ class JobScript:
     error_type: str = "internal_error"
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A file stored through the upload flow; `via` is "cdn" (fal_v3) or "storage" (fallback)."""
+
+    data: bytes
+    content_type: str
+    file_name: str
+    via: str
+    lifecycle: dict[str, Any] | None = None
+
+
 @dataclass
 class Job:
     request_id: str
@@ -119,6 +140,19 @@ def tls_context(ca: trustme.CA) -> ssl.SSLContext:
     return context
 
 
+def trust_bundle(ca: trustme.CA) -> bytes:
+    """PEM for SSL_CERT_FILE: the trust already in force (SSL_CERT_FILE or certifi) plus `ca`,
+    so pointing httpx at the twin does not cost it the real CAs."""
+    current = os.environ.get("SSL_CERT_FILE")
+    if current and Path(current).is_file():
+        system = Path(current).read_bytes()
+    else:
+        import certifi
+
+        system = Path(certifi.where()).read_bytes()
+    return system + b"\n" + ca.cert_pem.bytes()
+
+
 class FalTwin(TwinServer):
     def __init__(
         self,
@@ -138,12 +172,21 @@ class FalTwin(TwinServer):
         self._scripts: deque[JobScript] = deque()
         self._videos: dict[tuple[int, int, int, bool], bytes] = {}
         self._render_lock = threading.Lock()
+        self.uploads: dict[str, Upload] = {}  # by access path, "/files/<id>/<name>"
+        self.cdn_tokens: set[str] = set()
+        self._pending_puts: dict[str, tuple[str, str]] = {}  # signed PUT id -> (path, name)
+
+    def access_url(self, path: str) -> str:
+        return f"{self.origin}{path}"
 
     def reset(self) -> None:
         super().reset()
         self.default_script = JobScript()
         self.jobs.clear()
         self._scripts.clear()
+        self.uploads.clear()
+        self.cdn_tokens.clear()
+        self._pending_puts.clear()
 
     def script_next_job(self, **kwargs: Any) -> JobScript:
         script = JobScript(**kwargs)
@@ -155,7 +198,9 @@ class FalTwin(TwinServer):
 
     def fail_next(
         self,
-        operation: str,  # "submit" | "status" | "result" | "cancel" | "file"
+        # "submit" | "status" | "result" | "cancel" | "file" | "cdn_token" | "cdn_upload"
+        # | "storage_upload" (the fallback's initiate)
+        operation: str,
         status: int = 500,
         *,
         detail: Any = None,
@@ -299,6 +344,12 @@ class _Handler(JsonHandler):
 
     def do_POST(self) -> None:
         request = self.read_request()
+        if request.path == "/files/upload":
+            self._cdn_upload(request)
+            return
+        if request.path.startswith("/storage/"):
+            self._storage(request)
+            return
         if not self._authorised(request) or self.apply_fault("submit"):
             return
         endpoint = request.path.strip("/")
@@ -339,6 +390,10 @@ class _Handler(JsonHandler):
 
     def do_GET(self) -> None:
         request = self.read_request()
+        if request.path in self.twin.uploads:
+            upload = self.twin.uploads[request.path]
+            self.send_body(200, upload.data, content_type=upload.content_type)
+            return
         if request.path.startswith("/files/"):
             self._file(request)
             return
@@ -360,6 +415,9 @@ class _Handler(JsonHandler):
 
     def do_PUT(self) -> None:
         request = self.read_request()
+        if request.path.startswith("/storage/upload/put/"):
+            self._signed_put(request)
+            return
         if not self._authorised(request) or self.apply_fault("cancel"):
             return
         parts = request.path.strip("/").split("/")
@@ -374,6 +432,82 @@ class _Handler(JsonHandler):
         else:
             job.cancelled = True
             self.send_body(202, {"status": "CANCELLATION_REQUESTED"})
+
+    # -- uploads: fal_client.client.CDNTokenManager, _upload_v3 and _upload_via_storage ------
+
+    def _storage(self, request: Recorded) -> None:
+        if request.path == "/storage/auth/token":
+            if not self._authorised(request) or self.apply_fault("cdn_token"):
+                return
+            if request.query.get("storage_type") != "fal-cdn-v3":
+                self.send_body(400, {"detail": "Unsupported storage_type"})
+                return
+            token = uuid.uuid4().hex
+            self.twin.cdn_tokens.add(token)
+            expires = datetime.now(UTC) + timedelta(hours=1)
+            self.send_body(
+                200,
+                {
+                    "token": token,
+                    "token_type": "Bearer",
+                    "base_url": self.twin.origin,
+                    "expires_at": expires.isoformat(),
+                },
+            )
+        elif request.path == "/storage/upload/initiate":
+            if not self._authorised(request) or self.apply_fault("storage_upload"):
+                return
+            body = request.json if isinstance(request.json, dict) else {}
+            name = str(body.get("file_name") or "upload.bin")
+            put_id, path = uuid.uuid4().hex, f"/files/{uuid.uuid4().hex}/{name}"
+            self.twin._pending_puts[put_id] = (path, str(body.get("content_type") or ""))
+            self.send_body(
+                200,
+                {
+                    "upload_url": f"{self.twin.origin}/storage/upload/put/{put_id}",
+                    "file_url": self.twin.access_url(path),
+                },
+            )
+        else:
+            self.send_body(404, {"detail": "Not found"})
+
+    def _cdn_upload(self, request: Recorded) -> None:
+        auth = request.headers.get("authorization", "")
+        if auth.removeprefix("Bearer ") not in self.twin.cdn_tokens:
+            self.send_body(401, {"detail": "Invalid or expired upload token"})
+            return
+        if self.apply_fault("cdn_upload"):
+            return
+        if not request.body:
+            self.send_body(400, {"detail": "Empty upload"})
+            return
+        name = request.headers.get("x-fal-file-name") or "upload.bin"
+        path = f"/files/{uuid.uuid4().hex}/{name}"
+        lifecycle = request.headers.get("x-fal-object-lifecycle")
+        content_type = request.headers.get("content-type") or "application/octet-stream"
+        self.twin.uploads[path] = Upload(
+            request.body, content_type, name, "cdn", json.loads(lifecycle) if lifecycle else None
+        )
+        self.send_body(
+            200,
+            {
+                "access_url": self.twin.access_url(path),
+                "content_type": content_type,
+                "file_name": name,
+                "file_size": len(request.body),
+            },
+        )
+
+    def _signed_put(self, request: Recorded) -> None:
+        pending = self.twin._pending_puts.pop(request.path.rsplit("/", 1)[-1], None)
+        if pending is None:
+            self.send_body(403, "<Error><Code>SignatureDoesNotMatch</Code></Error>")
+            return
+        path, declared_type = pending
+        content_type = request.headers.get("content-type") or declared_type
+        name = path.rsplit("/", 1)[-1]
+        self.twin.uploads[path] = Upload(request.body, content_type, name, "storage")
+        self.send_body(200, None)
 
     def _job(self, parts: list[str]) -> Job | None:
         if len(parts) < 4 or parts[2] != "requests" or len(parts) > 5:

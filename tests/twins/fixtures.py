@@ -7,6 +7,11 @@ trustme CA, reserves the fal twin's port by binding a listening socket, and impo
 with FAL_QUEUE_RUN_HOST=127.0.0.1:<port>, then restores the variable: the SDK is bound to the
 twin for this process while no other test sees the variable. SSL_CERT_FILE (system trust + the
 twin's CA) is set per fal test with monkeypatch, since httpx reads it when a client is built.
+
+The SDK's upload hosts (REST_URL for the CDN token, CDN_URL for the bytes) are plain module
+constants with no environment variable or argument behind them: the one place fal-client cannot
+be pointed at a local server by configuration. `fal_twin` therefore monkeypatches those two
+globals to the twin for each test, so no upload can ever leave for fal.ai.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import pytest
 import trustme
 
 from tests.twins.base import listening_socket
-from tests.twins.fal_twin import FalTwin, tls_context
+from tests.twins.fal_twin import FalTwin, tls_context, trust_bundle
 from tests.twins.openai_twin import OpenAITwin
 from tests.twins.s3_twin import S3Twin
 
@@ -62,7 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="fal-twin-"))
     ca = trustme.CA()
     ca_bundle = workdir / "ca-bundle.pem"
-    ca_bundle.write_bytes(_system_trust() + b"\n" + ca.cert_pem.bytes())
+    ca_bundle.write_bytes(trust_bundle(ca))
     sock = listening_socket()
     host = f"127.0.0.1:{sock.getsockname()[1]}"
     problem = None
@@ -94,15 +99,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         _fal_tls = None
 
 
-def _system_trust() -> bytes:
-    current = os.environ.get("SSL_CERT_FILE")
-    if current and Path(current).is_file():
-        return Path(current).read_bytes()
-    import certifi
-
-    return Path(certifi.where()).read_bytes()
-
-
 @pytest.fixture(scope="session")
 def fal_tls() -> FalTls:
     if _fal_tls is None:
@@ -121,8 +117,13 @@ def fal_twin_server(fal_tls: FalTls) -> Iterator[FalTwin]:
 
 @pytest.fixture
 def fal_twin(fal_twin_server: FalTwin, fal_tls: FalTls, monkeypatch: pytest.MonkeyPatch) -> FalTwin:
-    """The fal twin, reset, with SSL_CERT_FILE trusting it and no ambient fal credentials."""
+    """The fal twin, reset, with SSL_CERT_FILE trusting it, the SDK's upload hosts pointed at
+    it, and no ambient fal credentials."""
+    import fal_client.client as fal_http  # already imported (and bound) by pytest_configure
+
     monkeypatch.setenv("SSL_CERT_FILE", str(fal_tls.ca_bundle))
+    monkeypatch.setattr(fal_http, "REST_URL", fal_twin_server.origin)
+    monkeypatch.setattr(fal_http, "CDN_URL", fal_twin_server.origin)
     for name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET"):
         monkeypatch.delenv(name, raising=False)
     fal_twin_server.reset()

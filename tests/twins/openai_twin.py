@@ -1,5 +1,6 @@
 """An OpenAI API twin: /v1/images/generations and /v1/moderations with the real request rules,
-response and error shapes (reference/providers.md §1), Bearer-key checks and scripted faults."""
+response and error shapes (reference/providers.md §1), GET /v1/models and /v1/models/{id} (what
+health's check() calls), Bearer-key checks and scripted faults."""
 
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ IMAGE_MODELS = {
         dalle=True,
     ),
 }
+MODERATION_MODELS = ("omni-moderation-latest", "omni-moderation-2024-09-26")
 _STATUS_ERRORS = {
     400: ("invalid_request_error", None, "Bad request."),
     429: (
@@ -121,7 +123,7 @@ class OpenAITwin(TwinServer):
 
     def fail_next(
         self,
-        endpoint: str,  # "images" | "moderations"
+        endpoint: str,  # "images" | "moderations" | "models"
         status: int = 500,
         *,
         code: str | None = None,
@@ -171,11 +173,32 @@ class _Handler(JsonHandler):
 
     def do_GET(self) -> None:
         request = self.read_request()
+        if request.path == "/v1/models" or request.path.startswith("/v1/models/"):
+            self._models(request)
+            return
         name = request.path.removeprefix("/files/")
         if request.path.startswith("/files/") and name in self.twin.files:
             self.send_body(200, self.twin.files[name], content_type="image/png")
         else:
             self.send_body(404, error_body("Not found", "invalid_request_error"))
+
+    def _models(self, request: Recorded) -> None:
+        headers = {"x-request-id": f"req_{uuid.uuid4().hex}"}
+        if not self._authorised(request, headers) or self.apply_fault("models"):
+            return
+        offered = [m for m in IMAGE_MODELS if m not in self.twin.retired_models]
+        listing = [_model_object(m) for m in (*offered, *MODERATION_MODELS)]
+        wanted = request.path.removeprefix("/v1/models").strip("/")
+        if not wanted:
+            self.send_body(200, {"object": "list", "data": listing}, headers)
+            return
+        found = next((m for m in listing if m["id"] == wanted), None)
+        if found is None:
+            message = f"The model '{wanted}' does not exist"
+            body = error_body(message, "invalid_request_error", "model_not_found", "model")
+            self.send_body(404, body, headers)
+        else:
+            self.send_body(200, found, headers)
 
     def do_POST(self) -> None:
         request = self.read_request()
@@ -288,6 +311,10 @@ class _Handler(JsonHandler):
         model = body.get("model") or "omni-moderation-latest"
         resolved = "omni-moderation-2024-09-26" if model == "omni-moderation-latest" else model
         return 200, {"id": f"modr-{uuid.uuid4().hex[:24]}", "model": resolved, "results": results}
+
+
+def _model_object(model: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "system"}
 
 
 def _check_image_body(body: dict[str, Any], rules: ImageRules) -> dict[str, Any] | None:

@@ -88,6 +88,14 @@ class S3Twin:
             config=Config(s3={"addressing_style": "path"}),
         )
 
+    def recorded(self, method: str | None = None, path_prefix: str = "") -> list[Recorded]:
+        with self._lock:
+            return [
+                r
+                for r in self.requests
+                if (method is None or r.method == method) and r.path.startswith(path_prefix)
+            ]
+
     def reset(self) -> None:
         """Empty the bucket (recreating it if something reset moto's global state), then forget
         the requests that took and any pending faults."""

@@ -1,0 +1,44 @@
+"""Reading the engine's state back in tests, and waiting on conditions instead of sleeping."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from sqlalchemy import select
+
+from core import credits, workflows
+from core.auth import UserView
+from core.models import CreditTransaction
+from core.runtime import Runtime
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def load(runtime: Runtime, workflow_id: str) -> workflows.WorkflowView:
+    with runtime.db.read() as session:
+        return workflows.load_workflow(session, workflow_id)
+
+
+def balance(runtime: Runtime, user: UserView) -> int:
+    """The user's balance, after checking the ledger invariant for every user."""
+    with runtime.db.read() as session:
+        mismatches = credits.balance_mismatches(session)
+        assert mismatches == [], f"ledger invariant broken: {mismatches}"
+        return credits.history(session, user.id, limit=1)[0].balance_after
+
+
+def refunds(runtime: Runtime, workflow_id: str) -> list[int]:
+    with runtime.db.read() as session:
+        rows = session.execute(
+            select(CreditTransaction.amount).where(
+                CreditTransaction.workflow_id == workflow_id, CreditTransaction.kind == "refund"
+            )
+        )
+        return list(rows.scalars())
