@@ -204,7 +204,9 @@ def _duration_s(box: av.container.InputContainer, stream: av.VideoStream) -> flo
 def _cover(picture: Image.Image, width: int, height: int) -> Image.Image:
     """Crop to the target aspect around the centre, then scale, so no frame ever shows bars."""
     scale = max(width / picture.width, height / picture.height)
-    crop_w, crop_h = width / scale, height / scale
+    # min(): float rounding can make the crop a hair wider than the picture (1920.0000000000002
+    # for a 1920-wide source at a 1.15 zoom), which Pillow refuses as a negative offset.
+    crop_w, crop_h = min(width / scale, picture.width), min(height / scale, picture.height)
     left, top = (picture.width - crop_w) / 2, (picture.height - crop_h) / 2
     return picture.resize(
         (width, height), Image.Resampling.BICUBIC, box=(left, top, left + crop_w, top + crop_h)

@@ -211,7 +211,7 @@ def generate_image(ctx: StepContext) -> dict[str, Any]:
         height=config.height,
         quality=config.quality,
         style=config.style,
-        model=ctx.settings.image_model,
+        model=request.image_model or ctx.settings.image_model,
     )
     ctx.report(10, f"generating a {config.size} image")
     image = ctx.call(
@@ -305,7 +305,7 @@ def _video_spec(ctx: StepContext, image_url: str) -> VideoSpec:
         resolution=request.video_config.resolution,
         aspect_ratio=request.aspect_ratio,
         generate_audio=request.video_config.generate_audio,
-        model=ctx.settings.video_model,
+        model=request.video_model or ctx.settings.video_model,
     )
 
 

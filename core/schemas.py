@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.errors import RequestValidationError
+from core.providers import catalog
 
 # 4,000 characters is the smallest image-model limit in our registry (dall-e-3); safe for all.
 IMAGE_PROMPT_MAX_CHARS = 4000
@@ -65,6 +67,9 @@ class WorkflowRequest(_Strict):
     image_config: ImageConfig = Field(default_factory=ImageConfig, alias="imageConfig")
     video_config: VideoConfig = Field(default_factory=VideoConfig, alias="videoConfig")
     project_id: int | None = Field(None, alias="projectId", ge=1)
+    # Not in the seed: a model from the registries; None means the installation's default.
+    image_model: str | None = Field(None, alias="imageModel")
+    video_model: str | None = Field(None, alias="videoModel")
 
     @field_validator("image_prompt", "video_prompt", mode="before")
     @classmethod
@@ -77,6 +82,16 @@ class WorkflowRequest(_Strict):
         if _CONTROL_CHARS.search(value):
             raise ValueError("contains control characters")
         return value
+
+    @field_validator("image_model")
+    @classmethod
+    def _known_image_model(cls, value: str | None) -> str | None:
+        return _registered(value, catalog.IMAGE_MODELS)
+
+    @field_validator("video_model")
+    @classmethod
+    def _known_video_model(cls, value: str | None) -> str | None:
+        return _registered(value, catalog.VIDEO_MODELS)
 
     @property
     def aspect_ratio(self) -> Literal["16:9", "9:16"]:
@@ -92,6 +107,12 @@ class WorkflowRequest(_Strict):
     def to_json(self) -> dict[str, Any]:
         """The request as stored on the workflow row, with the seed's field names."""
         return self.model_dump(mode="json", by_alias=True)
+
+
+def _registered(value: str | None, registry: Mapping[str, Any]) -> str | None:
+    if value is not None and value not in registry:
+        raise ValueError(f"must be one of {', '.join(registry)}")
+    return value
 
 
 def parse_request(data: dict[str, Any]) -> WorkflowRequest:

@@ -76,3 +76,10 @@ def test_a_portrait_image_makes_a_portrait_clip_unless_told_otherwise():
 
 def test_missing_prompts_are_both_reported():
     assert problems_of({}) == {"imagePrompt": "is required", "videoPrompt": "is required"}
+
+
+def test_a_run_may_choose_registered_models_and_only_those():
+    request = parse_request({**VALID, "videoModel": "fal-ai/veo3.1/fast/image-to-video"})
+    assert (request.video_model, request.image_model) == ("fal-ai/veo3.1/fast/image-to-video", None)
+    problems = problems_of({**VALID, "imageModel": "midjourney"})
+    assert "gpt-image-2" in problems["imageModel"]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
 from core.media import probe_image, probe_video, render_clip
 
@@ -153,3 +154,14 @@ def test_probe_image_refuses_garbage_with_value_error(data: bytes) -> None:
 def test_probe_image_refuses_a_truncated_png(photo: bytes) -> None:
     with pytest.raises(ValueError):
         probe_image(photo[: len(photo) // 2])
+
+
+def test_a_source_exactly_the_size_of_the_clip_renders():
+    # 1920 x 1.15 / 1.15 rounds past 1920: the crop must still stay inside the picture.
+    picture = Image.new("RGB", (1920, 1080), (40, 90, 160))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    clip = render_clip(
+        buffer.getvalue(), width=1920, height=1080, duration_s=1, fps=8, with_audio=False
+    )
+    assert (probe_video(clip).width, probe_video(clip).height) == (1920, 1080)

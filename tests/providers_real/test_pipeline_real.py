@@ -194,6 +194,30 @@ def test_a_run_through_all_three_real_clients_completes_with_a_real_clip(
     assert balance(runtime, user) == 100 - view.cost_credits
 
 
+def test_models_chosen_for_a_run_reach_the_providers_with_their_own_arguments(
+    make_settings, engines, user, twins
+):
+    runtime = engines(make_settings())
+    chosen = {
+        **RUN,
+        "imageModel": "gpt-image-1.5",
+        "videoModel": "fal-ai/kling-video/v2.5-turbo/pro/image-to-video",
+    }
+    workflow_id, _ = runtime.start_workflow(user, chosen)
+
+    view = load(runtime, workflow_id)
+    assert view.status is WorkflowStatus.COMPLETED, view.error_message
+    (image_call,) = twins.openai.recorded("POST", "/v1/images/generations")
+    # gpt-image-1.5 has no 1792x1024: the nearest landscape size it takes.
+    assert (image_call.json["model"], image_call.json["size"]) == ("gpt-image-1.5", "1536x1024")
+    (submit,) = twins.fal.recorded("POST")
+    assert submit.path == "/fal-ai/kling-video/v2.5-turbo/pro/image-to-video"
+    assert submit.json["duration"] == "5"  # Kling's nearest duration to the 4 s asked for
+    with runtime.db.read() as session:
+        video = next(a for a in workflows.assets_of(session, workflow_id) if a.kind == "video")
+    assert video.duration_s == pytest.approx(5, abs=0.25)
+
+
 def test_with_local_folder_storage_the_still_reaches_real_fal_by_its_cdn_upload(
     make_settings, engines, user, twins
 ):
