@@ -8,6 +8,7 @@ import logging
 import secrets
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 from rich.console import Console
@@ -53,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--user", default=auth.OPERATOR_EMAIL, help="act as this account")
 
     commands.add_parser("health", help="check the database, storage and providers")
+
+    recover = commands.add_parser(
+        "recover", help="resume runs a dead process left behind, wait for them, report"
+    )
+    recover.add_argument(
+        "--stale-after",
+        type=float,
+        metavar="SECONDS",
+        help="treat a run as abandoned after this long without a heartbeat "
+        "(default: HEARTBEAT_STALE_S)",
+    )
 
     users = commands.add_parser("users", help="manage accounts").add_subparsers(
         dest="users_command", required=True
@@ -219,6 +231,35 @@ def cmd_credits(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
+    from core.runtime import Runtime
+
+    if args.stale_after is not None:
+        settings = settings.model_copy(update={"heartbeat_stale_s": args.stale_after})
+    runtime = Runtime(settings)
+    try:
+        with console.status("recovering interrupted runs…"):
+            recovered = runtime.recover_and_wait()
+    finally:
+        runtime.shutdown()
+    if not recovered:
+        console.print("nothing to recover")
+        return 0
+    table = Table(title=f"Recovered {len(recovered)} runs")
+    for column in ("workflow", "ended", "refunded", "reason"):
+        table.add_column(column)
+    for run in recovered:
+        refunded = f"{run.refunded} credits" if run.refunded else ""
+        table.add_row(run.workflow_id, run.status, refunded, run.error_message or "")
+    console.print(table)
+    ended = Counter(run.status for run in recovered)
+    console.print(
+        f"resumed {len(recovered)}: {ended['completed']} completed, {ended['failed']} failed, "
+        f"{ended['cancelled']} cancelled; refunded {sum(r.refunded for r in recovered)} credits"
+    )
+    return 0
+
+
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     upgrade_schema(settings.resolved_database_url)
     console.print("schema is up to date")
@@ -228,6 +269,7 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS = {
     "run": cmd_run,
     "health": cmd_health,
+    "recover": cmd_recover,
     "users": cmd_users,
     "credits": cmd_credits,
     "db": cmd_db,

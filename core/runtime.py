@@ -8,11 +8,13 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from core import workflows
+from core import credits, workflows
 from core.auth import UserView
 from core.config import Settings
 from core.db import Database, upgrade_schema
@@ -36,6 +38,22 @@ def _before_thread_join(stop: Callable[[], None]) -> None:
     """
     register = getattr(threading, "_register_atexit", None)
     (register or atexit.register)(stop)
+
+
+@dataclass(frozen=True)
+class RecoveredRun:
+    workflow_id: str
+    status: str
+    error_message: str | None
+    refunded: int
+
+
+def _recovered(session: Any, workflow_id: str) -> RecoveredRun:
+    view = workflows.load_workflow(session, workflow_id)
+    refund = credits.refund_entry(session, workflow_id)
+    return RecoveredRun(
+        workflow_id, view.status.value, view.error_message, refund.amount if refund else 0
+    )
 
 
 class Runtime:
@@ -83,6 +101,21 @@ class Runtime:
 
     def cancel(self, workflow_id: str, user: UserView) -> WorkflowView:
         return workflows.request_cancel(self.db, workflow_id, user)
+
+    def recover_and_wait(self, *, poll_s: float = 0.5) -> list[RecoveredRun]:
+        """One recovery pass, then wait for every run it resumed to end (`python -m core
+        recover`): what happened to each, and what was refunded."""
+        resumed = self.orchestrator.recover().resubmitted
+        pending = set(resumed)
+        while pending:
+            with self.db.read() as session:
+                pending = {
+                    wid for wid in pending if workflows.load_workflow(session, wid).status.is_active
+                }
+            if pending:
+                time.sleep(poll_s)
+        with self.db.read() as session:
+            return [_recovered(session, wid) for wid in resumed]
 
     def shutdown(self) -> None:
         self.orchestrator.shutdown()

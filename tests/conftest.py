@@ -106,7 +106,18 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
+    return _fresh_database(request, tmp_path, request.param)
+
+
+@pytest.fixture
+def primary_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One database for the slowest tests: Postgres when configured (as in CI), else SQLite."""
+    postgres = os.environ.get("TEST_DATABASE_URL") or _postgres_required()
+    return _fresh_database(request, tmp_path, "postgres" if postgres else "sqlite")
+
+
+def _fresh_database(request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> str:
+    if kind == "sqlite":
         path = tmp_path / "reelforge.db"
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite:///{path}"

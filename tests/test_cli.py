@@ -73,3 +73,27 @@ def test_users_and_credits_commands_manage_accounts(tmp_path):
     unknown = run_cli(tmp_path, "credits", "grant", "nobody@example.com", "5")
     assert unknown.returncode == 2
     assert "no account for nobody@example.com" in unknown.stderr
+
+
+def test_recover_resumes_what_a_dead_process_left_and_reports_it(tmp_path):
+    from core.auth import create_user
+    from core.db import Database, upgrade_schema
+    from core.schemas import parse_request
+    from core.workflows import start_workflow
+
+    url = f"sqlite:///{tmp_path}/data/reelforge.db"
+    upgrade_schema(url)
+    db = Database.from_url(url)
+    with db.begin() as session:
+        user = create_user(session, "left@example.com", starting_credits=100)
+    request = parse_request(
+        {"imagePrompt": "a fox", "videoPrompt": "slow pan", "videoConfig": {"duration": "4s"}}
+    )
+    # Queued by a process that died before a runner picked it up.
+    start_workflow(db, user_id=user.id, request=request, client_key="lost", actor="t")
+    db.dispose()
+
+    done = run_cli(tmp_path, "recover", "--stale-after", "0")
+    assert done.returncode == 0, done.stderr
+    assert "resumed 1: 1 completed, 0 failed, 0 cancelled; refunded 0 credits" in done.stdout
+    assert run_cli(tmp_path, "recover", "--stale-after", "0").stdout.strip() == "nothing to recover"
