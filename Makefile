@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench load clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -34,6 +34,14 @@ format: install
 
 bench: install
 	$(PY) bench/engine.py
+
+# 200 concurrent workflows under injected faults. A scratch SQLite file unless LOAD_DATABASE_URL
+# names a database (e.g. a scratch Postgres one): never your real data.
+LOAD_WORKFLOWS ?= 200
+load: install
+	@scratch=$$(mktemp -d) && \
+	DATA_DIR=$$scratch DATABASE_URL=$${LOAD_DATABASE_URL:-sqlite:///$$scratch/load.db} \
+	$(PY) -m core load --workflows $(LOAD_WORKFLOWS); status=$$?; rm -rf $$scratch; exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("health", help="check the database, storage and providers")
 
+    load = commands.add_parser(
+        "load", help="N concurrent workflows on fault-injecting offline providers, then checks"
+    )
+    load.add_argument("--workflows", type=int, default=200)
+
     recover = commands.add_parser(
         "recover", help="resume runs a dead process left behind, wait for them, report"
     )
@@ -84,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = commands.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="bring the schema to the newest version")
+
+    demo = commands.add_parser(
+        "seed-demo", help="write realistic demo history (users, runs, calls, ledger) in bulk"
+    )
+    demo.add_argument("--workflows", type=int, default=10_000, help="runs to write")
+    demo.add_argument("--days", type=int, default=365, help="spread them over this many days")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (and demo user domain)")
     return parser
 
 
@@ -260,9 +272,68 @@ def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
+    from core.load import run_load
+
+    upgrade_schema(settings.resolved_database_url)
+    if not args.verbose:  # hundreds of injected faults make hundreds of retry warnings
+        logging.getLogger("core").setLevel(logging.ERROR)
+    with console.status(f"running {args.workflows} workflows at once…"):
+        report = run_load(settings, args.workflows)
+    table = Table(title=f"Load: {report.workflows} concurrent workflows, faults 20% / 2%")
+    for column in ("step", "p50", "p95"):
+        table.add_column(column, justify="right")
+    for step, p50 in report.step_p50_s.items():
+        table.add_row(step, f"{p50:.2f} s", f"{report.step_p95_s[step]:.2f} s")
+    console.print(table)
+    console.print(
+        f"wall {report.wall_s:.1f} s against a critical path of {report.critical_path_s:.1f} s; "
+        f"throughput {report.throughput_per_min:.1f} workflows/min\n"
+        f"outcomes {report.outcomes}; {report.retried_calls} calls retried; "
+        f"{report.refunds} refunds ({report.refunded_credits} credits); "
+        f"peak memory {report.peak_memory_mb:.0f} MB"
+    )
+    for problem in report.broken:
+        err_console.print(f"[red]invariant broken:[/] {problem}")
+    return 1 if report.broken else 0
+
+
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     upgrade_schema(settings.resolved_database_url)
     console.print("schema is up to date")
+    return 0
+
+
+def cmd_seed_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from core import demo
+
+    db = _database(settings)
+    try:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task("seeding", total=args.workflows)
+
+            def report(phase: str, done: int, total: int) -> None:
+                bar.update(task, description=phase, completed=done, total=total)
+
+            result = demo.seed_demo(
+                db, workflows=args.workflows, days=args.days, seed=args.seed, progress=report
+            )
+    finally:
+        db.dispose()
+    mix = ", ".join(f"{count:,} {status}" for status, count in sorted(result.statuses.items()))
+    console.print(
+        f"seeded {result.workflows:,} workflows ({mix}), {result.steps:,} steps, "
+        f"{result.api_calls:,} api calls, {result.ledger_rows:,} ledger rows for "
+        f"{result.users} users in {result.projects} projects in {result.seconds:.1f} s"
+    )
     return 0
 
 
@@ -270,9 +341,11 @@ COMMANDS = {
     "run": cmd_run,
     "health": cmd_health,
     "recover": cmd_recover,
+    "load": cmd_load,
     "users": cmd_users,
     "credits": cmd_credits,
     "db": cmd_db,
+    "seed-demo": cmd_seed_demo,
 }
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     fault_seed: int | None = None
 
     # Engine
-    worker_threads: int = Field(4, ge=1, le=64)
+    worker_threads: int = Field(4, ge=1, le=256)
     starting_credits: int = Field(100, ge=0)
     retry_max_attempts: int = Field(4, ge=1)
     retry_initial_wait_s: float = Field(1.0, ge=0)

@@ -75,6 +75,10 @@ class OfflineImageGenerator(_NoCredentials):
 _SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}  # 16:9; 9:16 swaps the two sides
 _FPS = 24
 _JOB_ID = re.compile(r"offline-[0-9a-f]{32}")
+# Like a real provider's GPUs, the offline one has a fixed capacity: one encode per core at a
+# time, shared by every generator in the process. Without it, 200 concurrent runs would start 200
+# x264 encoders at once (about 75 MB each) and thrash two cores.
+_ENCODER_SLOTS = threading.BoundedSemaphore(os.cpu_count() or 2)
 
 
 class OfflineVideoGenerator(_NoCredentials):
@@ -124,19 +128,8 @@ class OfflineVideoGenerator(_NoCredentials):
         video = folder / "video.mp4"
         with self._encode_locks[hash(request_id) % len(self._encode_locks)]:
             if not video.exists():
-                spec = job["spec"]
-                width, height = _SIZES[spec["resolution"]]
-                if spec["aspect_ratio"] == "9:16":
-                    width, height = height, width
-                clip = render_clip(
-                    (folder / "image").read_bytes(),
-                    width=width,
-                    height=height,
-                    duration_s=spec["duration_s"],
-                    fps=_FPS,
-                    with_audio=spec["generate_audio"],
-                    seed=spec["seed"] if spec["seed"] is not None else int(request_id[-8:], 16),
-                )
+                with _ENCODER_SLOTS:
+                    clip = _render_job(folder, job["spec"], request_id)
                 _write_atomic(video, clip)
         return GeneratedVideo(url=video.as_uri())
 
@@ -155,6 +148,21 @@ class OfflineVideoGenerator(_NoCredentials):
         raise PermanentProviderError(
             f"unknown request id {request_id!r}", provider=_PROVIDER, status_code=404
         )
+
+
+def _render_job(folder: Path, spec: dict[str, Any], request_id: str) -> bytes:
+    width, height = _SIZES[spec["resolution"]]
+    if spec["aspect_ratio"] == "9:16":
+        width, height = height, width
+    return render_clip(
+        (folder / "image").read_bytes(),
+        width=width,
+        height=height,
+        duration_s=spec["duration_s"],
+        fps=_FPS,
+        with_audio=spec["generate_audio"],
+        seed=spec["seed"] if spec["seed"] is not None else int(request_id[-8:], 16),
+    )
 
 
 def _job_status(job: dict[str, Any]) -> VideoJobStatus:
