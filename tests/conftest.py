@@ -177,3 +177,10 @@ def make_user(db: Database):
             )
 
     return make
+
+
+@pytest.fixture(params=["postgres"])
+def postgres_only_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """For tests of Postgres behaviour itself (deselected, like every [postgres] test, when no
+    server is configured)."""
+    return _fresh_database(request, tmp_path, "postgres")

@@ -34,8 +34,11 @@ def test_a_new_account_gets_its_starting_grant_as_a_ledger_row(db, make_user):
     assert_invariant(db)
 
 
-def test_fifty_concurrent_starts_on_a_balance_for_ten_start_exactly_ten(db, make_user):
-    user = make_user(credits=COST * 10)
+@pytest.mark.parametrize(("starts", "affordable"), [(50, 10), (500, 100)])
+def test_concurrent_starts_beyond_the_balance_start_exactly_what_it_covers(
+    db, make_user, starts, affordable
+):
+    user = make_user(credits=COST * affordable)
 
     def start(i: int) -> str:
         try:
@@ -45,12 +48,12 @@ def test_fifty_concurrent_starts_on_a_balance_for_ten_start_exactly_ten(db, make
             return "refused"
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        outcomes = list(pool.map(start, range(50)))
+        outcomes = list(pool.map(start, range(starts)))
 
-    assert outcomes.count("started") == 10
-    assert outcomes.count("refused") == 40
+    assert outcomes.count("started") == affordable
+    assert outcomes.count("refused") == starts - affordable
     with db.read() as session:
-        assert session.scalar(select(func.count()).select_from(Workflow)) == 10
+        assert session.scalar(select(func.count()).select_from(Workflow)) == affordable
     assert balance_of(db, user.id) == 0
     assert_invariant(db)
 
@@ -147,3 +150,27 @@ def test_saved_costs_are_what_the_next_run_pays(db, make_user):
         credits.save_costs(session, raw, actor="admin@example.com")
     with db.read() as session:
         assert credits.cost_of(REQUEST, credits.load_costs(session)) == 3 + 8 * 5
+
+
+def test_grants_racing_refunds_never_lose_an_update(db, make_user):
+    user = make_user(credits=COST * 20)
+    started = [
+        start_workflow(db, user_id=user.id, request=REQUEST, client_key=f"k{i}", actor="t")[0]
+        for i in range(20)
+    ]
+
+    def grant(_: int) -> None:
+        with db.begin() as session:
+            credits.grant(session, user.id, 3, actor="admin@example.com", reason="race")
+
+    def refund(workflow_id: str) -> None:
+        with db.begin() as session:
+            credits.refund(session, workflow_id, reason="race")
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        jobs = [pool.submit(grant, i) for i in range(40)]
+        jobs += [pool.submit(refund, wid) for wid in started * 2]  # every refund asked twice
+        for job in jobs:
+            job.result()
+    assert balance_of(db, user.id) == COST * 20 + 40 * 3
+    assert_invariant(db)
