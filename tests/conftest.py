@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -19,6 +20,11 @@ from core.db import Database, upgrade_schema
 from core.executor import InlineExecutor
 from core.models import Base
 from core.runtime import Runtime
+
+# Timing belongs in benchmarks: Hypothesis's per-example deadline would make a cold first call
+# (imports, a first connection) fail a correctness test.
+hypothesis_settings.register_profile("reelforge", deadline=None)
+hypothesis_settings.load_profile("reelforge")
 
 PROVIDER_ENV = (
     "OPENAI_API_KEY",
