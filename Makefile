@@ -19,6 +19,7 @@ install: $(STAMP)
 # Streamlit's own settings (STREAMLIT_SERVER_PORT, ...) stay in force: none are passed here.
 run: install
 	$(PY) -m core db upgrade
+	$(PY) -m core users bootstrap-admin
 	$(VENV)/bin/streamlit run app.py
 
 test: install

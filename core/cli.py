@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--admin", action="store_true")
     create.add_argument("--password", help="default: a generated one, printed once")
 
+    users.add_parser(
+        "bootstrap-admin",
+        help="create the first admin (ADMIN_EMAIL / ADMIN_PASSWORD, or a generated password) "
+        "when there is none",
+    )
+
     credit = commands.add_parser("credits", help="manage credits").add_subparsers(
         dest="credits_command", required=True
     )
@@ -217,6 +223,8 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
+    if args.users_command == "bootstrap-admin":
+        return _bootstrap_admin(settings)
     password = args.password or secrets.token_urlsafe(12)
     role = auth.Role.ADMIN if args.admin else auth.Role.USER
     with _database(settings).begin() as session:
@@ -230,6 +238,20 @@ def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
     console.print(f"created {user.role} {user.email} with {user.balance} credits")
     if not args.password:
         console.print(f"password (shown once): [bold]{password}[/]")
+    return 0
+
+
+def _bootstrap_admin(settings: Settings) -> int:
+    from core.accounts import admin_banner, bootstrap_admin
+
+    created = bootstrap_admin(_database(settings), settings)
+    if created is not None and created.problem:
+        err_console.print(f"[red]error:[/] no admin created: {created.problem}")
+        return 1
+    if created is not None and created.generated_password:
+        console.print(admin_banner(created), highlight=False, soft_wrap=True)
+    elif created is not None:
+        console.print(f"created the first admin {created.email}")
     return 0
 
 

@@ -258,3 +258,21 @@ class Setting(Base):
 
     def __repr__(self) -> str:
         return f"Setting({self.key!r})"
+
+
+class Template(Base):
+    """A user's named preset of prompts and config for the create page (the seed's "templates")."""
+
+    __tablename__ = "templates"
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(String(120))
+    # {"request": <the validated request, seed field names>, "builder": <prompt builder choices>}
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Template(id={self.id}, name={self.name!r})"

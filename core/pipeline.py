@@ -306,6 +306,7 @@ def _video_spec(ctx: StepContext, image_url: str) -> VideoSpec:
         aspect_ratio=request.aspect_ratio,
         generate_audio=request.video_config.generate_audio,
         model=request.video_model or ctx.settings.video_model,
+        seed=request.video_config.seed,
     )
 
 

@@ -97,4 +97,4 @@ def build_video_prompt(choices: ShotChoices) -> str:
         f"{choices.lighting}, {choices.mood} mood",
         f"{choices.pace} pacing",
     ]
-    return ". ".join(p for p in parts if p) + "."
+    return ". ".join(p[:1].upper() + p[1:] for p in parts if p) + "."

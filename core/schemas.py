@@ -55,6 +55,8 @@ class VideoConfig(_Strict):
     generate_audio: bool = Field(True, alias="generateAudio")
     # Not in the seed: None follows the image (a portrait still makes a 9:16 clip).
     aspect_ratio: Literal["16:9", "9:16"] | None = Field(None, alias="aspectRatio")
+    # Not in the seed: the same seed and prompts give the same take; batches vary it.
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
 
     @property
     def duration_s(self) -> int:

@@ -97,3 +97,12 @@ def test_recover_resumes_what_a_dead_process_left_and_reports_it(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "resumed 1: 1 completed, 0 failed, 0 cancelled; refunded 0 credits" in done.stdout
     assert run_cli(tmp_path, "recover", "--stale-after", "0").stdout.strip() == "nothing to recover"
+
+
+def test_bootstrap_admin_creates_the_first_admin_once_and_shows_its_password_once(tmp_path):
+    first = run_cli(tmp_path, "users", "bootstrap-admin")
+    assert first.returncode == 0, first.stderr
+    assert re.search(r"password: \S{12,}", first.stdout)
+    again = run_cli(tmp_path, "users", "bootstrap-admin")
+    assert again.returncode == 0
+    assert "password" not in again.stdout

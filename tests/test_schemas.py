@@ -83,3 +83,8 @@ def test_a_run_may_choose_registered_models_and_only_those():
     assert (request.video_model, request.image_model) == ("fal-ai/veo3.1/fast/image-to-video", None)
     problems = problems_of({**VALID, "imageModel": "midjourney"})
     assert "gpt-image-2" in problems["imageModel"]
+
+
+def test_a_video_seed_is_optional_and_bounded():
+    assert parse_request({**VALID, "videoConfig": {"seed": 42}}).video_config.seed == 42
+    assert "videoConfig.seed" in problems_of({**VALID, "videoConfig": {"seed": -1}})

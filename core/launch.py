@@ -1,0 +1,251 @@
+"""What the create page launches: its fields as a request payload, batch variations, the cost
+estimate, and prefill from a stored request or template, where unknown values are reported and
+replaced by defaults rather than kept."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, get_args
+
+from sqlalchemy.orm import Session
+
+from core import credits, prompts
+from core.auth import UserView
+from core.errors import InsufficientCreditsError, RequestValidationError
+from core.providers import catalog
+from core.schemas import ImageConfig, VideoConfig, WorkflowRequest, parse_request
+
+STYLES: tuple[str, ...] = get_args(ImageConfig.model_fields["style"].annotation)
+QUALITIES: tuple[str, ...] = get_args(ImageConfig.model_fields["quality"].annotation)
+SIZES: tuple[str, ...] = get_args(ImageConfig.model_fields["size"].annotation)
+DURATIONS: tuple[str, ...] = get_args(VideoConfig.model_fields["duration"].annotation)
+RESOLUTIONS: tuple[str, ...] = get_args(VideoConfig.model_fields["resolution"].annotation)
+# "auto" is the page's name for None: the clip follows the image's orientation.
+ASPECTS: tuple[str, ...] = (
+    "auto",
+    *get_args(get_args(VideoConfig.model_fields["aspect_ratio"].annotation)[0]),
+)
+
+SIZE_LABELS = {
+    "1792x1024": "Landscape · 1792×1024",
+    "1024x1024": "Square · 1024×1024",
+    "1024x1792": "Portrait · 1024×1792",
+}
+ASPECT_LABELS = {"auto": "Follow the image", "16:9": "16:9 landscape", "9:16": "9:16 portrait"}
+IMAGE_MODELS: dict[str, str] = {key: m.label for key, m in catalog.IMAGE_MODELS.items()}
+VIDEO_MODELS: dict[str, str] = {key: m.label for key, m in catalog.VIDEO_MODELS.items()}
+MAX_BATCH = 10
+
+
+@dataclass(frozen=True)
+class FormFields:
+    """The create form, as plain values (the page keeps each in a widget)."""
+
+    image_prompt: str = ""
+    video_prompt: str = ""
+    style: str = "vivid"
+    quality: str = "standard"
+    size: str = "1792x1024"
+    duration: str = "8s"
+    resolution: str = "720p"
+    generate_audio: bool = True
+    aspect_ratio: str = "auto"
+    project_id: int | None = None
+    image_model: str | None = None  # None: the installation's default (IMAGE_MODEL)
+    video_model: str | None = None  # None: the installation's default (VIDEO_MODEL)
+
+    def payload(self) -> dict[str, Any]:
+        """The request in the seed's shape, as `parse_request` and the engine take it."""
+        video: dict[str, Any] = {
+            "duration": self.duration,
+            "resolution": self.resolution,
+            "generateAudio": self.generate_audio,
+        }
+        if self.aspect_ratio != "auto":
+            video["aspectRatio"] = self.aspect_ratio
+        payload: dict[str, Any] = {
+            "imagePrompt": self.image_prompt,
+            "videoPrompt": self.video_prompt,
+            "imageConfig": {"style": self.style, "quality": self.quality, "size": self.size},
+            "videoConfig": video,
+        }
+        if self.project_id is not None:
+            payload["projectId"] = self.project_id
+        if self.image_model is not None:
+            payload["imageModel"] = self.image_model
+        if self.video_model is not None:
+            payload["videoModel"] = self.video_model
+        return payload
+
+
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "style": STYLES,
+    "quality": QUALITIES,
+    "size": SIZES,
+    "duration": DURATIONS,
+    "resolution": RESOLUTIONS,
+    "aspect_ratio": ASPECTS,
+    "generate_audio": (True, False),
+}
+
+
+def fields_from_request(raw: Mapping[str, Any]) -> tuple[FormFields, list[str]]:
+    """Form values from a stored request (seed field names). A value the form cannot offer
+    (an old or hand-edited request) falls back to the default and is named in the notices."""
+    image = raw.get("imageConfig") or {}
+    video = raw.get("videoConfig") or {}
+    found: dict[str, Any] = {
+        "style": image.get("style"),
+        "quality": image.get("quality"),
+        "size": image.get("size"),
+        "duration": video.get("duration"),
+        "resolution": video.get("resolution"),
+        "generate_audio": video.get("generateAudio", video.get("generate_audio")),
+        "aspect_ratio": video.get("aspectRatio", video.get("aspect_ratio")) or "auto",
+    }
+    defaults, notices, values = FormFields(), [], {}
+    for name, value in found.items():
+        if value is None:
+            continue
+        if value in _CHOICES[name] and type(value) is type(getattr(defaults, name)):
+            values[name] = value
+        else:
+            notices.append(
+                f"{name.replace('_', ' ')} {value!r} is not available; "
+                f"using {getattr(defaults, name)!r} instead"
+            )
+    for name, key in (("image_prompt", "imagePrompt"), ("video_prompt", "videoPrompt")):
+        if isinstance(raw.get(key), str):
+            values[name] = raw[key]
+    project_id = raw.get("projectId")
+    if isinstance(project_id, int) and not isinstance(project_id, bool):
+        values["project_id"] = project_id
+    for name, key, known in (
+        ("image_model", "imageModel", IMAGE_MODELS),
+        ("video_model", "videoModel", VIDEO_MODELS),
+    ):
+        model = raw.get(key)
+        if model in known:
+            values[name] = model
+        elif model is not None:
+            notices.append(
+                f"{name.replace('_', ' ')} {model!r} is not available; using the default"
+            )
+    return replace(defaults, **values), notices
+
+
+def snapped_duration_s(form: FormFields, default_video_model: str) -> int | None:
+    """The clip length the chosen video model really renders, when it differs from the asked
+    one (e.g. Kling makes 5 or 10 s clips); None when it renders what was asked."""
+    try:
+        model = catalog.video_model(form.video_model or default_video_model)
+        asked = int(form.duration.removesuffix("s"))
+    except ValueError:
+        return None
+    made = catalog.effective_duration_s(model, asked)
+    return None if made == asked else made
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+
+
+VARIATION_MODES: dict[str, str] = {
+    "takes": "New takes of the same prompts",
+    "camera": "Vary the camera movement",
+    "shot": "Vary the shot type",
+    "lighting": "Vary the lighting",
+    "mood": "Vary the mood",
+}
+_VARIED: dict[str, tuple[str, str]] = {
+    "camera": ("Camera", "CAMERA_MOVEMENTS"),
+    "shot": ("Shot", "SHOT_TYPES"),
+    "lighting": ("Lighting", "LIGHTING"),
+    "mood": ("Mood", "MOODS"),
+}
+
+
+def variations(base: FormFields, count: int, mode: str) -> list[FormFields]:
+    """`count` runs from one form. "takes" repeats the prompts (each run gets the provider's
+    own random seed); the other modes append one builder option per run to the video prompt."""
+    if not 1 <= count <= MAX_BATCH:
+        raise RequestValidationError({"batch": f"must be between 1 and {MAX_BATCH} runs"})
+    if mode not in VARIATION_MODES:
+        raise RequestValidationError({"batch": f"unknown variation {mode!r}"})
+    if count == 1 or mode == "takes":
+        return [base] * count
+    label, option_list = _VARIED[mode]
+    options: Sequence[str] = getattr(prompts, option_list)
+    stem = base.video_prompt.strip().rstrip(".")
+    return [
+        replace(base, video_prompt=f"{stem}. {label}: {options[i % len(options)]}.")
+        for i in range(count)
+    ]
+
+
+def validate_all(variants: Sequence[FormFields]) -> list[WorkflowRequest]:
+    """Parse every run of a batch before any starts; problems name the run in a batch."""
+    requests, problems = [], {}
+    for number, variant in enumerate(variants, start=1):
+        try:
+            requests.append(parse_request(variant.payload()))
+        except RequestValidationError as exc:
+            for field, message in exc.problems.items():
+                suffix = f" (run {number} of the batch)" if len(variants) > 1 else ""
+                problems.setdefault(field, message + suffix)
+    if problems:
+        raise RequestValidationError(problems)
+    return requests
+
+
+def estimate_cost(session: Session, form: FormFields) -> int | None:
+    """Credits one run of this form costs, or None while its config is invalid. Prompts don't
+    change the price, so an unfinished prompt still gets an estimate."""
+    placeholder = replace(form, image_prompt="x", video_prompt="x", project_id=None)
+    # The ledger prices runs by settings, not by model: models change the provider's bill only.
+    try:
+        request = parse_request(placeholder.payload())
+    except RequestValidationError:
+        return None
+    return credits.cost_of(request, credits.load_costs(session))
+
+
+def client_key_for(base: str, index: int, count: int) -> str:
+    """One key per run of a batch, so a double click starts each run once."""
+    return base if count == 1 else f"{base}-{index + 1}"
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    workflow_ids: tuple[str, ...]
+    shortfall: InsufficientCreditsError | None = None  # the batch stopped when credits ran out
+
+
+def start_batch(
+    runtime: Any, user: UserView, variants: Sequence[FormFields], client_key: str
+) -> BatchOutcome:
+    """Start every run, validated up front. Raises RequestValidationError (nothing started) or
+    InsufficientCreditsError when not even the first run could start."""
+    validate_all(variants)
+    started: list[str] = []
+    for index, variant in enumerate(variants):
+        try:
+            workflow_id, _ = runtime.start_workflow(
+                user, variant.payload(), client_key=client_key_for(client_key, index, len(variants))
+            )
+        except InsufficientCreditsError as exc:
+            if not started:
+                raise
+            return BatchOutcome(tuple(started), shortfall=exc)
+        started.append(workflow_id)
+    return BatchOutcome(tuple(started))
+
+
+def rerun_payload(request: WorkflowRequest, *, same_owner: bool) -> dict[str, Any]:
+    """A finished run's request, to start again as is (Retry). Someone else's project (an admin
+    retrying a user's run) is left out: the new run is the admin's own."""
+    payload = request.to_json()
+    if not same_owner:
+        payload["projectId"] = None
+    return payload

@@ -1,0 +1,228 @@
+"""Who is signed in: the login gate (local accounts, and OIDC through st.login when [auth] is in
+secrets.toml), the signed-in user of each run, and the sidebar with the balance and sign-out.
+
+Session state holds only the signed-in user's id: every run re-reads the account, so a changed
+balance or a deactivated account shows at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
+
+from core import accounts, auth, history
+from core.auth import UserView
+from core.ui import nav
+from core.ui.runtime import Engine, get_engine
+
+log = logging.getLogger(__name__)
+
+USER_KEY = "auth_user_id"
+OIDC_KEY = "auth_via_oidc"
+
+
+# ---------------------------------------------------------------------------------------------
+# OIDC
+
+
+def oidc_providers() -> dict[str, str]:
+    """{provider name or "": button label} from the [auth] table of secrets.toml; empty when
+    OIDC is not configured. A single unnamed provider is the "" entry."""
+    try:
+        if "auth" not in st.secrets:
+            return {}
+        config = st.secrets["auth"].to_dict()
+    except Exception:  # noqa: BLE001 - no secrets file at all
+        return {}
+    if "client_id" in config:
+        return {"": "Sign in with single sign-on"}
+    return {
+        name: f"Sign in with {name.replace('_', ' ').title()}"
+        for name, value in config.items()
+        if isinstance(value, dict) and "client_id" in value
+    }
+
+
+def _oidc_identity() -> tuple[str | None, str | None]:
+    try:
+        if not st.user.is_logged_in:
+            return None, None
+        return st.user.get("email"), st.user.get("name")
+    except Exception:  # noqa: BLE001 - st.user without [auth]: nobody is signed in that way
+        return None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# The signed-in user
+
+
+def current_user(engine: Engine | None = None) -> UserView | None:
+    engine = engine or get_engine()
+    db = engine.runtime.db
+    user_id = st.session_state.get(USER_KEY)
+    if user_id is None and oidc_providers():
+        email, name = _oidc_identity()
+        if email:
+            user = accounts.account_for_identity(db, engine.runtime.settings, email, name)
+            if user is None:
+                st.session_state["auth_refused"] = f"The account {email} is not active."
+                return None
+            st.session_state[USER_KEY], st.session_state[OIDC_KEY] = user.id, True
+            return user
+    if user_id is None:
+        return None
+    with db.read() as session:
+        user = auth.get_user(session, user_id)
+    if user is None or not user.is_active:
+        st.session_state.pop(USER_KEY, None)
+        st.session_state["auth_refused"] = "Your account is no longer active."
+        return None
+    return user
+
+
+def require_user() -> UserView:
+    """The signed-in user, or the login form and a stop: every page checks for itself."""
+    try:
+        user = current_user()
+    except SQLAlchemyError:
+        log.exception("App - could not read the signed-in account")
+        st.error("The database is not answering right now. Reload the page in a moment.")
+        st.stop()
+    if user is None:
+        login_gate()
+        st.stop()
+    return user
+
+
+def sign_out() -> None:
+    via_oidc = st.session_state.get(OIDC_KEY)
+    for key in list(st.session_state.keys()):
+        del st.session_state[key]
+    if via_oidc:
+        st.logout()
+
+
+# ---------------------------------------------------------------------------------------------
+# Widgets
+
+
+def login_gate() -> None:
+    """The sign-in screen, drawn in place of whatever page the URL asked for (so the URL, e.g. a
+    watch link, still holds after signing in)."""
+    engine = get_engine()
+    _, middle, _ = st.columns([1, 1.4, 1])
+    with middle:
+        st.title("🎬 Reelforge")
+        st.caption("Two prompts in, a short video out. Sign in to continue.")
+        refused = st.session_state.pop("auth_refused", None)
+        if refused:
+            st.error(refused)
+        with st.form("login_form", border=True):
+            email = st.text_input("Email", key="login_email", autocomplete="username")
+            password = st.text_input(
+                "Password", type="password", key="login_password", autocomplete="current-password"
+            )
+            submitted = st.form_submit_button(
+                "Sign in", type="primary", icon=":material/login:", width="stretch"
+            )
+        if submitted:
+            _password_sign_in(engine, email, password)
+        providers = oidc_providers()
+        if providers:
+            st.caption("or")
+            for name, label in providers.items():
+                if st.button(
+                    label,
+                    key=f"login_oidc_{name or 'default'}",
+                    icon=":material/key:",
+                    width="stretch",
+                ):
+                    _oidc_sign_in(name)
+        _bootstrap_hint(engine)
+
+
+def _password_sign_in(engine: Engine, email: str, password: str) -> None:
+    if not email.strip() or not password:
+        st.error("Enter your email and password.")
+        return
+    try:
+        result = accounts.sign_in(engine.runtime.db, engine.throttle, email, password)
+    except SQLAlchemyError:
+        log.exception("App - sign-in could not reach the database")
+        st.error("The database is not answering right now. Try again in a moment.")
+        return
+    if result.user is not None:
+        st.session_state[USER_KEY] = result.user.id
+        st.rerun()
+    if result.throttled:
+        st.error(
+            f"Too many failed sign-ins for this account. Try again in "
+            f"{max(1, round(result.retry_after_s))} s."
+        )
+    else:
+        st.error("Wrong email or password.")
+
+
+def _oidc_sign_in(provider: str) -> None:
+    try:
+        st.login(provider or None)
+    except Exception:  # noqa: BLE001 - e.g. Authlib missing or [auth] incomplete
+        log.exception("App - single sign-on could not start")
+        st.error("Single sign-on is not available right now; sign in with your password.")
+
+
+def _bootstrap_hint(engine: Engine) -> None:
+    boot = engine.bootstrap
+    if boot is None:
+        return
+    if boot.problem:
+        st.warning(f"No admin account could be created: {boot.problem}.")
+    elif boot.generated_password:
+        st.info(
+            f"First start: an admin account **{boot.email}** was created. Its password was "
+            "printed once in the terminal that started the app.",
+            icon=":material/key:",
+        )
+
+
+def sidebar(user: UserView) -> None:
+    """The signed-in user, their balance, their runs in flight, and sign-out."""
+    engine = get_engine()
+    with st.sidebar:
+        st.markdown(f"**{user.display_name}**  \n{user.email}")
+        if user.is_admin:
+            st.badge("admin", icon=":material/shield_person:", color="violet")
+        st.metric("Credit balance", f"{user.balance:,}")
+        try:
+            with engine.runtime.db.read() as session:
+                active = history.active_runs(session, user, limit=5)
+        except SQLAlchemyError:
+            active = []
+        if active:
+            st.caption(f"{len(active)} run{'s' if len(active) > 1 else ''} in progress")
+            for run in active:
+                st.page_link(
+                    nav.WATCH.path,
+                    label=f"{run.id[:8]} · {run.status.value}",
+                    icon=":material/play_circle:",
+                    query_params={"id": run.id},
+                )
+        if st.button("Sign out", key="app_sign_out", icon=":material/logout:"):
+            sign_out()
+            st.rerun()
+
+
+def flash(message: str, kind: str = "success") -> None:
+    """A message for the next page to show (kept across st.switch_page)."""
+    st.session_state.setdefault("flash", []).append((kind, message))
+
+
+def show_flashes() -> None:
+    for kind, message in st.session_state.pop("flash", []):
+        show: Any = {"success": st.success, "warning": st.warning, "info": st.info}.get(
+            kind, st.info
+        )
+        show(message)

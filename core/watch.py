@@ -1,0 +1,131 @@
+"""What the watch page reads beyond the raw workflow view: the phase a run is in right now (the
+provider's queue kept apart from generating and uploading) and the receipt of a run that ended
+failed or cancelled."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy.orm import Session
+
+from core import credits
+from core.credits import LedgerEntry
+from core.states import StepName, StepStatus, WorkflowStatus
+from core.workflows import WorkflowView
+
+PROVIDER_CONFIRMED = "the provider confirmed the cancellation"
+PROVIDER_DID_NOT_CONFIRM = "did not confirm the cancellation"
+
+
+class Phase(StrEnum):
+    WAITING = "waiting"  # queued here, no worker free yet
+    MODERATING = "moderating"
+    GENERATING_IMAGE = "generating_image"
+    STORING_IMAGE = "storing_image"
+    SUBMITTING = "submitting"
+    PROVIDER_QUEUE = "provider_queue"  # waiting in the video provider's own queue
+    GENERATING_VIDEO = "generating_video"
+    UPLOADING_VIDEO = "uploading_video"
+    FINALIZING = "finalizing"
+    CANCELLING = "cancelling"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class LivePhase:
+    phase: Phase
+    label: str
+    queue_position: int | None = None
+
+
+_STEP_PHASES: dict[StepName, tuple[Phase, str]] = {
+    StepName.VALIDATE: (Phase.MODERATING, "Checking both prompts"),
+    StepName.GENERATE_IMAGE: (Phase.GENERATING_IMAGE, "Generating the first frame"),
+    StepName.UPLOAD_IMAGE: (Phase.STORING_IMAGE, "Storing the image"),
+    StepName.UPLOAD_VIDEO: (Phase.UPLOADING_VIDEO, "Uploading the video"),
+    StepName.FINALIZE: (Phase.FINALIZING, "Verifying the files and finishing"),
+}
+
+
+def live_phase(view: WorkflowView) -> LivePhase:
+    if view.status is WorkflowStatus.COMPLETED:
+        return LivePhase(Phase.COMPLETED, "Finished")
+    if view.status is WorkflowStatus.FAILED:
+        return LivePhase(Phase.FAILED, "Failed")
+    if view.status is WorkflowStatus.CANCELLED:
+        return LivePhase(Phase.CANCELLED, "Cancelled")
+    if view.cancel_requested:
+        return LivePhase(Phase.CANCELLING, "Cancelling: stopping at the next check")
+    if view.status is WorkflowStatus.QUEUED:
+        return LivePhase(Phase.WAITING, "Waiting for a free worker")
+    step = next((s for s in view.steps if not s.status.is_done), None)
+    if step is None:
+        return LivePhase(Phase.FINALIZING, "Finishing")
+    if step.name is not StepName.GENERATE_VIDEO:
+        phase, label = _STEP_PHASES[step.name]
+        return LivePhase(phase, label)
+    provider_phase = step.output.get("phase")
+    if provider_phase == "queued":
+        position = step.output.get("queue_position")
+        if not isinstance(position, int):
+            where = "position unknown"
+        else:  # the provider's count of jobs ahead: 0 means next in line
+            where = "next in line" if position == 0 else f"{position} ahead"
+        return LivePhase(
+            Phase.PROVIDER_QUEUE,
+            f"In the video provider's queue ({where})",
+            position if isinstance(position, int) else None,
+        )
+    if provider_phase == "in_progress":
+        return LivePhase(Phase.GENERATING_VIDEO, "The provider is generating the video")
+    if provider_phase == "completed":
+        return LivePhase(Phase.GENERATING_VIDEO, "Video ready at the provider, fetching it")
+    return LivePhase(Phase.SUBMITTING, "Submitting to the video provider")
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Why a run ended without a video, and what came back to the user's balance."""
+
+    status: WorkflowStatus
+    reason: str
+    step: StepName | None  # the step that failed or was stopped; None if none had started
+    category: str | None
+    refunded: int
+    entry: LedgerEntry | None
+    provider_cancel: bool | None  # True/False: the provider did/didn't confirm; None: not asked
+
+
+def provider_cancel_verdict(view: WorkflowView) -> bool | None:
+    """Whether the video provider confirmed stopping a job (None when no job was in flight)."""
+    for step in view.steps:
+        text = step.error_message or ""
+        if PROVIDER_CONFIRMED in text:
+            return True
+        if PROVIDER_DID_NOT_CONFIRM in text:
+            return False
+    return None
+
+
+def receipt_for(session: Session, view: WorkflowView) -> Receipt | None:
+    if view.status not in (WorkflowStatus.FAILED, WorkflowStatus.CANCELLED):
+        return None
+    ended = next(
+        (s for s in view.steps if s.status in (StepStatus.FAILED, StepStatus.CANCELLED)), None
+    )
+    entry = credits.refund_entry(session, view.id)
+    reason = view.error_message or (ended.error_message if ended else None) or ""
+    if not reason and view.status is WorkflowStatus.CANCELLED:
+        reason = "cancelled by the user"
+    return Receipt(
+        status=view.status,
+        reason=reason,
+        step=ended.name if ended and ended.status is not StepStatus.SKIPPED else None,
+        category=view.error_category or (ended.error_category if ended else None),
+        refunded=entry.amount if entry else 0,
+        entry=entry,
+        provider_cancel=provider_cancel_verdict(view),
+    )

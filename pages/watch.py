@@ -1,0 +1,172 @@
+"""Watch: the seed's WorkflowVisualizer. Six steps live, overall progress, the provider's queue,
+an ETA, a timeline, cancel, the result or the receipt, retry and duplicate.
+
+The live panel is a fragment that polls the database only while the run is active; when the run
+ends it reruns the whole page once, which draws the result and stops the polling.
+"""
+
+import logging
+
+import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
+
+from core import history, metrics
+from core.errors import NotFoundError
+from core.states import WorkflowStatus
+from core.ui import format as fmt
+from core.ui import live, nav, run_actions
+from core.ui.receipt import receipt
+from core.ui.result import result_preview
+from core.ui.runtime import get_runtime
+from core.ui.session import require_user, show_flashes
+from core.ui.steps import overall, step_list
+from core.ui.timeline import timeline
+from core.watch import live_phase, receipt_for
+
+log = logging.getLogger("core.pages.watch")
+POLL_S = 1.0
+
+runtime = get_runtime()
+user = require_user()
+tz = fmt.zone(st.context.timezone)
+workflow_id = str(st.query_params.get("id", "")).strip()
+show_flashes()
+
+if not workflow_id:
+    st.title("📺 Watch a run")
+    try:
+        with runtime.db.read() as session:
+            active = history.active_runs(session, user)
+            recent = history.list_runs(session, user, history.RunFilter(), limit=8).rows
+    except SQLAlchemyError:
+        log.exception("App - watch picker could not read runs")
+        st.error("The database is not answering right now. Reload the page in a moment.")
+        st.stop()
+    runs = active + [r for r in recent if r.id not in {a.id for a in active}]
+    if not runs:
+        st.info("You have no runs yet.")
+        st.page_link(nav.CREATE.path, label="Create your first video", icon=":material/add:")
+        st.stop()
+    st.caption("Pick a run to follow live, or open one from the history.")
+    for run in runs:
+        prompt = fmt.shorten(run.image_prompt, 70)
+        label = f"{fmt.STATUS_EMOJI[run.status]} {fmt.short_id(run.id)} · {prompt}"
+        if st.button(label, key=f"watch_pick_{run.id}", width="stretch"):
+            st.query_params["id"] = run.id
+            st.rerun()
+    st.stop()
+
+last_key = f"watch_last_{workflow_id}"
+try:
+    view = live.load_run(runtime, workflow_id, user)
+    st.session_state[last_key] = view
+    db_down = False
+except NotFoundError:
+    st.title("📺 Watch a run")
+    st.error(
+        f"There is no run `{workflow_id[:64]}` in your account: the link may be mistyped, or the "
+        "run belongs to someone else.",
+        icon=":material/search_off:",
+    )
+    st.page_link(nav.HISTORY.path, label="Your runs", icon=":material/history:")
+    st.stop()
+except SQLAlchemyError:
+    log.exception("App - watch page could not read workflow %s", workflow_id)
+    view = st.session_state.get(last_key)
+    db_down = True
+
+toast = st.session_state.pop("watch_toast", None)
+if toast == WorkflowStatus.COMPLETED:
+    st.toast("Your video is ready.", icon="🎬")
+elif toast in (WorkflowStatus.FAILED, WorkflowStatus.CANCELLED):
+    st.toast(f"The run {toast.value}; its credits were refunded.", icon="↩️")
+
+# -- header and actions ------------------------------------------------------------------------
+head, actions = st.columns([3, 2], vertical_alignment="bottom")
+with head:
+    st.title(f"📺 Run {fmt.short_id(workflow_id)}")
+    if view is not None:
+        icon, colour = fmt.WORKFLOW_STATUS_STYLE[view.status]
+        st.badge(view.status.value, icon=icon, color=colour)
+        created = fmt.local_time(view.created_at, tz, with_date=True)
+        owner = "" if view.user_id == user.id else " · someone else's run (admin view)"
+        st.caption(f"created {created} · {view.cost_credits} credits{owner}")
+
+
+with actions:
+    run_actions.actions(runtime, user, view)
+
+if view is not None:
+    with st.expander("Prompts and settings", icon=":material/notes:"):
+        left, right = st.columns(2)
+        request = view.request
+        left.markdown(f"**Image prompt**  \n{request.image_prompt}")
+        left.caption(
+            f"{request.image_config.style} · {request.image_config.quality} · "
+            f"{request.image_config.size}"
+        )
+        right.markdown(f"**Video prompt**  \n{request.video_prompt}")
+        audio = "with audio" if request.video_config.generate_audio else "silent"
+        right.caption(
+            f"{request.video_config.duration} · {request.video_config.resolution} · "
+            f"{request.aspect_ratio} · {audio}"
+        )
+
+# -- the outcome ---------------------------------------------------------------------------------
+if view is not None and view.status is WorkflowStatus.COMPLETED:
+    try:
+        result_preview(runtime, live.load_assets(runtime, workflow_id))
+    except SQLAlchemyError:
+        log.exception("App - could not read the assets of %s", workflow_id)
+        st.warning("The result could not be read right now. Reload the page in a moment.")
+elif view is not None and view.status in (WorkflowStatus.FAILED, WorkflowStatus.CANCELLED):
+    try:
+        with runtime.db.read() as session:
+            rec = receipt_for(session, view)
+    except SQLAlchemyError:
+        log.exception("App - could not read the receipt of %s", workflow_id)
+        rec = None
+    if rec is not None:
+        receipt(rec, tz)
+
+# -- the live panel ------------------------------------------------------------------------------
+polling = view is None or view.status.is_active
+
+
+@st.fragment(run_every=POLL_S if polling else None)
+def live_panel() -> None:
+    current = st.session_state.get(last_key)
+    try:
+        current = live.load_run(runtime, workflow_id, user)
+        st.session_state[last_key] = current
+        timings = live.step_timings(runtime)
+    except NotFoundError:
+        st.rerun()
+    except SQLAlchemyError:
+        log.warning("App - watch poll of %s failed on the database; retrying", workflow_id)
+        st.warning(
+            f"Lost contact with the database. Showing the last known state and trying again "
+            f"every {POLL_S:.0f} s.",
+            icon=":material/sync_problem:",
+        )
+        timings = metrics.StepTimings({}, 0)
+    if current is None:
+        return
+    if polling and current.status.is_terminal:
+        st.session_state["watch_toast"] = current.status
+        st.rerun()
+    overall(current, live_phase(current), metrics.eta_s(current, timings))
+    steps, chart = st.columns([3, 2], gap="medium")
+    with steps:
+        step_list(current, tz)
+    with chart:
+        st.markdown("**Timeline**")
+        timeline(current)
+
+
+if db_down and view is None:
+    st.warning(
+        f"Lost contact with the database. Trying again every {POLL_S:.0f} s.",
+        icon=":material/sync_problem:",
+    )
+live_panel()
