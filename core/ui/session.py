@@ -97,6 +97,15 @@ def require_user() -> UserView:
     return user
 
 
+def require_admin() -> UserView:
+    """An admin page's own check: a non-admin's menu never lists it, but a URL can be typed."""
+    user = require_user()
+    if not user.is_admin:
+        st.error("This page is for administrators.")
+        st.stop()
+    return user
+
+
 def sign_out() -> None:
     via_oidc = st.session_state.get(OIDC_KEY)
     for key in list(st.session_state.keys()):
