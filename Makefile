@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format bench load clean
+.PHONY: install run test lint format bench load screenshots clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -43,6 +43,10 @@ load: install
 	@scratch=$$(mktemp -d) && \
 	DATA_DIR=$$scratch DATABASE_URL=$${LOAD_DATABASE_URL:-sqlite:///$$scratch/load.db} \
 	$(PY) -m core load --workflows $(LOAD_WORKFLOWS); status=$$?; rm -rf $$scratch; exit $$status
+
+# Photographs each page of a fresh offline app into docs/ (needs Debian's chromium).
+screenshots: install
+	$(PY) -m tests.e2e.screenshots
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

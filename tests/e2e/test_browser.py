@@ -8,18 +8,14 @@ provider, so the run is caught mid-way).
 from __future__ import annotations
 
 import json
-import os
-import re
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, ROOT, start_server
+from tests.e2e.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 
 STEPS = ("validate", "generate_image", "upload_image", "generate_video", "upload_video", "finalize")
 STATUSES = ("pending", "processing", "completed", "failed", "cancelled", "skipped")
-DOCS = ROOT / "docs"
 
 
 def sign_in(page, url: str) -> None:
@@ -104,83 +100,3 @@ def test_a_link_to_someone_elses_or_a_missing_run_shows_a_message(page, app_serv
     page.get_by_role("button", name="Sign in").click()
     page.get_by_text("There is no run").wait_for(timeout=30_000)
     assert page.get_by_text("Traceback").count() == 0
-
-
-@pytest.mark.skipif(
-    os.environ.get("UPDATE_SCREENSHOTS") != "1", reason="set UPDATE_SCREENSHOTS=1 to refresh docs/"
-)
-def test_refresh_the_readme_screenshots(browser, tmp_path):
-    server = start_server(tmp_path / "data", latency_s=2.0)
-    try:
-        context = browser.new_context(viewport={"width": 1440, "height": 1100})
-        page = context.new_page()
-        _shoot_every_page(page, server.url, DOCS)
-        context.close()
-    finally:
-        server.stop()
-
-
-def _shot(page, folder: Path, name: str, height: int = 1100) -> None:
-    page.set_viewport_size({"width": 1440, "height": height})
-    page.wait_for_timeout(1200)  # let progress bars, charts and videos settle
-    page.screenshot(path=str(folder / f"{name}.png"))
-    page.set_viewport_size({"width": 1440, "height": 1100})
-
-
-def _videos_ready(page, count: int) -> None:
-    page.wait_for_function(
-        """n => { const v = [...document.querySelectorAll('video')];
-                  return v.length >= n && v.every(x => x.readyState >= 2); }""",
-        arg=count,
-        timeout=60_000,
-    )
-
-
-def _shoot_every_page(page, url: str, folder: Path) -> None:
-    folder.mkdir(exist_ok=True)
-    page.goto(url)
-    page.get_by_label("Email").wait_for(timeout=30_000)
-    _shot(page, folder, "login", 800)
-    sign_in(page, url)
-    fill_prompts(page)
-    page.get_by_text("Video prompt builder").click()
-    page.get_by_label("Subject and action").fill("the fox lifts its head and trots forward")
-    page.get_by_text("Prompts that will be sent").click()
-    page.get_by_label("Image prompt").click()
-    _shot(page, folder, "create", 1900)
-    page.get_by_role("button", name="Start", exact=True).click()
-    page.locator(".st-key-watch_step_generate_video").wait_for(timeout=30_000)
-    page.get_by_text(
-        re.compile("In the video provider's queue|The provider is generating the video")
-    ).first.wait_for(timeout=90_000)
-    _shot(page, folder, "watch-running", 1300)
-    page.locator("video").first.wait_for(timeout=120_000)
-    _videos_ready(page, 1)
-    _shot(page, folder, "watch-completed", 1900)
-
-    # A small batch, so the history and the gallery have something to show.
-    page.get_by_role("link", name="Create").click()
-    page.get_by_label("Runs").fill("3")
-    page.get_by_label("Runs").press("Enter")
-    page.get_by_text("Variations").wait_for(timeout=30_000)
-    page.get_by_label("Variations").click()
-    page.get_by_role("option", name="Vary the lighting").click()
-    page.wait_for_timeout(500)
-    page.get_by_role("button", name="Start 3 runs").click()
-    page.get_by_text("Showing the runs of one batch").wait_for(timeout=30_000)
-    page.get_by_role("button", name="Show all runs").click()
-    page.wait_for_function(
-        "() => document.querySelectorAll('[class*=st-key-history_row_]').length >= 4",
-        timeout=60_000,
-    )
-    page.wait_for_function(
-        """() => [...document.querySelectorAll('[class*=st-key-history_row_]')]
-                   .every(row => row.innerText.includes('completed'))""",
-        timeout=120_000,
-    )
-    page.wait_for_timeout(2500)
-    _shot(page, folder, "history", 1100)
-    page.get_by_role("link", name="Gallery").click()
-    page.locator("[class*='st-key-gallery_card_']").nth(3).wait_for(timeout=30_000)
-    _videos_ready(page, 4)
-    _shot(page, folder, "gallery", 1300)
