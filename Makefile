@@ -36,6 +36,11 @@ format: install
 bench: install
 	$(PY) bench/engine.py
 
+# Seeds 100,000 runs in a scratch Postgres database (BENCH_DATABASE_URL or TEST_DATABASE_URL's
+# server) and times every monitoring query; the last line is `monitoring total: <seconds> s`.
+bench-monitoring: install
+	$(PY) bench/monitoring.py
+
 # 200 concurrent workflows under injected faults. A scratch SQLite file unless LOAD_DATABASE_URL
 # names a database (e.g. a scratch Postgres one): never your real data.
 LOAD_WORKFLOWS ?= 200

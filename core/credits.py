@@ -17,10 +17,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.errors import InsufficientCreditsError, NotFoundError, RequestValidationError
-from core.models import CreditTransaction, Setting, User, Workflow, utcnow, view_of
+from core.models import AuditEvent, CreditTransaction, Setting, User, Workflow, utcnow, view_of
 from core.schemas import WorkflowRequest
 
 COSTS_SETTING_KEY = "credit_costs"
+COSTS_AUDIT_ACTION = "credit_costs.update"
 SYSTEM_ACTOR = "system"
 
 
@@ -78,7 +79,9 @@ def load_costs(session: Session) -> CreditCosts:
 
 
 def save_costs(session: Session, raw: dict, *, actor: str) -> CreditCosts:
-    """Validate and store new costs; the settings row records who changed it."""
+    """Validate and store new costs. The settings row records who changed it last, and every
+    change appends an audit event with the old and new values; saving the same costs again
+    changes nothing."""
     try:
         costs = CreditCosts.model_validate(raw)
     except ValidationError as exc:
@@ -91,11 +94,24 @@ def save_costs(session: Session, raw: dict, *, actor: str) -> CreditCosts:
     )
     if missing:
         raise RequestValidationError({"costs": f"missing entries {missing}"})
-    row = session.get(Setting, COSTS_SETTING_KEY)
+    # Locked, so two admins saving at once are audited against the value each replaced.
+    row = session.get(Setting, COSTS_SETTING_KEY, with_for_update=True)
+    old = DEFAULT_CREDIT_COSTS.model_dump() if row is None else row.value
+    new = costs.model_dump()
+    if old == new:
+        return costs
     if row is None:
         row = Setting(key=COSTS_SETTING_KEY, value={})
         session.add(row)
-    row.value, row.updated_at, row.updated_by = costs.model_dump(), utcnow(), actor
+    row.value, row.updated_at, row.updated_by = new, utcnow(), actor
+    session.add(
+        AuditEvent(
+            actor=actor,
+            action=COSTS_AUDIT_ACTION,
+            target=f"settings:{COSTS_SETTING_KEY}",
+            details={"old": old, "new": new},
+        )
+    )
     return costs
 
 

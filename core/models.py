@@ -12,6 +12,8 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ColumnElement,
+    Computed,
     DateTime,
     ForeignKey,
     Index,
@@ -22,7 +24,9 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from core.states import StepStatus, WorkflowStatus
@@ -101,6 +105,8 @@ class CreditTransaction(Base):
     """Append-only ledger. amount is signed: grants and refunds positive, reservations negative."""
 
     __tablename__ = "credit_transactions"
+    # Monitoring (reserves and refunds by time) and the refunds list read it by kind and time.
+    __table_args__ = (Index("ix_credit_transactions_kind_created", "kind", "created_at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
@@ -136,7 +142,13 @@ class Workflow(Base):
         UniqueConstraint("user_id", "client_key"),
         Index("ix_workflows_user_created", "user_id", "created_at"),
         Index("ix_workflows_status_heartbeat", "status", "heartbeat_at"),
-        Index("ix_workflows_created_at", "created_at"),
+        # INCLUDE (Postgres): the monitoring KPIs and outcomes read runs by creation time
+        # without touching the wide rows (prompts, request JSON).
+        Index(
+            "ix_workflows_created_at",
+            "created_at",
+            postgresql_include=["status", "started_at", "finished_at"],
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_workflow_id)
@@ -167,9 +179,52 @@ class Workflow(Base):
         return f"Workflow(id={self.id}, status={self.status})"
 
 
+class StepDurationMs(ColumnElement[int]):
+    """SQL for a step's duration in whole milliseconds, rounded half away from zero from the
+    exact timestamps, in each dialect's words (SQLite stores 'YYYY-MM-DD HH:MM:SS.ffffff')."""
+
+    inherit_cache = True
+    type = Integer()
+
+
+@compiles(StepDurationMs)
+def _step_duration_ms(element: StepDurationMs, compiler: Any, **kw: Any) -> str:
+    # Postgres' canonical form of the expression, so the migration check compares like to like.
+    return "round(EXTRACT(epoch FROM finished_at - started_at) * 1000)"
+
+
+@compiles(StepDurationMs, "sqlite")
+def _step_duration_ms_sqlite(element: StepDurationMs, compiler: Any, **kw: Any) -> str:
+    return (
+        "CAST(round(((strftime('%s', finished_at) - strftime('%s', started_at)) * 1000000"
+        " + (substr(finished_at, 21, 6) - substr(started_at, 21, 6))) / 1000.0) AS INTEGER)"
+    )
+
+
 class WorkflowStep(Base):
     __tablename__ = "workflow_steps"
-    __table_args__ = (UniqueConstraint("workflow_id", "name"),)
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "name"),
+        # Monitoring: steps by start time (short ranges), and completed steps in duration order
+        # per step, which long-range percentiles read instead of sorting (core.monitoring).
+        Index("ix_workflow_steps_started_at", "started_at"),
+        Index(
+            "ix_workflow_steps_completed_duration",
+            "name",
+            "duration_ms",
+            "started_at",
+            postgresql_where=text("status = 'completed'"),
+            sqlite_where=text("status = 'completed'"),
+        ),
+        # The failed step of each failed run (failure reasons), without visiting the others.
+        Index(
+            "ix_workflow_steps_failed",
+            "workflow_id",
+            "name",
+            postgresql_where=text("status = 'failed'"),
+            sqlite_where=text("status = 'failed'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id"))
@@ -187,6 +242,10 @@ class WorkflowStep(Base):
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
     deadline_at: Mapped[datetime | None] = mapped_column()
+    # Kept by the database itself (a generated column): writers never set it.
+    duration_ms: Mapped[int | None] = mapped_column(
+        Integer, Computed(StepDurationMs(), persisted=True)
+    )
 
     workflow: Mapped[Workflow] = relationship(back_populates="steps")
 
@@ -201,6 +260,23 @@ class ApiCall(Base):
     __table_args__ = (
         Index("ix_api_calls_started_at", "started_at"),
         Index("ix_api_calls_workflow", "workflow_id"),
+        # Monitoring: calls per provider and operation in latency order (long-range percentiles,
+        # the provider filter; INCLUDE makes the per-provider counts an index-only scan on
+        # Postgres), and the few attempts that did not end ok.
+        Index(
+            "ix_api_calls_provider_operation_duration",
+            "provider",
+            "operation",
+            "duration_ms",
+            "started_at",
+            postgresql_include=["attempt", "outcome", "cost_usd"],
+        ),
+        Index(
+            "ix_api_calls_not_ok_started_at",
+            "started_at",
+            postgresql_where=text("outcome <> 'ok'"),
+            sqlite_where=text("outcome <> 'ok'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -276,3 +352,21 @@ class Template(Base):
 
     def __repr__(self) -> str:
         return f"Template(id={self.id}, name={self.name!r})"
+
+
+class AuditEvent(Base):
+    """Append-only record of admin actions that leave no ledger row: credit-cost edits (old and
+    new values) and user management. Credit moves are audited by the ledger itself."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_at", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(320))  # the acting user's email, or "system"
+    action: Mapped[str] = mapped_column(String(40))  # e.g. credit_costs.update, user.role
+    target: Mapped[str] = mapped_column(String(200))  # e.g. settings:credit_costs, user:42
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    def __repr__(self) -> str:
+        return f"AuditEvent(id={self.id}, {self.action} {self.target} by {self.actor})"

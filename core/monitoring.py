@@ -1,0 +1,878 @@
+"""The monitoring page's queries. Every number is aggregated in SQL and returned as small frozen
+dataclasses; no raw rows ever reach Python.
+
+Definitions both databases share (tests prove they agree on the same rows):
+- A run belongs to the range when it was *created* in [since, until); a step when it *started* in
+  it; a provider call when it started in it; a ledger row when it was written in it.
+- Durations are whole milliseconds, rounded half away from zero from the exact timestamps.
+- Percentiles are linear interpolation between closest ranks, Postgres' `percentile_cont`: for n
+  sorted values v[0..n-1], h = p * (n - 1), result = v[floor h] + (h - floor h) *
+  (v[ceil h] - v[floor h]). SQLite computes the same with window functions (rank, count).
+- `user_id` and `project_id` narrow every panel (calls and ledger rows through their run);
+  `provider` narrows the provider panels only (api_calls).
+
+At a year of history (100,000 runs, 600,000 steps, a million calls) every panel reads an index
+built for it (migration 0003): runs by creation time covering status and timings; completed
+steps by (step, duration); calls by (provider, operation, duration) covering the counted
+columns; the few failed calls and failed steps through partial indexes. `bench/monitoring.py`
+times them all.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal
+
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Integer,
+    Select,
+    and_,
+    case,
+    cast,
+    extract,
+    func,
+    literal,
+    literal_column,
+    select,
+    text,
+)
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import Subquery
+
+from core.errors import RequestValidationError
+from core.models import ApiCall, CreditTransaction, Project, User, Workflow, WorkflowStep
+from core.states import STEP_ORDER, StepStatus, WorkflowStatus
+
+HOURLY_MAX_RANGE = timedelta(days=2)  # longer ranges are bucketed by day
+DAILY_USAGE_MAX_RANGE = timedelta(days=92)  # longer credit-usage ranges by week
+SORT_WORK_MEM = "64MB"
+# Upper edges (seconds) of the step-duration histogram; the last bucket is open-ended.
+HISTOGRAM_EDGES_S: tuple[float, ...] = (0.5, 1, 2, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600)
+IN_FLIGHT = (WorkflowStatus.QUEUED.value, WorkflowStatus.RUNNING.value)
+_NOT_OK = text("api_calls.outcome <> 'ok'")  # a literal: SQLite matches partial indexes by text
+
+
+class Granularity(StrEnum):
+    """Bucket size of a time series; buckets start on whole UTC hours, days, or Mondays."""
+
+    HOUR = "hour"
+    DAY = "day"
+    WEEK = "week"
+
+    @property
+    def step(self) -> timedelta:
+        return {"hour": timedelta(hours=1), "day": timedelta(days=1)}.get(
+            self.value, timedelta(weeks=1)
+        )
+
+
+@dataclass(frozen=True)
+class MonitoringFilter:
+    since: datetime
+    until: datetime
+    user_id: int | None = None
+    project_id: int | None = None
+    provider: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.since.tzinfo is None or self.until.tzinfo is None:
+            raise RequestValidationError({"range": "since and until must be timezone-aware"})
+        if self.since >= self.until:
+            raise RequestValidationError({"range": "since must be before until"})
+
+    @classmethod
+    def last(cls, period: timedelta, *, now: datetime | None = None, **narrow: Any):
+        """The `period` up to now, e.g. MonitoringFilter.last(timedelta(days=7), user_id=3)."""
+        until = now or datetime.now(UTC)
+        return cls(since=until - period, until=until, **narrow)
+
+    @property
+    def granularity(self) -> Granularity:
+        """Hourly up to two days, else daily (outcomes over time)."""
+        return Granularity.HOUR if self.until - self.since <= HOURLY_MAX_RANGE else Granularity.DAY
+
+    @property
+    def usage_granularity(self) -> Granularity:
+        """As `granularity`, but weekly past DAILY_USAGE_MAX_RANGE: a year of daily points per
+        user or project is 20,000 rows that no chart can show."""
+        if self.until - self.since > DAILY_USAGE_MAX_RANGE:
+            return Granularity.WEEK
+        return self.granularity
+
+
+# ---------------------------------------------------------------------------------------------
+# What the panels return
+
+
+@dataclass(frozen=True)
+class Kpis:
+    workflows: int
+    completed: int
+    failed: int
+    cancelled: int
+    in_flight_now: int  # queued or running right now (ignores the time range)
+    success_rate: float | None  # completed / finished (completed + failed + cancelled)
+    failure_rate: float | None  # failed / finished
+    p50_duration_s: float | None  # completed runs, started_at -> finished_at
+    p95_duration_s: float | None
+    credits_reserved: int
+    credits_refunded: int
+
+    @property
+    def credits_spent(self) -> int:
+        return self.credits_reserved - self.credits_refunded
+
+
+@dataclass(frozen=True)
+class OutcomeBucket:
+    start: datetime
+    completed: int
+    failed: int
+    cancelled: int
+    in_flight: int
+
+    @property
+    def total(self) -> int:
+        return self.completed + self.failed + self.cancelled + self.in_flight
+
+
+@dataclass(frozen=True)
+class StepDuration:
+    step: str
+    count: int  # completed steps
+    p50_s: float | None
+    p95_s: float | None
+    mean_s: float | None
+    max_s: float | None
+    # Counts per histogram bin: bins[i] is [edge i-1, edge i) of (0, *HISTOGRAM_EDGES_S), the
+    # last bin open-ended. `histogram()` turns them into chart rows.
+    bins: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class HistogramBin:
+    step: str
+    lower_s: float
+    upper_s: float | None  # None: open-ended last bin
+    count: int
+
+
+@dataclass(frozen=True)
+class FailureReason:
+    step: str | None  # None: the run failed before any step did (e.g. recovered while queued)
+    category: str | None
+    count: int
+    example: str | None  # one of the messages
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    step: str | None
+    provider: str
+    operation: str
+    outcome: str  # transient | permanent | error
+    error_code: str | None
+    status_code: int | None
+    count: int
+
+
+@dataclass(frozen=True)
+class ProviderStats:
+    """Provider calls. `calls` counts attempts; a retried call is several attempts.
+
+    error_rate: attempts that did not end ok / attempts.
+    transient_rate: attempts that ended with a transient (retryable) error / attempts.
+    retried_share: logical calls that needed at least one retry / logical calls, i.e. attempts
+    numbered 2 / attempts numbered 1 (every retried call has exactly one attempt 2).
+    """
+
+    provider: str
+    operation: str
+    calls: int
+    first_attempts: int
+    retries: int  # attempts numbered 2
+    errors: int
+    transient: int
+    p50_ms: float | None
+    p95_ms: float | None
+    cost_usd: float  # list prices, recorded per successful call
+
+    @property
+    def error_rate(self) -> float | None:
+        return _ratio(self.errors, self.calls)
+
+    @property
+    def transient_rate(self) -> float | None:
+        return _ratio(self.transient, self.calls)
+
+    @property
+    def retried_share(self) -> float | None:
+        return _ratio(self.retries, self.first_attempts)
+
+
+@dataclass(frozen=True)
+class ProviderTotals:
+    """One provider's calls summed over its operations (no percentiles: see ProviderStats)."""
+
+    provider: str
+    calls: int
+    first_attempts: int
+    retries: int
+    errors: int
+    transient: int
+    cost_usd: float
+
+    @property
+    def error_rate(self) -> float | None:
+        return _ratio(self.errors, self.calls)
+
+    @property
+    def retried_share(self) -> float | None:
+        return _ratio(self.retries, self.first_attempts)
+
+
+@dataclass(frozen=True)
+class CreditUsage:
+    start: datetime
+    key: int | None  # user id or project id (None: runs without a project)
+    label: str  # email or project name
+    reserved: int
+    refunded: int
+
+    @property
+    def spent(self) -> int:
+        return self.reserved - self.refunded
+
+
+@dataclass(frozen=True)
+class FilterChoices:
+    users: list[tuple[int, str]]  # (id, email)
+    projects: list[tuple[int, str, int]]  # (id, name, owner id)
+    providers: list[str]
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Panels
+
+
+def kpis(session: Session, flt: MonitoringFilter) -> Kpis:
+    """The headline numbers of the range (and the runs in flight right now)."""
+    _tune(session)
+    runs = (
+        select(Workflow.status, _run_duration_ms(session).label("ms"))
+        .where(_created_in(flt), *_run_scope(flt))
+        .subquery()
+    )
+    row = _aggregate(
+        session,
+        runs,
+        keys=(),
+        value="ms",
+        percentiles=(0.5, 0.95),
+        measures=lambda c: [
+            func.count().label("workflows"),
+            *(_count_if(c.status == s.value, s.value) for s in _FINISHED),
+        ],
+    )[0]
+    finished = row["completed"] + row["failed"] + row["cancelled"]
+    spent = credit_totals(session, flt)
+    in_flight = session.execute(
+        select(func.count()).where(Workflow.status.in_(IN_FLIGHT), *_run_scope(flt))
+    ).scalar_one()
+    return Kpis(
+        workflows=row["workflows"],
+        completed=row["completed"],
+        failed=row["failed"],
+        cancelled=row["cancelled"],
+        in_flight_now=in_flight,
+        success_rate=_ratio(row["completed"], finished),
+        failure_rate=_ratio(row["failed"], finished),
+        p50_duration_s=_seconds(row["p0"]),
+        p95_duration_s=_seconds(row["p1"]),
+        credits_reserved=spent[0],
+        credits_refunded=spent[1],
+    )
+
+
+_FINISHED = (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED)
+
+
+def credit_totals(session: Session, flt: MonitoringFilter) -> tuple[int, int]:
+    """(reserved, refunded) credits in the range, from the ledger."""
+    amount = CreditTransaction.amount
+    row = session.execute(
+        select(
+            func.coalesce(func.sum(case((CreditTransaction.kind == "reserve", -amount))), 0),
+            func.coalesce(func.sum(case((CreditTransaction.kind == "refund", amount))), 0),
+        ).where(*_ledger_scope(flt))
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def outcomes_over_time(session: Session, flt: MonitoringFilter) -> list[OutcomeBucket]:
+    """Runs per bucket by how they ended; every bucket of the range is present (zeros too)."""
+    _tune(session)
+    runs = (
+        select(
+            _bucket(session, Workflow.created_at, flt.granularity).label("bucket"),
+            Workflow.status,
+        )
+        .where(_created_in(flt), *_run_scope(flt))
+        .subquery()
+    )
+    status = runs.c.status
+    rows = session.execute(
+        select(
+            runs.c.bucket,
+            *(_count_if(status == s.value, s.value) for s in _FINISHED),
+            _count_if(status.in_(IN_FLIGHT), "in_flight"),
+        ).group_by(runs.c.bucket)
+    )
+    found = {_as_utc(r.bucket): r for r in rows}
+    buckets = []
+    for start in bucket_starts(flt, flt.granularity):
+        r = found.get(start)
+        buckets.append(
+            OutcomeBucket(
+                start=start,
+                completed=r.completed if r else 0,
+                failed=r.failed if r else 0,
+                cancelled=r.cancelled if r else 0,
+                in_flight=r.in_flight if r else 0,
+            )
+        )
+    return buckets
+
+
+def bucket_starts(flt: MonitoringFilter, granularity: Granularity) -> list[datetime]:
+    """The starts of every bucket overlapping the range (UTC hours, days or Mondays)."""
+    start = flt.since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if granularity is not Granularity.HOUR:
+        start = start.replace(hour=0)
+    if granularity is Granularity.WEEK:
+        start -= timedelta(days=start.weekday())
+    starts = []
+    while start < flt.until:
+        starts.append(start)
+        start += granularity.step
+    return starts
+
+
+def step_durations(session: Session, flt: MonitoringFilter) -> list[StepDuration]:
+    """Per step, in pipeline order: count, p50/p95/mean/max of completed steps' durations and
+    their histogram over HISTOGRAM_EDGES_S (one scan feeds both charts)."""
+    _tune(session)
+    steps = WorkflowStep.__table__
+    edges_ms = [round(e * 1000) for e in HISTOGRAM_EDGES_S]
+
+    def measures(c: Any) -> list[ColumnElement[Any]]:
+        # Cumulative counts (one comparison per edge), turned into bins below.
+        ms = c.duration_ms
+        below = [_count_if(ms < edge, f"below{i}") for i, edge in enumerate(edges_ms)]
+        return [
+            func.count(ms).label("n"),
+            func.sum(ms).label("sum"),
+            func.max(ms).label("max"),
+            *below,
+        ]
+
+    rows = _grouped_percentiles(
+        session,
+        table=steps,
+        where=[
+            steps.c.status == StepStatus.COMPLETED.value,
+            steps.c.started_at >= flt.since,
+            steps.c.started_at < flt.until,
+            *_runs_of(flt, steps.c.workflow_id),
+        ],
+        keys=("name",),
+        value="duration_ms",
+        reads=(),
+        measures=measures,
+    )
+    by_name = {r["name"]: r for r in rows}
+    return [
+        StepDuration(
+            step=name.value,
+            count=r["n"],
+            p50_s=_seconds(r["p0"]),
+            p95_s=_seconds(r["p1"]),
+            mean_s=_seconds(r["sum"] / r["n"]),
+            max_s=_seconds(r["max"]),
+            bins=_bins([r[f"below{i}"] for i in range(len(edges_ms))], r["n"]),
+        )
+        for name in STEP_ORDER
+        if (r := by_name.get(name.value)) is not None and r["n"]
+    ]
+
+
+def _bins(below: Sequence[int], total: int) -> tuple[int, ...]:
+    """Counts per bin from cumulative counts below each edge."""
+    edges = [0, *below, total]
+    return tuple(int(edges[i + 1] - edges[i]) for i in range(len(edges) - 1))
+
+
+def histogram(durations: Sequence[StepDuration]) -> list[HistogramBin]:
+    """The step_durations histograms as one row per (step, bin), empty bins left out (pure)."""
+    lowers = (0.0, *HISTOGRAM_EDGES_S)
+    uppers = (*HISTOGRAM_EDGES_S, None)
+    return [
+        HistogramBin(step=d.step, lower_s=float(lowers[i]), upper_s=uppers[i], count=count)
+        for d in durations
+        for i, count in enumerate(d.bins)
+        if count
+    ]
+
+
+def failure_reasons(session: Session, flt: MonitoringFilter) -> list[FailureReason]:
+    """Failed runs by the step that failed and the failure category, most frequent first."""
+    _tune(session)
+    failed_step = WorkflowStep.__table__.alias("failed_step")
+    count = func.count().label("n")
+    rows = session.execute(
+        select(
+            failed_step.c.name,
+            Workflow.error_category,
+            count,
+            func.min(Workflow.error_message).label("example"),
+        )
+        .select_from(Workflow)
+        .outerjoin(
+            failed_step,
+            and_(
+                failed_step.c.workflow_id == Workflow.id,
+                failed_step.c.status == StepStatus.FAILED.value,
+            ),
+        )
+        .where(Workflow.status == WorkflowStatus.FAILED.value, _created_in(flt), *_run_scope(flt))
+        .group_by(failed_step.c.name, Workflow.error_category)
+    )
+    reasons = [
+        FailureReason(step=r.name, category=r.error_category, count=r.n, example=r.example)
+        for r in rows
+    ]
+    # Sorted here: the databases disagree on where NULLs sort.
+    return sorted(reasons, key=lambda r: (-r.count, r.step or "", r.category or ""))
+
+
+def error_codes(session: Session, flt: MonitoringFilter) -> list[ErrorCode]:
+    """Provider attempts that did not end ok, by step, provider, operation and error code."""
+    _tune(session)
+    keys = (
+        ApiCall.step,
+        ApiCall.provider,
+        ApiCall.operation,
+        ApiCall.outcome,
+        ApiCall.error_code,
+        ApiCall.status_code,
+    )
+    rows = session.execute(
+        select(*keys, func.count().label("n")).where(_NOT_OK, *_call_scope(flt)).group_by(*keys)
+    )
+    codes = [
+        ErrorCode(
+            step=r.step,
+            provider=r.provider,
+            operation=r.operation,
+            outcome=r.outcome,
+            error_code=r.error_code,
+            status_code=r.status_code,
+            count=r.n,
+        )
+        for r in rows
+    ]
+    return sorted(
+        codes,
+        key=lambda c: (
+            -c.count,
+            c.step or "",
+            c.provider,
+            c.operation,
+            c.outcome,
+            c.error_code or "",
+            c.status_code or 0,
+        ),
+    )
+
+
+def provider_performance(session: Session, flt: MonitoringFilter) -> list[ProviderStats]:
+    """Latency percentiles, error and retry rates, calls and list-price USD per provider and
+    operation. (Per provider, latencies would mix a 50 ms HEAD with a 15 s image: sum the rows
+    with provider_totals for calls and USD instead.)"""
+    _tune(session)
+    calls = ApiCall.__table__
+    rows = _grouped_percentiles(
+        session,
+        table=calls,
+        where=_call_scope(flt),
+        keys=("provider", "operation"),
+        value="duration_ms",
+        reads=("attempt", "outcome", "cost_usd"),
+        measures=lambda c: [
+            func.count().label("calls"),
+            _count_if(c.attempt == 1, "first_attempts"),
+            _count_if(c.attempt == 2, "retries"),
+            _count_if(c.outcome != "ok", "errors"),
+            _count_if(c.outcome == "transient", "transient"),
+            # Only successful generate/result calls cost anything: skip the zeros' numeric adds.
+            func.sum(c.cost_usd).filter(c.cost_usd != 0).label("cost"),
+        ],
+    )
+    stats = [
+        ProviderStats(
+            provider=r["provider"],
+            operation=r["operation"],
+            calls=r["calls"],
+            first_attempts=r["first_attempts"],
+            retries=r["retries"],
+            errors=r["errors"],
+            transient=r["transient"],
+            p50_ms=_float(r["p0"]),
+            p95_ms=_float(r["p1"]),
+            cost_usd=round(float(r["cost"] or 0), 4),
+        )
+        for r in rows
+    ]
+    return sorted(stats, key=lambda s: (s.provider, s.operation))
+
+
+def provider_totals(stats: Sequence[ProviderStats]) -> list[ProviderTotals]:
+    """provider_performance rows summed per provider: calls, errors, retries and USD (pure)."""
+    totals: dict[str, list[Any]] = {}
+    for s in stats:
+        t = totals.setdefault(s.provider, [0, 0, 0, 0, 0, 0.0])
+        for i, v in enumerate(
+            (s.calls, s.first_attempts, s.retries, s.errors, s.transient, s.cost_usd)
+        ):
+            t[i] += v
+    return [
+        ProviderTotals(
+            provider=p,
+            calls=t[0],
+            first_attempts=t[1],
+            retries=t[2],
+            errors=t[3],
+            transient=t[4],
+            cost_usd=round(t[5], 4),
+        )
+        for p, t in sorted(totals.items())
+    ]
+
+
+def credit_usage(
+    session: Session,
+    flt: MonitoringFilter,
+    *,
+    by: Literal["user", "project"] = "user",
+    granularity: Granularity | None = None,
+) -> list[CreditUsage]:
+    """Credits reserved and refunded per bucket and user (or project), from the ledger; only
+    non-empty buckets (default buckets: `flt.usage_granularity`)."""
+    _tune(session)
+    granularity = granularity or flt.usage_granularity
+    amount = CreditTransaction.amount
+    key = CreditTransaction.user_id if by == "user" else Workflow.project_id
+    moves = select(
+        _bucket(session, CreditTransaction.created_at, granularity).label("bucket"),
+        key.label("key"),
+        case((CreditTransaction.kind == "reserve", -amount), else_=0).label("reserved"),
+        case((CreditTransaction.kind == "refund", amount), else_=0).label("refunded"),
+    ).select_from(CreditTransaction)
+    if by == "project":
+        moves = moves.join(Workflow, Workflow.id == CreditTransaction.workflow_id)
+    moves = moves.where(*_ledger_scope(flt)).subquery()
+    totals = (
+        select(
+            moves.c.bucket,
+            moves.c.key,
+            func.sum(moves.c.reserved).label("reserved"),
+            func.sum(moves.c.refunded).label("refunded"),
+        )
+        .group_by(moves.c.bucket, moves.c.key)
+        .subquery()
+    )
+    label_of = User.email if by == "user" else Project.name
+    owner = User if by == "user" else Project
+    rows = session.execute(
+        select(totals, label_of.label("label")).outerjoin(owner, owner.id == totals.c.key)
+    )
+    starts: dict[Any, datetime] = {}  # a few dozen distinct buckets, thousands of rows
+    usage = [
+        CreditUsage(
+            start=starts.get(r.bucket) or starts.setdefault(r.bucket, _as_utc(r.bucket)),
+            key=r.key,
+            label=r.label or "(no project)",
+            reserved=int(r.reserved),
+            refunded=int(r.refunded),
+        )
+        for r in rows
+    ]
+    # Sorted here (runs without a project last): the databases disagree on where NULLs sort.
+    return sorted(usage, key=lambda u: (u.start, u.key is None, u.key or 0))
+
+
+def filter_choices(session: Session) -> FilterChoices:
+    """What the filter widgets offer: every user, every project, every provider ever called."""
+    users = session.execute(select(User.id, User.email).order_by(User.email)).all()
+    projects = session.execute(
+        select(Project.id, Project.name, Project.user_id).order_by(Project.name, Project.id)
+    ).all()
+    return FilterChoices(
+        users=[(r.id, r.email) for r in users],
+        projects=[(r.id, r.name, r.user_id) for r in projects],
+        providers=providers(session),
+    )
+
+
+def providers(session: Session) -> list[str]:
+    """Distinct providers, by skipping through the (provider, started_at) index: a loose index
+    scan in a recursive CTE costs one probe per provider instead of a scan of every call."""
+    rows = session.execute(
+        text(
+            "WITH RECURSIVE p(name) AS ("
+            " SELECT min(provider) FROM api_calls"
+            " UNION ALL"
+            " SELECT (SELECT min(provider) FROM api_calls WHERE provider > p.name)"
+            " FROM p WHERE p.name IS NOT NULL)"
+            " SELECT name FROM p WHERE name IS NOT NULL"
+        )
+    )
+    return list(rows.scalars())
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV export
+
+
+def to_csv(items: Sequence[Any]) -> str:
+    """The rows a panel returned (dataclasses), as CSV text with a header, for a download button.
+    Properties (rates, spent) are included as columns."""
+    if not items:
+        return ""
+    first = items[0]
+    names = [f.name for f in fields(first)]
+    extra = [
+        name
+        for name in dir(type(first))
+        if isinstance(getattr(type(first), name), property) and not name.startswith("_")
+    ]
+    buffer = io.StringIO()
+    out = csv.writer(buffer, lineterminator="\n")
+    out.writerow([*names, *extra])
+    for item in items:
+        values = asdict(item)
+        out.writerow([*(values[n] for n in names), *(getattr(item, n) for n in extra)])
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Scopes, durations, buckets and percentiles in SQL
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def _created_in(flt: MonitoringFilter) -> ColumnElement[bool]:
+    return and_(Workflow.created_at >= flt.since, Workflow.created_at < flt.until)
+
+
+def _run_scope(flt: MonitoringFilter) -> list[ColumnElement[bool]]:
+    scope = []
+    if flt.user_id is not None:
+        scope.append(Workflow.user_id == flt.user_id)
+    if flt.project_id is not None:
+        scope.append(Workflow.project_id == flt.project_id)
+    return scope
+
+
+def _runs_of(flt: MonitoringFilter, workflow_id: Any) -> list[ColumnElement[bool]]:
+    """Conditions that keep rows (steps, calls, ledger) of the runs the filter's user and
+    project allow; none when neither is set."""
+    scope = _run_scope(flt)
+    return [workflow_id.in_(select(Workflow.id).where(*scope))] if scope else []
+
+
+def _call_scope(flt: MonitoringFilter) -> list[ColumnElement[bool]]:
+    scope = [ApiCall.started_at >= flt.since, ApiCall.started_at < flt.until]
+    if flt.provider is not None:
+        scope.append(ApiCall.provider == flt.provider)
+    return scope + _runs_of(flt, ApiCall.workflow_id)
+
+
+def _ledger_scope(flt: MonitoringFilter) -> list[ColumnElement[bool]]:
+    scope = [
+        CreditTransaction.created_at >= flt.since,
+        CreditTransaction.created_at < flt.until,
+        CreditTransaction.kind.in_(("reserve", "refund")),
+    ]
+    if flt.user_id is not None:
+        scope.append(CreditTransaction.user_id == flt.user_id)
+    if flt.project_id is not None:
+        in_project = select(Workflow.id).where(Workflow.project_id == flt.project_id)
+        scope.append(CreditTransaction.workflow_id.in_(in_project))
+    return scope
+
+
+def _duration_ms(session: Session, start: Any, end: Any) -> ColumnElement[float]:
+    """Whole milliseconds from start to end, exact on both databases (see the module doc)."""
+    if _dialect(session) == "postgresql":
+        return cast(func.round(extract("epoch", end - start) * 1000), Float)
+    # SQLite keeps 'YYYY-MM-DD HH:MM:SS.ffffff': whole seconds by strftime, microseconds by text.
+    micros = (func.strftime("%s", end) - func.strftime("%s", start)) * 1_000_000 + (
+        func.substr(end, 21, 6) - func.substr(start, 21, 6)
+    )
+    return func.round(micros / 1000.0)
+
+
+def _run_duration_ms(session: Session) -> ColumnElement[float]:
+    completed = Workflow.status == WorkflowStatus.COMPLETED.value
+    return case(
+        (completed, _duration_ms(session, Workflow.started_at, Workflow.finished_at)),
+        else_=None,
+    )
+
+
+# date_bin needs no time-zone lookups per row (date_trunc with a zone does); 2001-01-01 was a
+# Monday, so 7-day bins start on Mondays. Postgres 14 or newer.
+_BIN_ORIGIN = "TIMESTAMPTZ '2001-01-01 00:00:00+00'"
+_BIN_WIDTH = {"hour": "1 hour", "day": "1 day", "week": "7 days"}
+
+
+def _bucket(session: Session, column: Any, granularity: Granularity) -> ColumnElement[Any]:
+    if _dialect(session) == "postgresql":
+        width = literal_column(f"INTERVAL '{_BIN_WIDTH[granularity.value]}'")
+        return func.date_bin(width, column, literal_column(_BIN_ORIGIN))
+    if granularity is Granularity.WEEK:  # back six days, then forward to a Monday
+        return func.strftime(
+            literal_column("'%Y-%m-%d 00:00:00'"),
+            column,
+            literal_column("'-6 days'"),
+            literal_column("'weekday 1'"),
+        )
+    pattern = "%Y-%m-%d %H:00:00" if granularity is Granularity.HOUR else "%Y-%m-%d 00:00:00"
+    return func.strftime(literal_column(f"'{pattern}'"), column)
+
+
+def _as_utc(value: datetime | str) -> datetime:
+    if isinstance(value, str):  # SQLite's strftime bucket
+        return datetime.strptime(value, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _count_if(condition: ColumnElement[bool], label: str) -> ColumnElement[int]:
+    # COUNT(*) FILTER (WHERE ...): cheaper than SUM(CASE ...) on Postgres; SQLite has it too.
+    return func.count().filter(condition).label(label)
+
+
+def _seconds(ms: Any) -> float | None:
+    return None if ms is None else float(ms) / 1000
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _tune(session: Session) -> None:
+    """Postgres, for this read transaction only (set_config(..., true) is SET LOCAL): no JIT
+    (compiling costs more than it saves on these short scans), room to sort a year of values in
+    memory, and a random_page_cost for cached/SSD pages, at which the planner picks the covering
+    index-only scans (at the default 4.0 it often prefers the wide heap). Together about 10%
+    of the year-long total in bench/monitoring.py; the indexes do the rest."""
+    if _dialect(session) == "postgresql":
+        session.execute(
+            text(
+                "SELECT set_config('jit', 'off', true),"
+                f" set_config('work_mem', '{SORT_WORK_MEM}', true),"
+                " set_config('random_page_cost', '1.1', true)"
+            )
+        )
+
+
+def _grouped_percentiles(
+    session: Session,
+    *,
+    table: Any,
+    where: Sequence[ColumnElement[bool]],
+    keys: Sequence[str],
+    value: str,
+    reads: Sequence[str],
+    measures: Callable[[Any], list[ColumnElement[Any]]],
+    percentiles: Sequence[float] = (0.5, 0.95),
+) -> list[dict[str, Any]]:
+    """Rows of `table` where `where` holds, grouped by the `keys` columns: the `measures` (built
+    on a namespace holding the `reads` columns) and percentiles p0, p1, ... of `value`.
+
+    On Postgres, an index on (keys..., value) makes this cheap at any range: the planner reads
+    the rows in group-then-value order (index-only), and percentile_cont's sort finds its input
+    already sorted (Postgres' quicksort checks for that first), so a year of values costs one
+    ordered pass instead of a sort.
+    """
+    columns = dict.fromkeys([*keys, value, *reads])
+    source = select(*(table.c[c] for c in columns)).where(*where).subquery()
+    return _aggregate(
+        session, source, keys=keys, value=value, percentiles=percentiles, measures=measures
+    )
+
+
+def _aggregate(
+    session: Session,
+    source: Subquery,
+    *,
+    keys: Sequence[str],
+    value: str,
+    percentiles: Sequence[float],
+    measures: Callable[[Any], list[ColumnElement[Any]]],
+) -> list[dict[str, Any]]:
+    """GROUP BY `keys` over `source`: the `measures` plus, for each p in `percentiles`, the
+    interpolated percentile of `value` (labelled p0, p1, ...). NULL values are ignored, as
+    percentile_cont ignores them, so a CASE can restrict the percentile to some rows."""
+    if _dialect(session) == "postgresql":
+        c = source.c
+        group = [c[k] for k in keys]
+        pcts = [
+            func.percentile_cont(p).within_group(c[value]).label(f"p{i}")
+            for i, p in enumerate(percentiles)
+        ]
+        query: Select = select(*group, *measures(c), *pcts).group_by(*group)
+        return [dict(r._mapping) for r in session.execute(query)]
+    # SQLite: number the non-NULL values of each group in order (rank 0..n-1), then pick the
+    # two neighbours of position h with a conditional MAX and interpolate between them.
+    c = source.c
+    partition = [c[k] for k in keys]
+    # NULLs get their own partition so the values rank 0..n-1 among themselves; a NOT NULL
+    # column skips that (measured: 40% of the query on a million calls).
+    ranking = [*partition, c[value].is_(None)] if getattr(c[value], "nullable", True) else partition
+    ranked = select(
+        *c,
+        (func.row_number().over(partition_by=ranking or None, order_by=c[value]) - 1).label(
+            "_rank"
+        ),
+        func.count(c[value]).over(partition_by=partition or None).label("_n"),
+    ).subquery()
+    r = ranked.c
+    v = r[value]
+    n = func.max(r._n)
+    pcts = []
+    for i, p in enumerate(percentiles):
+        row_h = literal(p, Float) * (r._n - 1)
+        row_lo = cast(row_h, Integer)
+        row_hi = row_lo + case((row_h > row_lo, 1), else_=0)
+        lo = func.max(case((and_(v.is_not(None), r._rank == row_lo), v)))
+        hi = func.max(case((and_(v.is_not(None), r._rank == row_hi), v)))
+        h = literal(p, Float) * (n - 1)
+        pcts.append((lo + (hi - lo) * (h - cast(h, Integer))).label(f"p{i}"))
+    group = [r[k] for k in keys]
+    query = select(*group, *measures(r), *pcts).group_by(*group)
+    return [dict(row._mapping) for row in session.execute(query)]
