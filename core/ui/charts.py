@@ -1,0 +1,166 @@
+"""Plotly figures for the admin pages, built from the monitoring engine's already-aggregated
+dataclasses (pure, testable without Streamlit), and one helper that draws a figure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.monitoring import (
+    CreditUsage,
+    HistogramBin,
+    OutcomeBucket,
+    ProviderStats,
+    ProviderTotals,
+    StepDuration,
+)
+from core.ui import format as fmt
+
+OUTCOMES = ("completed", "failed", "cancelled", "in_flight")
+OUTCOME_COLOURS = {**fmt.STATUS_COLOURS, "in_flight": fmt.STATUS_COLOURS["running"]}
+P50_COLOUR, P95_COLOUR = "#3b82f6", "#f59e0b"
+
+
+def _layout(figure: go.Figure, *, height: int = 320, **extra: object) -> go.Figure:
+    figure.update_layout(
+        height=height,
+        margin={"l": 10, "r": 10, "t": 30, "b": 30},
+        paper_bgcolor="rgba(0,0,0,0)",
+        plot_bgcolor="rgba(0,0,0,0)",
+        legend={"orientation": "h", "y": 1.12},
+        **extra,
+    )
+    return figure
+
+
+def outcomes_figure(buckets: Sequence[OutcomeBucket]) -> go.Figure:
+    """Runs per bucket, stacked by how they ended."""
+    figure = go.Figure(
+        [
+            go.Bar(
+                x=[b.start for b in buckets],
+                y=[getattr(b, outcome) for b in buckets],
+                name=outcome.replace("_", " "),
+                marker_color=OUTCOME_COLOURS[outcome],
+            )
+            for outcome in OUTCOMES
+        ]
+    )
+    return _layout(figure, barmode="stack", xaxis_title="UTC", yaxis_title="runs")
+
+
+def step_percentiles_figure(durations: Sequence[StepDuration]) -> go.Figure:
+    """p50 and p95 seconds per step, side by side."""
+    steps = [d.step for d in durations]
+    figure = go.Figure(
+        [
+            go.Bar(x=steps, y=[d.p50_s for d in durations], name="p50", marker_color=P50_COLOUR),
+            go.Bar(x=steps, y=[d.p95_s for d in durations], name="p95", marker_color=P95_COLOUR),
+        ]
+    )
+    return _layout(figure, barmode="group", yaxis_title="seconds")
+
+
+def bin_label(row: HistogramBin) -> str:
+    if row.upper_s is None:
+        return f"≥ {row.lower_s:g} s"
+    return f"{row.lower_s:g}–{row.upper_s:g} s"
+
+
+def histogram_figure(rows: Sequence[HistogramBin]) -> go.Figure:
+    """Completed steps per duration bin, one trace per step (bins in duration order)."""
+    order: list[str] = []
+    for row in sorted(rows, key=lambda r: r.lower_s):
+        if bin_label(row) not in order:
+            order.append(bin_label(row))
+    by_step: dict[str, dict[str, int]] = {}
+    for row in rows:
+        by_step.setdefault(row.step, {})[bin_label(row)] = row.count
+    figure = go.Figure(
+        [
+            go.Bar(x=order, y=[counts.get(label, 0) for label in order], name=step)
+            for step, counts in by_step.items()
+        ]
+    )
+    return _layout(
+        figure,
+        barmode="group",
+        xaxis={"title": "step duration", "categoryorder": "array", "categoryarray": order},
+        yaxis_title="completed steps",
+    )
+
+
+def provider_latency_figure(stats: Sequence[ProviderStats]) -> go.Figure:
+    """p50 and p95 latency per provider operation (a log axis: HEADs beside video renders)."""
+    names = [f"{s.provider} · {s.operation}" for s in stats]
+    figure = go.Figure(
+        [
+            go.Bar(
+                y=names,
+                x=[s.p50_ms for s in stats],
+                name="p50",
+                orientation="h",
+                marker_color=P50_COLOUR,
+            ),
+            go.Bar(
+                y=names,
+                x=[s.p95_ms for s in stats],
+                name="p95",
+                orientation="h",
+                marker_color=P95_COLOUR,
+            ),
+        ]
+    )
+    return _layout(
+        figure,
+        height=max(240, 60 + 40 * len(names)),
+        barmode="group",
+        xaxis={"title": "ms", "type": "log"},
+        yaxis={"autorange": "reversed"},
+    )
+
+
+def provider_totals_figure(totals: Sequence[ProviderTotals]) -> go.Figure:
+    """Calls (bars) and estimated USD (markers, second axis) per provider."""
+    providers = [t.provider for t in totals]
+    figure = go.Figure(
+        [
+            go.Bar(x=providers, y=[t.calls for t in totals], name="calls", marker_color=P50_COLOUR),
+            go.Scatter(
+                x=providers,
+                y=[t.cost_usd for t in totals],
+                name="USD (list prices)",
+                mode="markers+text",
+                text=[f"${t.cost_usd:,.2f}" for t in totals],
+                textposition="top center",
+                marker={"size": 12, "color": P95_COLOUR},
+                yaxis="y2",
+            ),
+        ]
+    )
+    return _layout(
+        figure,
+        yaxis_title="calls",
+        yaxis2={"title": "USD", "overlaying": "y", "side": "right", "rangemode": "tozero"},
+    )
+
+
+def credit_usage_figure(usage: Sequence[CreditUsage]) -> go.Figure:
+    """Credits spent (reserved minus refunded) per bucket, stacked by user or project."""
+    by_label: dict[str, dict[object, int]] = {}
+    for u in usage:
+        series = by_label.setdefault(u.label, {})
+        series[u.start] = series.get(u.start, 0) + u.spent
+    figure = go.Figure(
+        [
+            go.Bar(x=list(series), y=list(series.values()), name=label)
+            for label, series in by_label.items()
+        ]
+    )
+    return _layout(figure, barmode="stack", xaxis_title="UTC", yaxis_title="credits spent")
+
+
+def chart(figure: go.Figure, key: str) -> None:
+    st.plotly_chart(figure, key=key, width="stretch", config={"displayModeBar": False})

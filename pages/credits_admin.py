@@ -1,0 +1,415 @@
+"""Credits (admins): balances with low-balance highlighting, grants and deductions with a reason,
+each user's ledger, refunds, the CREDIT_COSTS editor and user management. Every change goes
+through core.admin, which re-checks the actor and leaves a ledger row or an audit event."""
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from core import admin
+from core.admin import UserRow
+from core.auth import Role
+from core.errors import (
+    InsufficientCreditsError,
+    NotFoundError,
+    PermissionDeniedError,
+    RequestValidationError,
+)
+from core.ui import format as fmt
+from core.ui.runtime import get_runtime
+from core.ui.session import flash, require_admin, show_flashes
+
+log = logging.getLogger("core.pages.credits_admin")
+DB_DOWN = "The database is not answering right now. Reload the page in a moment."
+REFUSED = "Only an active admin may do this."
+LOW_STYLE = "background-color: rgba(239, 68, 68, 0.22)"
+
+runtime = get_runtime()
+actor = require_admin()
+tz = fmt.zone(st.context.timezone)
+
+st.title("💳 Credits")
+show_flashes()
+
+
+def refusal(exc: Exception) -> str:
+    if isinstance(exc, RequestValidationError):
+        return "Not saved: " + "; ".join(f"**{f}** {msg}" for f, msg in exc.problems.items())
+    if isinstance(exc, PermissionDeniedError):
+        return REFUSED
+    return f"Not saved: {exc}"
+
+
+def change(action: Callable[[Session], Any]) -> tuple[bool, Any]:
+    """Run one admin action in its own transaction; a refusal becomes a message, never a
+    traceback, and rolls everything back."""
+    try:
+        with runtime.db.begin() as session:
+            return True, action(session)
+    except (
+        RequestValidationError,
+        InsufficientCreditsError,
+        PermissionDeniedError,
+        NotFoundError,
+    ) as exc:
+        st.error(refusal(exc), icon=":material/block:")
+    except SQLAlchemyError:
+        log.exception("App - credits admin could not save a change")
+        st.error(DB_DOWN)
+    return False, None
+
+
+def read(query: Callable[[Session], Any]) -> Any:
+    """A read for the page; when it fails the page says so and stops."""
+    try:
+        with runtime.db.read() as session:
+            return query(session)
+    except PermissionDeniedError:
+        st.error(REFUSED)
+    except (RequestValidationError, NotFoundError) as exc:
+        st.error(refusal(exc))
+    except SQLAlchemyError:
+        log.exception("App - credits admin could not read")
+        st.error(DB_DOWN)
+    st.stop()
+
+
+def when(moment: Any) -> str:
+    return fmt.local_time(moment, tz, with_date=True)
+
+
+default_threshold = read(admin.low_balance_threshold)
+threshold = st.number_input(
+    "Low balance below",
+    min_value=0,
+    value=default_threshold,
+    step=1,
+    key="credits_low_threshold",
+    help="Default: what one run with the default options costs now.",
+)
+users: list[UserRow] = read(lambda s: admin.list_users(s, actor, low_balance_below=int(threshold)))
+by_id = {u.id: u for u in users}
+
+
+def label(user_id: int) -> str:
+    u = by_id[user_id]
+    return f"{u.email} · {u.balance:,} cr" + ("" if u.is_active else " · inactive")
+
+
+balances, ledger, refunds_tab, costs_tab, users_tab = st.tabs(
+    ["Balances", "Ledger", "Refunds", "Credit costs", "Users"]
+)
+
+# ---------------------------------------------------------------------------------------------
+with balances:
+    low = [u for u in users if u.low_balance]
+    counts = st.columns(3)
+    counts[0].metric("Accounts", f"{len(users):,}")
+    counts[1].metric("Low balance", f"{len(low):,}")
+    counts[2].metric("Credits held", f"{sum(u.balance for u in users):,}")
+    table = pd.DataFrame(
+        [
+            {
+                "email": u.email,
+                "name": u.display_name,
+                "role": u.role.value,
+                "active": u.is_active,
+                "balance": u.balance,
+                "low balance": "⚠️ low" if u.low_balance else "",
+            }
+            for u in users
+        ]
+    )
+    st.dataframe(
+        table.style.apply(lambda row: [LOW_STYLE if row["low balance"] else ""] * len(row), axis=1),
+        hide_index=True,
+        width="stretch",
+        key="credits_balances_table",
+    )
+
+    with st.form("credits_move_form"):
+        st.markdown("**Grant or deduct credits**")
+        who, what, how_many = st.columns([3, 1.2, 1])
+        target = who.selectbox(
+            "User", list(by_id), index=None, format_func=label, key="credits_move_user"
+        )
+        kind = what.radio("Action", ["Grant", "Deduct"], horizontal=True, key="credits_move_kind")
+        amount = how_many.number_input(
+            "Credits",
+            min_value=1,
+            max_value=admin.MAX_CREDITS_PER_MOVE,
+            value=10,
+            step=1,
+            key="credits_move_amount",
+        )
+        reason = st.text_input(
+            "Reason (required, kept in the ledger)",
+            max_chars=admin.REASON_MAX_CHARS,
+            key="credits_move_reason",
+        )
+        moved = st.form_submit_button("Apply", type="primary", key="credits_move_submit")
+    if moved:
+        if target is None:
+            st.error("Choose a user.")
+        else:
+            move = admin.grant_credits if kind == "Grant" else admin.deduct_credits
+            ok, balance = change(lambda s: move(s, actor, target, int(amount), reason=reason))
+            if ok:
+                verb = "Granted" if kind == "Grant" else "Deducted"
+                flash(f"{verb} {int(amount):,} credits: {by_id[target].email} now has {balance:,}.")
+                st.rerun()
+
+# ---------------------------------------------------------------------------------------------
+with ledger:
+    whose = st.selectbox(
+        "User",
+        list(by_id),
+        index=None,
+        format_func=label,
+        key="credits_ledger_user",
+        placeholder="Choose a user to see their ledger",
+    )
+    if whose is not None:
+        page = st.number_input("Page", min_value=1, value=1, step=1, key="credits_ledger_page")
+        history = read(lambda s: admin.ledger_history(s, actor, whose, page=int(page)))
+        if history.entries:
+            st.dataframe(
+                pd.DataFrame(
+                    [
+                        {
+                            "when": when(e.created_at),
+                            "kind": e.kind,
+                            "amount": e.amount,
+                            "balance after": e.balance_after,
+                            "by": e.actor,
+                            "reason": e.reason,
+                            "run": e.workflow_id or "",
+                        }
+                        for e in history.entries
+                    ]
+                ),
+                hide_index=True,
+                width="stretch",
+                key="credits_ledger_table",
+            )
+        else:
+            st.info("No ledger rows on this page.")
+        st.caption(f"{fmt.plural(history.total, 'ledger row')} · page {page} of {history.pages}")
+
+# ---------------------------------------------------------------------------------------------
+with refunds_tab:
+    refunded = read(lambda s: admin.refunds(s, actor, limit=200))
+    if refunded:
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "when": when(r.created_at),
+                        "user": r.email,
+                        "credits": r.amount,
+                        "run": r.workflow_id or "",
+                        "run status": r.workflow_status or "",
+                        "failure": r.error_category or "",
+                        "by": r.actor,
+                        "reason": r.reason,
+                    }
+                    for r in refunded
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+            key="credits_refunds_table",
+        )
+        st.caption("The 200 most recent refunds; failed and cancelled runs refund themselves.")
+    else:
+        st.info("No refunds yet.")
+    with st.form("credits_refund_form"):
+        st.markdown("**Refund a finished run** (e.g. a completed clip that is unusable)")
+        run_id = st.text_input("Run id", key="credits_refund_run")
+        refund_reason = st.text_input(
+            "Reason (required)", max_chars=admin.REASON_MAX_CHARS, key="credits_refund_reason"
+        )
+        refund_now = st.form_submit_button("Refund", key="credits_refund_submit")
+    if refund_now:
+        ok, given = change(
+            lambda s: admin.refund_run(s, actor, run_id.strip(), reason=refund_reason)
+        )
+        if ok:
+            flash(f"Refunded {given:,} credits for run {fmt.short_id(run_id.strip())}.")
+            st.rerun()
+
+# ---------------------------------------------------------------------------------------------
+
+
+def leaves(value: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """{"image.hd.wide": 6, ...} from the nested costs."""
+    flat: dict[str, Any] = {}
+    for key, child in value.items():
+        name = f"{path}.{key}" if path else key
+        flat |= leaves(child, name) if isinstance(child, dict) else {name: child}
+    return flat
+
+
+def parsed(text: str) -> Any:
+    """A typed cost as a number when it reads as one; anything else goes to the engine as
+    typed, so its validation names the field."""
+    for number in (int, float):
+        try:
+            return number(text.strip())
+        except ValueError:
+            pass
+    return text
+
+
+with costs_tab:
+    costs = read(lambda s: admin.credit_costs(s, actor))
+    st.caption(
+        "Built-in defaults, never edited."
+        if costs.updated_at is None
+        else f"Last changed {when(costs.updated_at)} by {costs.updated_by}."
+    )
+    current = leaves(costs.costs.model_dump())
+    with st.form("credits_costs_form"):
+        st.markdown("**CREDIT_COSTS** — whole credits per image, and per second of video")
+        typed: dict[str, str] = {}
+        columns = st.columns(4)
+        for i, (path, value) in enumerate(current.items()):
+            typed[path] = columns[i % 4].text_input(
+                path, value=str(value), key=f"credits_cost_{path.replace('.', '_')}"
+            )
+        save_costs = st.form_submit_button("Save costs", type="primary", key="credits_costs_save")
+    if save_costs:
+        raw: dict[str, Any] = {}
+        for path, text in typed.items():
+            *parents, leaf = path.split(".")
+            node = raw
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = parsed(text)
+        ok, _ = change(lambda s: admin.update_credit_costs(s, actor, raw))
+        if ok:
+            flash("Credit costs saved; new runs are priced with them.")
+            st.rerun()
+    cost_changes = read(lambda s: admin.audit_log(s, actor, action_prefix="credit_costs"))
+    if cost_changes:
+        st.markdown("**Changes**")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "when": when(e.at),
+                        "by": e.actor,
+                        "changed": ", ".join(
+                            f"{path}: {old} → {new}"
+                            for path, old in leaves(e.details.get("old", {})).items()
+                            if (new := leaves(e.details.get("new", {})).get(path)) != old
+                        ),
+                    }
+                    for e in cost_changes
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+            key="credits_costs_audit",
+        )
+
+# ---------------------------------------------------------------------------------------------
+with users_tab:
+    with st.form("credits_create_form", clear_on_submit=False):
+        st.markdown("**Create an account**")
+        left, right = st.columns(2)
+        email = left.text_input("Email", key="credits_create_email")
+        name = right.text_input("Display name (optional)", key="credits_create_name")
+        role = left.selectbox(
+            "Role", list(Role), format_func=lambda r: r.value, key="credits_create_role"
+        )
+        starting = right.number_input(
+            "Starting credits",
+            min_value=0,
+            max_value=admin.MAX_CREDITS_PER_MOVE,
+            value=0,
+            step=1,
+            key="credits_create_credits",
+        )
+        password = left.text_input(
+            "Password (optional: one is generated)", type="password", key="credits_create_pw"
+        )
+        create = st.form_submit_button("Create", type="primary", key="credits_create_submit")
+    if create:
+        ok, created = change(
+            lambda s: admin.create_user(
+                s,
+                actor,
+                email.strip(),
+                role=role,
+                password=password or None,
+                display_name=name,
+                starting_credits=int(starting),
+            )
+        )
+        if ok:
+            message = f"Created {created.user.email} ({created.user.role.value})."
+            if created.generated_password:
+                message += (
+                    f" Its password, shown only now: `{created.generated_password}`"
+                    " — pass it on securely."
+                )
+            flash(message)
+            st.rerun()
+
+    st.markdown("**Manage an account**")
+    managed = st.selectbox(
+        "Account",
+        list(by_id),
+        index=None,
+        format_func=label,
+        key="credits_manage_user",
+        placeholder="Choose an account",
+    )
+    if managed is not None:
+        account = by_id[managed]
+        state, role_col, role_button = st.columns([1.4, 1.4, 1], vertical_alignment="bottom")
+        toggle_label = "Deactivate" if account.is_active else "Reactivate"
+        if state.button(toggle_label, key="credits_manage_active"):
+            ok, _ = change(lambda s: admin.set_active(s, actor, managed, not account.is_active))
+            if ok:
+                flash(f"{toggle_label}d {account.email}.")
+                st.rerun()
+        new_role = role_col.selectbox(
+            "Role",
+            list(Role),
+            index=list(Role).index(account.role),
+            format_func=lambda r: r.value,
+            key=f"credits_manage_role_{managed}",
+        )
+        if role_button.button(
+            "Change role", key="credits_manage_role_save", disabled=new_role is account.role
+        ):
+            ok, _ = change(lambda s: admin.set_role(s, actor, managed, new_role))
+            if ok:
+                flash(f"{account.email} is now {new_role.value}.")
+                st.rerun()
+    user_changes = read(lambda s: admin.audit_log(s, actor, action_prefix="user.", limit=50))
+    if user_changes:
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "when": when(e.at),
+                        "by": e.actor,
+                        "action": e.action,
+                        "target": e.target,
+                        "details": ", ".join(f"{k}: {v}" for k, v in e.details.items()),
+                    }
+                    for e in user_changes
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+            key="credits_users_audit",
+        )
