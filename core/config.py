@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     webhook_url: str | None = None
 
     # Accounts
+    session_idle_timeout_s: float = Field(3600, gt=0)
+    session_max_age_s: float = Field(12 * 3600, gt=0)
     admin_email: str | None = None
     admin_password: SecretStr | None = None
 

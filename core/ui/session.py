@@ -8,6 +8,7 @@ balance or a deactivated account shows at once.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import streamlit as st
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 USER_KEY = "auth_user_id"
 OIDC_KEY = "auth_via_oidc"
+SIGNED_IN_AT_KEY = "auth_signed_in_at"
+SEEN_AT_KEY = "auth_seen_at"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,6 +77,8 @@ def current_user(engine: Engine | None = None) -> UserView | None:
             return user
     if user_id is None:
         return None
+    if _expired(engine):
+        return None
     with db.read() as session:
         user = auth.get_user(session, user_id)
     if user is None or not user.is_active:
@@ -81,6 +86,21 @@ def current_user(engine: Engine | None = None) -> UserView | None:
         st.session_state["auth_refused"] = "Your account is no longer active."
         return None
     return user
+
+
+def _expired(engine: Engine) -> bool:
+    """Sessions end after SESSION_IDLE_TIMEOUT_S without a page run, or SESSION_MAX_AGE_S after
+    signing in, whichever comes first; the user is asked to sign in again."""
+    settings, now = engine.runtime.settings, time.time()
+    signed_in_at = st.session_state.setdefault(SIGNED_IN_AT_KEY, now)
+    seen_at = st.session_state.get(SEEN_AT_KEY, now)
+    idle = now - seen_at > settings.session_idle_timeout_s
+    if idle or now - signed_in_at > settings.session_max_age_s:
+        sign_out()
+        st.session_state["auth_refused"] = "Your session expired. Sign in again."
+        return True
+    st.session_state[SEEN_AT_KEY] = now
+    return False
 
 
 def require_user() -> UserView:
@@ -165,6 +185,7 @@ def _password_sign_in(engine: Engine, email: str, password: str) -> None:
         return
     if result.user is not None:
         st.session_state[USER_KEY] = result.user.id
+        st.session_state[SIGNED_IN_AT_KEY] = st.session_state[SEEN_AT_KEY] = time.time()
         st.rerun()
     if result.throttled:
         st.error(
