@@ -20,33 +20,18 @@ from core.db import Database, upgrade_schema
 from core.executor import InlineExecutor
 from core.models import Base
 from core.runtime import Runtime
+from tests.helpers import ENGINE_ENV
 
 # Timing belongs in benchmarks: Hypothesis's per-example deadline would make a cold first call
 # (imports, a first connection) fail a correctness test.
 hypothesis_settings.register_profile("reelforge", deadline=None)
 hypothesis_settings.load_profile("reelforge")
 
-PROVIDER_ENV = (
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "FAL_KEY",
-    "S3_BUCKET_NAME",
-    "S3_ENDPOINT_URL",
-    "DATABASE_URL",
-    "IMAGE_PROVIDER",
-    "VIDEO_PROVIDER",
-    "MODERATION_PROVIDER",
-    "STORAGE_BACKEND",
-    "OFFLINE_LATENCY_S",
-    "DATA_DIR",
-    "DEBUG",
-)
-
 
 @pytest.fixture(autouse=True)
 def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """A developer's real keys must never turn a test into a paid call."""
-    for name in PROVIDER_ENV:
+    for name in ENGINE_ENV:
         monkeypatch.delenv(name, raising=False)
 
 

@@ -12,6 +12,24 @@ from core.auth import UserView
 from core.models import CreditTransaction
 from core.runtime import Runtime
 
+# Variables that would point the engine at real providers or a real database: tests (and the
+# app the browser tests start) never see them, so a developer's keys never cause a paid call.
+ENGINE_ENV = (
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "FAL_KEY",
+    "S3_BUCKET_NAME",
+    "S3_ENDPOINT_URL",
+    "DATABASE_URL",
+    "IMAGE_PROVIDER",
+    "VIDEO_PROVIDER",
+    "MODERATION_PROVIDER",
+    "STORAGE_BACKEND",
+    "OFFLINE_LATENCY_S",
+    "DATA_DIR",
+    "DEBUG",
+)
+
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s

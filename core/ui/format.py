@@ -17,22 +17,19 @@ STEP_LABELS: dict[StepName, tuple[str, str]] = {
     StepName.FINALIZE: ("✅", "Finalize"),
 }
 
-# (icon, badge colour) per state; colours are st.badge's names.
-STEP_STATUS_STYLE: dict[StepStatus, tuple[str, str]] = {
-    StepStatus.PENDING: (":material/schedule:", "gray"),
-    StepStatus.PROCESSING: (":material/progress_activity:", "blue"),
-    StepStatus.COMPLETED: (":material/check_circle:", "green"),
-    StepStatus.FAILED: (":material/error:", "red"),
-    StepStatus.CANCELLED: (":material/cancel:", "orange"),
-    StepStatus.SKIPPED: (":material/remove:", "gray"),
+# (icon, badge colour) per state name, shared by steps and workflows; colours are st.badge's.
+_STATE_STYLE: dict[str, tuple[str, str]] = {
+    "pending": (":material/schedule:", "gray"),
+    "queued": (":material/schedule:", "gray"),
+    "processing": (":material/progress_activity:", "blue"),
+    "running": (":material/progress_activity:", "blue"),
+    "completed": (":material/check_circle:", "green"),
+    "failed": (":material/error:", "red"),
+    "cancelled": (":material/cancel:", "orange"),
+    "skipped": (":material/remove:", "gray"),
 }
-WORKFLOW_STATUS_STYLE: dict[WorkflowStatus, tuple[str, str]] = {
-    WorkflowStatus.QUEUED: (":material/schedule:", "gray"),
-    WorkflowStatus.RUNNING: (":material/progress_activity:", "blue"),
-    WorkflowStatus.COMPLETED: (":material/check_circle:", "green"),
-    WorkflowStatus.FAILED: (":material/error:", "red"),
-    WorkflowStatus.CANCELLED: (":material/cancel:", "orange"),
-}
+STEP_STATUS_STYLE = {status: _STATE_STYLE[status.value] for status in StepStatus}
+WORKFLOW_STATUS_STYLE = {status: _STATE_STYLE[status.value] for status in WorkflowStatus}
 STATUS_EMOJI: dict[WorkflowStatus, str] = {
     WorkflowStatus.QUEUED: "⏳",
     WorkflowStatus.RUNNING: "🔄",

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import ENGINE_ENV
+
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -33,21 +35,6 @@ CHROMIUM_ARGS = [
 ]
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "e2e-admin-password"
-# Variables of the test process that must not reach the app (a developer's real keys, a
-# database of their own): the app gets offline providers and a temporary folder only.
-SCRUBBED = (
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "FAL_KEY",
-    "S3_BUCKET_NAME",
-    "S3_ENDPOINT_URL",
-    "DATABASE_URL",
-    "IMAGE_PROVIDER",
-    "VIDEO_PROVIDER",
-    "MODERATION_PROVIDER",
-    "STORAGE_BACKEND",
-    "DEBUG",
-)
 
 
 def _unavailable(reason: str) -> None:
@@ -95,7 +82,7 @@ class Server:
 def start_server(data_dir: Path, latency_s: float) -> Server:
     """`streamlit run app.py` as `make run` does, on a free port; returns once it is healthy."""
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    env = {k: v for k, v in os.environ.items() if k not in ENGINE_ENV}
     env.update(
         DATA_DIR=str(data_dir),
         OFFLINE_LATENCY_S=str(latency_s),

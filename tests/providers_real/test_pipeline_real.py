@@ -261,7 +261,7 @@ def test_a_429_with_retry_after_is_waited_out_then_the_run_completes(
     ]
     # The wait was the provider's 1 s, not the zero backoff these settings would give.
     gap = (rows[1].started_at - rows[0].started_at).total_seconds()
-    assert 1.0 <= gap < 3.0
+    assert gap >= 1.0
     assert len(twins.openai.recorded("POST", "/v1/images/generations")) == 2
 
 
