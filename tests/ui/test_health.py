@@ -1,5 +1,6 @@
 """The system health page: admins see every check; anyone else is refused by the page itself."""
 
+from pydantic import SecretStr
 from streamlit.testing.v1 import AppTest
 
 from core.auth import Role
@@ -45,3 +46,21 @@ def test_without_a_session_the_page_shows_only_the_login(engine):
     assert not at.exception
     assert "checks are up" not in texts(at)
     assert at.text_input  # the sign-in form
+
+
+def test_failing_real_providers_never_show_their_keys_on_the_page(engine, make_user, monkeypatch):
+    secret, fal_secret = "sk-test-NEVER-ON-A-PAGE-42", "fal-NEVER-ON-A-PAGE-42"
+    real = engine.runtime.settings.model_copy(
+        update={
+            "openai_api_key": SecretStr(secret),
+            "openai_base_url": "http://127.0.0.1:9/v1",  # nothing listens: every check fails
+            "fal_key": SecretStr(fal_secret),
+            "fal_queue_run_host": "127.0.0.1:9",
+        }
+    )
+    monkeypatch.setattr(engine.runtime, "settings", real)
+    at = app_for(make_user(role=Role.ADMIN), page=nav.HEALTH.path)
+    assert not at.exception
+    shown = texts(at) + at.dataframe[0].value.to_csv()
+    assert "checks are down" in shown
+    assert secret not in shown and fal_secret not in shown
