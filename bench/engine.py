@@ -17,17 +17,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import create_engine, event, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import event, func, select
 
 from core.auth import create_user
 from core.config import Settings
-from core.db import upgrade_schema
+from core.db import scratch_database, upgrade_schema
 from core.executor import InlineExecutor
 from core.models import ApiCall
 from core.runtime import Runtime
@@ -39,20 +38,6 @@ PAYLOAD = {
     "videoConfig": {"duration": "4s", "generateAudio": False},
 }
 console = Console()
-
-
-def scratch_postgres(base: str) -> tuple[str, callable]:
-    name = f"reelforge_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return make_url(base).set(database=name).render_as_string(hide_password=False), drop
 
 
 def measure(url: str, workdir: Path, workflows: int) -> dict[str, float]:
@@ -128,17 +113,14 @@ def main() -> None:
     table = Table(title=f"Engine cost per workflow (median of {args.workflows}, 4 s 720p clip)")
     for column in ("database", "wall", "in providers", "engine", "engine max", "SQL stmts", "txns"):
         table.add_column(column, justify="right")
-    with tempfile.TemporaryDirectory() as tmp:
-        targets = [("sqlite", f"sqlite:///{tmp}/bench.db", None)]
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as scratch:
+        targets = [("sqlite", f"sqlite:///{tmp}/bench.db")]
         base = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL")
         if base:
-            targets.append(("postgres", *scratch_postgres(base)))
-        for name, url, drop in targets:
-            try:
-                r = measure(url, Path(tmp) / name, args.workflows)
-            finally:
-                if drop:
-                    drop()
+            postgres = scratch.enter_context(scratch_database(base, prefix="reelforge_bench"))
+            targets.append(("postgres", postgres))
+        for name, url in targets:
+            r = measure(url, Path(tmp) / name, args.workflows)
             table.add_row(
                 name,
                 f"{r['wall_s']:.3f} s",

@@ -16,19 +16,17 @@ import argparse
 import os
 import statistics
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from core import demo, monitoring
-from core.db import Database, upgrade_schema
+from core.db import Database, scratch_database, upgrade_schema
 from core.monitoring import MonitoringFilter
 
 DEFAULT_BASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -48,20 +46,6 @@ PANELS: dict[str, Panel] = {
     "credit_usage(project)": lambda s, f: monitoring.credit_usage(s, f, by="project"),
     "filter_choices": lambda s, f: monitoring.filter_choices(s),
 }
-
-
-def scratch_database(base: str) -> tuple[str, Callable[[], None]]:
-    name = f"reelforge_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return make_url(base).set(database=name).render_as_string(hide_password=False), drop
 
 
 def seed(url: str, workflows: int, now: datetime) -> demo.SeedResult:
@@ -102,8 +86,7 @@ def main() -> None:
         or os.environ.get("TEST_DATABASE_URL")
         or DEFAULT_BASE_URL
     )
-    url, drop = scratch_database(base)
-    try:
+    with scratch_database(base, prefix="reelforge_bench") as url:
         upgrade_schema(url)
         now = datetime.now(UTC)
         result = seed(url, args.workflows, now)
@@ -127,8 +110,6 @@ def main() -> None:
         finally:
             db.dispose()
         load_after = os.getloadavg()[0]
-    finally:
-        drop()
 
     table = Table(
         title=f"Monitoring queries, {result.workflows:,} runs over a year "

@@ -131,7 +131,7 @@ def list_users(
         UserRow(
             id=u.id,
             email=u.email,
-            display_name=u.display_name or u.email.split("@")[0],
+            display_name=auth.display_name_of(u),
             role=Role(u.role),
             is_active=u.is_active,
             balance=u.balance,

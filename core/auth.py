@@ -41,11 +41,16 @@ class UserView:
         return self.role is Role.ADMIN
 
 
+def display_name_of(user: User) -> str:
+    """The name shown for an account: its own, or the part of the email before the @."""
+    return user.display_name or user.email.split("@")[0]
+
+
 def _view(user: User) -> UserView:
     return UserView(
         id=user.id,
         email=user.email,
-        display_name=user.display_name or user.email.split("@")[0],
+        display_name=display_name_of(user),
         role=Role(user.role),
         balance=user.balance,
         is_active=user.is_active,

@@ -7,16 +7,16 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from core.auth import UserView, create_user
 from core.config import Settings
-from core.db import Database, upgrade_schema
+from core.db import Database, scratch_database, upgrade_schema
 from core.executor import InlineExecutor
 from core.models import Base
 from core.runtime import Runtime
@@ -50,19 +50,13 @@ def postgres_url() -> Iterator[str]:
         if _postgres_required():
             pytest.fail("REQUIRE_POSTGRES=1 but TEST_DATABASE_URL is not set")
         pytest.skip("TEST_DATABASE_URL not set")  # deselected before running; see below
-    name = f"reelforge_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        pytest.fail(f"Postgres at {base} is not usable: {exc}")
-    url = make_url(base).set(database=name).render_as_string(hide_password=False)
-    upgrade_schema(url)
-    yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with ExitStack() as scratch:
+        try:
+            url = scratch.enter_context(scratch_database(base, prefix="reelforge_test"))
+        except Exception as exc:
+            pytest.fail(f"Postgres at {base} is not usable: {exc}")
+        upgrade_schema(url)
+        yield url
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
