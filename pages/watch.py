@@ -21,7 +21,7 @@ from core.ui.runtime import get_runtime
 from core.ui.session import require_user, show_flashes
 from core.ui.steps import overall, step_list
 from core.ui.timeline import timeline
-from core.watch import live_phase, receipt_for
+from core.views.watch import live_phase, receipt_for
 
 log = logging.getLogger("core.pages.watch")
 POLL_S = 1.0

@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.states import WorkflowStatus
 from core.ui import format as fmt
-from core.watch import Receipt
+from core.views.watch import Receipt
 
 
 def receipt(rec: Receipt, tz: ZoneInfo | None) -> None:

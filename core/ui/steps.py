@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.states import StepStatus
 from core.ui import format as fmt
-from core.watch import LivePhase
+from core.views.watch import LivePhase
 from core.workflows import StepView, WorkflowView
 
 
