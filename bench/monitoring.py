@@ -25,9 +25,10 @@ from rich.table import Table
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from core import demo, monitoring
+from core import demo
 from core.db import Database, scratch_database, upgrade_schema
-from core.monitoring import MonitoringFilter
+from core.views import monitoring
+from core.views.monitoring import MonitoringFilter
 
 DEFAULT_BASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 TARGET_S = 1.0

@@ -6,12 +6,13 @@ import logging
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import history, projects
-from core.history import GalleryItem, RunFilter
+from core import projects
 from core.ui import format as fmt
 from core.ui import media, nav
 from core.ui.runtime import get_runtime
 from core.ui.session import require_user
+from core.views import history
+from core.views.history import GalleryItem, RunFilter
 
 log = logging.getLogger("core.pages.gallery")
 PER_PAGE = 9

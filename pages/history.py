@@ -8,14 +8,15 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import history, projects
-from core.history import RunFilter, RunRow
+from core import projects
 from core.models import utcnow
 from core.states import WorkflowStatus
 from core.ui import format as fmt
 from core.ui import nav
 from core.ui.runtime import get_runtime
 from core.ui.session import require_user, show_flashes
+from core.views import history
+from core.views.history import RunFilter, RunRow
 
 log = logging.getLogger("core.pages.history")
 PAGE_SIZE = 20

@@ -1,6 +1,6 @@
 """Monitoring (admins): KPIs, outcomes over time, step durations, failures, provider performance
 and credit usage for a time range, narrowed by user, project and provider. Every number comes
-aggregated from core.monitoring; each panel exports what it shows as CSV."""
+aggregated from core.views.monitoring; each panel exports what it shows as CSV."""
 
 import logging
 from datetime import UTC, datetime, timedelta
@@ -10,12 +10,12 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import monitoring
-from core.monitoring import MonitoringFilter
 from core.ui import charts
 from core.ui import format as fmt
 from core.ui.runtime import get_runtime
 from core.ui.session import require_admin
+from core.views import monitoring
+from core.views.monitoring import MonitoringFilter
 
 log = logging.getLogger("core.pages.monitoring")
 RANGES = {

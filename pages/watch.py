@@ -10,7 +10,7 @@ import logging
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import history, metrics
+from core import metrics
 from core.errors import NotFoundError
 from core.states import WorkflowStatus
 from core.ui import format as fmt
@@ -21,6 +21,7 @@ from core.ui.runtime import get_runtime
 from core.ui.session import require_user, show_flashes
 from core.ui.steps import overall, step_list
 from core.ui.timeline import timeline
+from core.views import history
 from core.views.watch import live_phase, receipt_for
 
 log = logging.getLogger("core.pages.watch")

@@ -9,13 +9,13 @@ from datetime import timedelta
 
 import pytest
 
-from core import history, metrics, workflows
+from core import metrics, workflows
 from core.auth import Role
-from core.history import RunFilter
 from core.models import Asset, Project, WorkflowStep, utcnow
 from core.schemas import parse_request
 from core.states import StepName, StepStatus, WorkflowStatus
-from core.views import watch
+from core.views import history, watch
+from core.views.history import RunFilter
 
 REQUEST = {"imagePrompt": "a red fox in snow", "videoPrompt": "slow pan"}
 RUNNER = "runner-test"

@@ -12,7 +12,6 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import create_engine, text
 
-from core import monitoring
 from core.db import Database
 from core.errors import RequestValidationError
 from core.models import (
@@ -24,8 +23,9 @@ from core.models import (
     Workflow,
     WorkflowStep,
 )
-from core.monitoring import Granularity, MonitoringFilter
 from core.states import STEP_ORDER
+from core.views import monitoring
+from core.views.monitoring import Granularity, MonitoringFilter
 
 JAN = datetime(2026, 1, 1, tzinfo=UTC)
 

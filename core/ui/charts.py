@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.monitoring import (
+from core.ui import format as fmt
+from core.views.monitoring import (
     CreditUsage,
     HistogramBin,
     OutcomeBucket,
@@ -16,7 +17,6 @@ from core.monitoring import (
     ProviderTotals,
     StepDuration,
 )
-from core.ui import format as fmt
 
 OUTCOMES = ("completed", "failed", "cancelled", "in_flight")
 OUTCOME_COLOURS = {**fmt.STATUS_COLOURS, "in_flight": fmt.STATUS_COLOURS["running"]}

@@ -14,10 +14,11 @@ from typing import Any
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import accounts, auth, history
+from core import accounts, auth
 from core.auth import UserView
 from core.ui import nav
 from core.ui.runtime import Engine, get_engine
+from core.views import history
 
 log = logging.getLogger(__name__)
 

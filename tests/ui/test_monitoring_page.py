@@ -13,16 +13,17 @@ from sqlalchemy.exc import OperationalError
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from core import auth, demo, monitoring
+from core import auth, demo
 from core.accounts import LoginThrottle
 from core.auth import Role
 from core.config import Settings
-from core.monitoring import MonitoringFilter
 from core.runtime import Runtime
 from core.ui import charts, nav
 from core.ui import runtime as ui_runtime
 from core.ui import session as ui_session
 from core.ui.runtime import Engine
+from core.views import monitoring
+from core.views.monitoring import MonitoringFilter
 from tests.ui.conftest import ROOT, app_for, texts
 
 SEED_RUNS = 40
