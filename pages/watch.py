@@ -10,7 +10,6 @@ import logging
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import metrics
 from core.errors import NotFoundError
 from core.states import WorkflowStatus
 from core.ui import format as fmt
@@ -21,7 +20,7 @@ from core.ui.runtime import get_runtime
 from core.ui.session import require_user, show_flashes
 from core.ui.steps import overall, step_list
 from core.ui.timeline import timeline
-from core.views import history
+from core.views import eta, history
 from core.views.watch import live_phase, receipt_for
 
 log = logging.getLogger("core.pages.watch")
@@ -150,13 +149,13 @@ def live_panel() -> None:
             f"every {POLL_S:.0f} s.",
             icon=":material/sync_problem:",
         )
-        timings = metrics.StepTimings({}, 0)
+        timings = eta.StepTimings({}, 0)
     if current is None:
         return
     if polling and current.status.is_terminal:
         st.session_state["watch_toast"] = current.status
         st.rerun()
-    overall(current, live_phase(current), metrics.eta_s(current, timings))
+    overall(current, live_phase(current), eta.eta_s(current, timings))
     steps, chart = st.columns([3, 2], gap="medium")
     with steps:
         step_list(current, tz)

@@ -9,12 +9,12 @@ from datetime import timedelta
 
 import pytest
 
-from core import metrics, workflows
+from core import workflows
 from core.auth import Role
 from core.models import Asset, Project, WorkflowStep, utcnow
 from core.schemas import parse_request
 from core.states import StepName, StepStatus, WorkflowStatus
-from core.views import history, watch
+from core.views import eta, history, watch
 from core.views.history import RunFilter
 
 REQUEST = {"imagePrompt": "a red fox in snow", "videoPrompt": "slow pan"}
@@ -133,7 +133,7 @@ def test_step_timings_are_medians_over_recent_completed_runs(db, make_user):
     for video_s in (10.0, 20.0, 60.0):
         finish(db, start(db, user), {StepName.GENERATE_VIDEO: video_s})
     with db.read() as session:
-        timings = metrics.step_timings(session)
+        timings = eta.step_timings(session)
     assert timings.runs == 3
     assert timings.medians[StepName.GENERATE_VIDEO] == pytest.approx(20.0)
     assert timings.medians[StepName.VALIDATE] == pytest.approx(1.0)
@@ -145,8 +145,8 @@ def test_the_eta_adds_what_is_left_of_the_running_step_to_the_steps_after_it(db,
     with db.read() as session:
         view = workflows.load_workflow(session, workflow_id)
     medians = {step: 10.0 for step in StepName}
-    timings = metrics.StepTimings(medians, runs=5)
-    assert metrics.eta_s(view, timings) == pytest.approx(60.0)
+    timings = eta.StepTimings(medians, runs=5)
+    assert eta.eta_s(view, timings) == pytest.approx(60.0)
     now = utcnow()
     steps = list(view.steps)
     steps[0] = replace(steps[0], status=StepStatus.COMPLETED)
@@ -154,13 +154,13 @@ def test_the_eta_adds_what_is_left_of_the_running_step_to_the_steps_after_it(db,
         steps[1], status=StepStatus.PROCESSING, started_at=now - timedelta(seconds=4), progress=50
     )
     running = replace(view, status=WorkflowStatus.RUNNING, steps=tuple(steps))
-    assert metrics.eta_s(running, timings, now) == pytest.approx(6.0 + 40.0)
+    assert eta.eta_s(running, timings, now) == pytest.approx(6.0 + 40.0)
     slow = list(steps)
     slow[1] = replace(steps[1], started_at=now - timedelta(seconds=30), progress=75)
     overdue = replace(running, steps=tuple(slow))
-    assert metrics.eta_s(overdue, timings, now) == pytest.approx(10.0 + 40.0)  # 30 s at 75 %
-    assert metrics.eta_s(view, metrics.StepTimings({}, 0)) is None
-    assert metrics.eta_s(replace(view, status=WorkflowStatus.COMPLETED), timings) is None
+    assert eta.eta_s(overdue, timings, now) == pytest.approx(10.0 + 40.0)  # 30 s at 75 %
+    assert eta.eta_s(view, eta.StepTimings({}, 0)) is None
+    assert eta.eta_s(replace(view, status=WorkflowStatus.COMPLETED), timings) is None
 
 
 def _with_video_step(view, output):

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import metrics, workflows
+from core import workflows
 from core.auth import UserView
-from core.metrics import StepTimings
 from core.runtime import Runtime
+from core.views import eta
+from core.views.eta import StepTimings
 from core.workflows import AssetView, WorkflowView
 
 
@@ -26,7 +27,7 @@ def load_assets(runtime: Runtime, workflow_id: str) -> list[AssetView]:
 @st.cache_data(ttl=60, max_entries=4, show_spinner=False)
 def _timings(_runtime: Runtime, database_url: str) -> StepTimings:
     with _runtime.db.read() as session:
-        return metrics.step_timings(session)
+        return eta.step_timings(session)
 
 
 def step_timings(runtime: Runtime) -> StepTimings:
