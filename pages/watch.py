@@ -21,7 +21,9 @@ from core.ui.session import require_user, show_flashes
 from core.ui.steps import overall, step_list
 from core.ui.timeline import timeline
 from core.views import eta, history
+from core.views.run import load_result, load_run
 from core.views.watch import live_phase, receipt_for
+from core.workflows import WorkflowView
 
 log = logging.getLogger("core.pages.watch")
 POLL_S = 1.0
@@ -56,9 +58,15 @@ if not workflow_id:
             st.rerun()
     st.stop()
 
+
+def read_run() -> WorkflowView:
+    with runtime.db.read() as session:
+        return load_run(session, workflow_id, user)
+
+
 last_key = f"watch_last_{workflow_id}"
 try:
-    view = live.load_run(runtime, workflow_id, user)
+    view = read_run()
     st.session_state[last_key] = view
     db_down = False
 except NotFoundError:
@@ -115,7 +123,9 @@ if view is not None:
 # -- the outcome ---------------------------------------------------------------------------------
 if view is not None and view.status is WorkflowStatus.COMPLETED:
     try:
-        result_preview(runtime, live.load_assets(runtime, workflow_id))
+        with runtime.db.read() as session:
+            result = load_result(session, workflow_id)
+        result_preview(runtime, result)
     except SQLAlchemyError:
         log.exception("App - could not read the assets of %s", workflow_id)
         st.warning("The result could not be read right now. Reload the page in a moment.")
@@ -137,7 +147,7 @@ polling = view is None or view.status.is_active
 def live_panel() -> None:
     current = st.session_state.get(last_key)
     try:
-        current = live.load_run(runtime, workflow_id, user)
+        current = read_run()
         st.session_state[last_key] = current
         timings = live.step_timings(runtime)
     except NotFoundError:

@@ -6,13 +6,12 @@ import streamlit as st
 
 from core.runtime import Runtime
 from core.ui import media
-from core.workflows import AssetView
+from core.views.run import RunResult
 
 
-def result_preview(runtime: Runtime, assets: list[AssetView]) -> None:
-    image = next((a for a in assets if a.kind == "image"), None)
-    video = next((a for a in assets if a.kind == "video"), None)
-    if image is None and video is None:
+def result_preview(runtime: Runtime, result: RunResult) -> None:
+    image, video = result.image, result.video
+    if result.is_empty:
         st.info("This run finished without stored files.")
         return
     with st.container(key="watch_result", border=True):

@@ -8,7 +8,8 @@ from sqlalchemy.exc import OperationalError
 from core import credits
 from core.auth import Role
 from core.states import StepStatus, WorkflowStatus
-from core.ui import live, nav
+from core.ui import nav
+from core.views import run
 from tests.ui.conftest import (
     PAYLOAD,
     app_for,
@@ -224,7 +225,7 @@ def test_a_database_error_while_polling_shows_a_banner_not_a_traceback(
         raise OperationalError("SELECT 1", {}, Exception("database is locked"))
 
     # What a poll reads (the fragment's reruns don't re-read the signed-in account).
-    monkeypatch.setattr(live, "load_run", unavailable)
+    monkeypatch.setattr(run, "load_run", unavailable)
     at.run()
     monkeypatch.undo()
     assert not at.exception
