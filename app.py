@@ -6,6 +6,7 @@ import logging
 import streamlit as st
 
 from core.ui import nav, session
+from core.ui.database import DB_DOWN
 from core.ui.runtime import get_engine
 
 log = logging.getLogger("core.app")
@@ -27,7 +28,7 @@ try:
     user = session.current_user()
 except Exception:
     log.exception("App - could not read the signed-in account")
-    st.error("The database is not answering right now. Reload the page in a moment.")
+    st.error(DB_DOWN)
     st.stop()
 
 pages = [

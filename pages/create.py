@@ -16,6 +16,7 @@ from core.errors import (
 from core.schemas import IMAGE_PROMPT_MAX_CHARS, VIDEO_PROMPT_MAX_CHARS
 from core.ui import create_form as cf
 from core.ui import nav
+from core.ui.database import guarded
 from core.ui.forms import char_counter, field_errors
 from core.ui.runtime import get_runtime
 from core.ui.session import flash, require_user, show_flashes
@@ -31,14 +32,9 @@ if source and st.session_state.get("create_prefilled_from") != source:
     st.session_state["create_prefilled_from"] = source
     cf.prefill_from_run(runtime, user, source)
 
-try:
-    with runtime.db.read() as session:
-        my_projects = projects.list_projects(session, user.id)
-        my_templates = templates.list_templates(session, user.id)
-except SQLAlchemyError:
-    log.exception("App - create page could not read projects and templates")
-    st.error("The database is not answering right now. Reload the page in a moment.")
-    st.stop()
+with guarded("create page could not read projects and templates"), runtime.db.read() as session:
+    my_projects = projects.list_projects(session, user.id)
+    my_templates = templates.list_templates(session, user.id)
 
 project_names = {p.id: p.name for p in my_projects}
 template_names = {t.id: t.name for t in my_templates}

@@ -1,20 +1,17 @@
 """Gallery: the user's finished videos and their first frames in a grid, searchable, each opening
 its watch page."""
 
-import logging
-
 import streamlit as st
-from sqlalchemy.exc import SQLAlchemyError
 
 from core import projects
 from core.ui import format as fmt
 from core.ui import media, nav
+from core.ui.database import guarded
 from core.ui.runtime import get_runtime
 from core.ui.session import require_user
 from core.views import history
 from core.views.history import GalleryItem, RunFilter
 
-log = logging.getLogger("core.pages.gallery")
 PER_PAGE = 9
 COLUMNS = 3
 
@@ -24,13 +21,8 @@ user = require_user()
 st.title("🎞️ Gallery")
 st.caption("Every finished run: play the clip, download it, or open the run.")
 
-try:
-    with runtime.db.read() as session:
-        project_names = {p.id: p.name for p in projects.list_projects(session, user.id)}
-except SQLAlchemyError:
-    log.exception("App - gallery could not read projects")
-    st.error("The database is not answering right now. Reload the page in a moment.")
-    st.stop()
+with guarded("gallery could not read projects"), runtime.db.read() as session:
+    project_names = {p.id: p.name for p in projects.list_projects(session, user.id)}
 
 search_col, project_col, show_col = st.columns([3, 2, 2], vertical_alignment="bottom")
 search = search_col.text_input("Search", key="gallery_search", placeholder="words in a prompt")
@@ -52,15 +44,8 @@ if st.session_state.get("gallery_filter_key") != filter_key:
     st.session_state["gallery_page"] = 1
 page = st.session_state.get("gallery_page", 1)
 
-try:
-    with runtime.db.read() as session:
-        items, total = history.gallery(
-            session, user, flt, limit=PER_PAGE, offset=(page - 1) * PER_PAGE
-        )
-except SQLAlchemyError:
-    log.exception("App - gallery could not read runs")
-    st.error("The database is not answering right now. Reload the page in a moment.")
-    st.stop()
+with guarded("gallery could not read runs"), runtime.db.read() as session:
+    items, total = history.gallery(session, user, flt, limit=PER_PAGE, offset=(page - 1) * PER_PAGE)
 
 if not items:
     st.info(

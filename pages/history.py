@@ -13,6 +13,7 @@ from core.models import utcnow
 from core.states import WorkflowStatus
 from core.ui import format as fmt
 from core.ui import nav
+from core.ui.database import guarded
 from core.ui.runtime import get_runtime
 from core.ui.session import require_user, show_flashes
 from core.views import history
@@ -31,13 +32,8 @@ batch = st.query_params.get("batch")
 st.title("🗂️ History")
 show_flashes()
 
-try:
-    with runtime.db.read() as session:
-        project_names = {p.id: p.name for p in projects.list_projects(session, user.id)}
-except SQLAlchemyError:
-    log.exception("App - history could not read projects")
-    st.error("The database is not answering right now. Reload the page in a moment.")
-    st.stop()
+with guarded("history could not read projects"), runtime.db.read() as session:
+    project_names = {p.id: p.name for p in projects.list_projects(session, user.id)}
 
 search_col, status_col, project_col, period_col = st.columns([2.2, 2, 1.4, 1.2])
 search = search_col.text_input(
@@ -111,12 +107,8 @@ def draw_row(run: RunRow) -> None:
             st.switch_page(nav.WATCH.path, query_params={"id": run.id})
 
 
-try:
+with guarded("history could not read runs"):
     first_page, first_counts = fetch(st.session_state.get("history_page", 1))
-except SQLAlchemyError:
-    log.exception("App - history could not read runs")
-    st.error("The database is not answering right now. Reload the page in a moment.")
-    st.stop()
 polling = any(r.status.is_active for r in first_page.rows)
 
 

@@ -2,22 +2,20 @@
 and credit usage for a time range, narrowed by user, project and provider. Every number comes
 aggregated from core.views.monitoring; each panel exports what it shows as CSV."""
 
-import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
 import streamlit as st
-from sqlalchemy.exc import SQLAlchemyError
 
 from core.ui import charts
 from core.ui import format as fmt
+from core.ui.database import guarded
 from core.ui.runtime import get_runtime
 from core.ui.session import require_admin
 from core.views import monitoring
 from core.views.monitoring import MonitoringFilter
 
-log = logging.getLogger("core.pages.monitoring")
 RANGES = {
     "1h": ("Last hour", timedelta(hours=1)),
     "24h": ("Last 24 hours", timedelta(days=1)),
@@ -27,7 +25,6 @@ RANGES = {
     "365d": ("Last year", timedelta(days=365)),
 }
 REFRESH_S = 15
-DB_DOWN = "The database is not answering right now. Reload the page in a moment."
 
 runtime = get_runtime()
 require_admin()
@@ -56,13 +53,8 @@ def load_panels(flt: MonitoringFilter) -> dict[str, Any]:
         }
 
 
-try:
-    with runtime.db.read() as session:
-        choices = monitoring.filter_choices(session)
-except SQLAlchemyError:
-    log.exception("App - monitoring could not read its filter choices")
-    st.error(DB_DOWN)
-    st.stop()
+with guarded("monitoring could not read its filter choices"), runtime.db.read() as session:
+    choices = monitoring.filter_choices(session)
 
 emails = dict(choices.users)
 projects = {pid: f"{name} · {emails.get(owner, owner)}" for pid, name, owner in choices.projects}
@@ -293,11 +285,10 @@ def draw_usage(panels: dict[str, Any]) -> None:
 @st.fragment(run_every=REFRESH_S if auto_refresh else None)
 def dashboard() -> None:
     flt = current_filter()
-    try:
+    panels = None
+    with guarded("monitoring could not read its panels", stop=False):
         panels = load_panels(flt)
-    except SQLAlchemyError:
-        log.exception("App - monitoring could not read its panels")
-        st.error(DB_DOWN)
+    if panels is None:
         return
     st.caption(
         f"{RANGES[period][0]} up to {fmt.local_time(flt.until, None, with_date=True)}, in "

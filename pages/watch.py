@@ -14,6 +14,7 @@ from core.errors import NotFoundError
 from core.states import WorkflowStatus
 from core.ui import format as fmt
 from core.ui import live, nav, run_actions
+from core.ui.database import guarded
 from core.ui.receipt import receipt
 from core.ui.result import result_preview
 from core.ui.runtime import get_runtime
@@ -36,14 +37,9 @@ show_flashes()
 
 if not workflow_id:
     st.title("📺 Watch a run")
-    try:
-        with runtime.db.read() as session:
-            active = history.active_runs(session, user)
-            recent = history.list_runs(session, user, history.RunFilter(), limit=8).rows
-    except SQLAlchemyError:
-        log.exception("App - watch picker could not read runs")
-        st.error("The database is not answering right now. Reload the page in a moment.")
-        st.stop()
+    with guarded("watch picker could not read runs"), runtime.db.read() as session:
+        active = history.active_runs(session, user)
+        recent = history.list_runs(session, user, history.RunFilter(), limit=8).rows
     runs = active + [r for r in recent if r.id not in {a.id for a in active}]
     if not runs:
         st.info("You have no runs yet.")

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from core import accounts, auth
 from core.auth import UserView
 from core.ui import nav
+from core.ui.database import guarded
 from core.ui.runtime import Engine, get_engine
 from core.views import history
 
@@ -106,12 +107,8 @@ def _expired(engine: Engine) -> bool:
 
 def require_user() -> UserView:
     """The signed-in user, or the login form and a stop: every page checks for itself."""
-    try:
+    with guarded("could not read the signed-in account"):
         user = current_user()
-    except SQLAlchemyError:
-        log.exception("App - could not read the signed-in account")
-        st.error("The database is not answering right now. Reload the page in a moment.")
-        st.stop()
     if user is None:
         login_gate()
         st.stop()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+from sqlalchemy.exc import OperationalError
+
 from core.auth import Role
 from core.states import WorkflowStatus
 from core.ui import nav
+from core.views import history as history_view
 from tests.ui.conftest import PAYLOAD, app_for, queued_run, texts
 
 
@@ -114,3 +118,22 @@ def test_the_gallery_leaves_out_unfinished_and_other_peoples_runs(engine, make_u
     assert not at.exception
     assert "No finished videos yet" in texts(at)
     assert not at.get("video")
+
+
+@pytest.mark.parametrize(
+    ("path", "paging_key"), [(nav.HISTORY.path, "history_next"), (nav.GALLERY.path, "gallery_next")]
+)
+def test_a_database_error_shows_the_banner_and_stops_the_page(
+    engine, finished_run, monkeypatch, path, paging_key
+):
+    def down(*_args, **_kwargs):
+        raise OperationalError("SELECT 1", {}, Exception("database is locked"))
+
+    owner, _ = finished_run
+    at = app_for(owner, page=path)
+    assert at.button(key=paging_key)  # drawn when the runs could be read
+    monkeypatch.setattr(history_view, "list_runs", down)
+    at.run()
+    assert not at.exception
+    assert "The database is not answering right now." in texts(at)
+    assert not [b for b in at.button if b.key == paging_key]  # the page stopped at the banner
