@@ -1,5 +1,6 @@
 """The credit-admin page's engine: users and balances, grants and deductions, ledger history,
-refunds, the credit costs and user management.
+refunds, the credit costs (with the editor's field-by-field form of them, and what each edit
+changed) and user management.
 
 Every function takes the acting user and refuses anyone who is not an active admin *now*: the
 check reads the actor's row in the same transaction, so a role revoked a minute ago is not
@@ -301,6 +302,55 @@ def _leaf_problems(value: Any, path: str = "") -> list[tuple[str, str]]:
     if isinstance(value, float) and not value.is_integer():
         return [(path, f"must be a whole number of credits, not {value!r}")]
     return []
+
+
+def cost_fields(costs: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """The nested costs as one field per leaf: {"image.hd.wide": 6, ...}."""
+    fields: dict[str, Any] = {}
+    for key, child in costs.items():
+        name = f"{path}.{key}" if path else key
+        fields |= cost_fields(child, name) if isinstance(child, dict) else {name: child}
+    return fields
+
+
+def costs_from_fields(typed: dict[str, str]) -> dict[str, Any]:
+    """The nested costs back from the editor's typed fields. A field that reads as a number
+    becomes one; anything else is kept as typed, so validation names the field."""
+    costs: dict[str, Any] = {}
+    for path, text in typed.items():
+        *parents, leaf = path.split(".")
+        node = costs
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = _number_or_text(text)
+    return costs
+
+
+def _number_or_text(text: str) -> Any:
+    for number in (int, float):
+        try:
+            return number(text.strip())
+        except ValueError:
+            pass
+    return text
+
+
+@dataclass(frozen=True)
+class CostChange:
+    path: str  # e.g. "image.hd.wide"
+    old: Any
+    new: Any
+
+
+def cost_changes(entry: AuditEntry) -> list[CostChange]:
+    """What one credit-costs audit event changed, field by field."""
+    before = cost_fields(entry.details.get("old", {}))
+    after = cost_fields(entry.details.get("new", {}))
+    return [
+        CostChange(path, old, after.get(path))
+        for path, old in before.items()
+        if after.get(path) != old
+    ]
 
 
 def audit_log(

@@ -2,13 +2,11 @@
 each user's ledger, refunds, the CREDIT_COSTS editor and user management. Every change goes
 through core.admin, which re-checks the actor and leaves a ledger row or an audit event."""
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 import streamlit as st
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from core import admin
@@ -20,12 +18,11 @@ from core.errors import (
     PermissionDeniedError,
     RequestValidationError,
 )
+from core.ui import database
 from core.ui import format as fmt
 from core.ui.runtime import get_runtime
 from core.ui.session import flash, require_admin, show_flashes
 
-log = logging.getLogger("core.pages.credits_admin")
-DB_DOWN = "The database is not answering right now. Reload the page in a moment."
 REFUSED = "Only an active admin may do this."
 LOW_STYLE = "background-color: rgba(239, 68, 68, 0.22)"
 
@@ -46,11 +43,10 @@ def refusal(exc: Exception) -> str:
 
 
 def change(action: Callable[[Session], Any]) -> tuple[bool, Any]:
-    """Run one admin action in its own transaction; a refusal becomes a message, never a
+    """One admin action in its own transaction; a refusal becomes a message, never a
     traceback, and rolls everything back."""
     try:
-        with runtime.db.begin() as session:
-            return True, action(session)
+        return database.change(runtime, action, what="credits admin could not save a change")
     except (
         RequestValidationError,
         InsufficientCreditsError,
@@ -58,24 +54,18 @@ def change(action: Callable[[Session], Any]) -> tuple[bool, Any]:
         NotFoundError,
     ) as exc:
         st.error(refusal(exc), icon=":material/block:")
-    except SQLAlchemyError:
-        log.exception("App - credits admin could not save a change")
-        st.error(DB_DOWN)
-    return False, None
+        return False, None
 
 
 def read(query: Callable[[Session], Any]) -> Any:
     """A read for the page; when it fails the page says so and stops."""
     try:
-        with runtime.db.read() as session:
+        with database.guarded("credits admin could not read"), runtime.db.read() as session:
             return query(session)
     except PermissionDeniedError:
         st.error(REFUSED)
     except (RequestValidationError, NotFoundError) as exc:
         st.error(refusal(exc))
-    except SQLAlchemyError:
-        log.exception("App - credits admin could not read")
-        st.error(DB_DOWN)
     st.stop()
 
 
@@ -244,28 +234,6 @@ with refunds_tab:
             st.rerun()
 
 # ---------------------------------------------------------------------------------------------
-
-
-def leaves(value: dict[str, Any], path: str = "") -> dict[str, Any]:
-    """{"image.hd.wide": 6, ...} from the nested costs."""
-    flat: dict[str, Any] = {}
-    for key, child in value.items():
-        name = f"{path}.{key}" if path else key
-        flat |= leaves(child, name) if isinstance(child, dict) else {name: child}
-    return flat
-
-
-def parsed(text: str) -> Any:
-    """A typed cost as a number when it reads as one; anything else goes to the engine as
-    typed, so its validation names the field."""
-    for number in (int, float):
-        try:
-            return number(text.strip())
-        except ValueError:
-            pass
-    return text
-
-
 with costs_tab:
     costs = read(lambda s: admin.credit_costs(s, actor))
     st.caption(
@@ -273,7 +241,7 @@ with costs_tab:
         if costs.updated_at is None
         else f"Last changed {when(costs.updated_at)} by {costs.updated_by}."
     )
-    current = leaves(costs.costs.model_dump())
+    current = admin.cost_fields(costs.costs.model_dump())
     with st.form("credits_costs_form"):
         st.markdown("**CREDIT_COSTS** — whole credits per image, and per second of video")
         typed: dict[str, str] = {}
@@ -284,13 +252,7 @@ with costs_tab:
             )
         save_costs = st.form_submit_button("Save costs", type="primary", key="credits_costs_save")
     if save_costs:
-        raw: dict[str, Any] = {}
-        for path, text in typed.items():
-            *parents, leaf = path.split(".")
-            node = raw
-            for parent in parents:
-                node = node.setdefault(parent, {})
-            node[leaf] = parsed(text)
+        raw = admin.costs_from_fields(typed)
         ok, _ = change(lambda s: admin.update_credit_costs(s, actor, raw))
         if ok:
             flash("Credit costs saved; new runs are priced with them.")
@@ -305,9 +267,7 @@ with costs_tab:
                         "when": when(e.at),
                         "by": e.actor,
                         "changed": ", ".join(
-                            f"{path}: {old} → {new}"
-                            for path, old in leaves(e.details.get("old", {})).items()
-                            if (new := leaves(e.details.get("new", {})).get(path)) != old
+                            f"{c.path}: {c.old} → {c.new}" for c in admin.cost_changes(e)
                         ),
                     }
                     for e in cost_changes

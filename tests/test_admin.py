@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select, update
@@ -372,3 +374,37 @@ def test_two_admins_deactivating_each_other_at_once_leave_one_active(db, boss, m
             select(User.email).where(User.role == "admin", User.is_active.is_(True))
         ).scalars()
         assert len(list(active)) == 1
+
+
+# -- the cost editor's fields (pure) --------------------------------------------------------------
+
+
+def test_costs_become_one_field_per_leaf_and_come_back_from_typed_fields():
+    nested = {"image": {"hd": {"wide": 6, "square": 4}}, "video_per_second": {"720p": {"audio": 2}}}
+    fields = admin.cost_fields(nested)
+    assert fields == {"image.hd.wide": 6, "image.hd.square": 4, "video_per_second.720p.audio": 2}
+    typed = {path: str(value) for path, value in fields.items()}
+    assert admin.costs_from_fields(typed) == nested
+
+
+def test_a_typed_cost_is_a_number_when_it_reads_as_one_and_kept_as_typed_otherwise():
+    typed = {"a.whole": " 7 ", "a.half": "2.5", "a.word": "five", "a.empty": ""}
+    assert admin.costs_from_fields(typed) == {
+        "a": {"whole": 7, "half": 2.5, "word": "five", "empty": ""}
+    }
+
+
+def test_a_cost_edit_lists_only_the_fields_it_changed():
+    entry = admin.AuditEntry(
+        id=1,
+        at=datetime(2026, 1, 1, tzinfo=UTC),
+        actor="boss@example.com",
+        action=credits.COSTS_AUDIT_ACTION,
+        target="credit_costs",
+        details={
+            "old": {"image": {"hd": {"wide": 6, "square": 4}}},
+            "new": {"image": {"hd": {"wide": 8, "square": 4}}},
+        },
+    )
+    assert admin.cost_changes(entry) == [admin.CostChange("image.hd.wide", 6, 8)]
+    assert admin.cost_changes(replace(entry, details={})) == []
