@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from core.clock import utcnow
 from core.errors import InsufficientCreditsError, NotFoundError, RequestValidationError
-from core.models import AuditEvent, CreditTransaction, Setting, User, Workflow, utcnow, view_of
+from core.models import AuditEvent, CreditTransaction, Setting, User, Workflow, view_of
 from core.schemas import WorkflowRequest
 
 COSTS_SETTING_KEY = "credit_costs"

@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from core.clock import utcnow
 from core.states import StepStatus, WorkflowStatus
 
 NAMING_CONVENTION = {
@@ -49,10 +50,6 @@ def view_of(view: type[V], row: Base) -> V:
     """A frozen view dataclass filled from the same-named attributes of an ORM row: pages and
     threads get plain values, never live rows."""
     return view(**{f.name: getattr(row, f.name) for f in fields(view)})  # type: ignore[arg-type]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def new_workflow_id() -> str:

@@ -30,6 +30,7 @@ from tenacity import (
 from tenacity.wait import wait_base
 
 from core import workflows
+from core.clock import utcnow
 from core.config import Settings
 from core.db import Database
 from core.errors import (
@@ -43,7 +44,6 @@ from core.errors import (
     WorkflowCancelledError,
 )
 from core.executor import Executor, ThreadExecutor
-from core.models import utcnow
 from core.pipeline import STEPS, EndRun, RunStep, next_action
 from core.providers.base import Providers
 from core.states import STEP_ORDER, StepName, StepStatus, WorkflowStatus

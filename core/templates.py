@@ -9,8 +9,9 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from core.clock import utcnow
 from core.errors import NotFoundError, RequestValidationError
-from core.models import Template, utcnow
+from core.models import Template
 from core.prompts import ShotChoices
 from core.schemas import parse_request
 

@@ -9,7 +9,7 @@ import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
 from core import projects
-from core.models import utcnow
+from core.clock import utcnow
 from core.states import WorkflowStatus
 from core.ui import format as fmt
 from core.ui import nav

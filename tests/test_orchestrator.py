@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from core import workflows
 from core.auth import UserView
+from core.clock import utcnow
 from core.config import Settings
 from core.errors import (
     FailureCategory,
@@ -24,7 +25,7 @@ from core.errors import (
 )
 from core.executor import InlineExecutor, ThreadExecutor
 from core.media import probe_image, probe_video
-from core.models import ApiCall, Workflow, utcnow
+from core.models import ApiCall, Workflow
 from core.providers import build_providers
 from core.providers.base import Providers, VideoJobState, VideoJobStatus
 from core.providers.offline import OfflineVideoGenerator

@@ -8,7 +8,7 @@ from datetime import datetime
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.models import utcnow
+from core.clock import utcnow
 from core.ui import format as fmt
 from core.workflows import WorkflowView
 

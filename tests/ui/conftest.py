@@ -18,11 +18,11 @@ from streamlit.testing.v1 import AppTest
 
 from core import auth, workflows
 from core.auth import Role, UserView
-from core.models import utcnow
+from core.clock import utcnow
 from core.runtime import Runtime
 from core.schemas import parse_request
 from core.states import StepName, StepStatus, WorkflowStatus
-from core.ui.runtime import Engine, get_engine
+from core.ui.runtime import AppServices, get_services
 from core.workflows import WorkflowView
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +47,7 @@ PAYLOAD = {
 
 
 @pytest.fixture(scope="session")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServices]:
     """The app's engine, built through the app's own cached factory."""
     data_dir = tmp_path_factory.mktemp("ui") / "data"
     saved = {name: os.environ.get(name) for name in [*ENGINE_ENV, "DATA_DIR", "DATABASE_URL"]}
@@ -55,7 +55,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     os.environ.pop("DATABASE_URL", None)
     st.cache_resource.clear()
     try:
-        built = get_engine()
+        built = get_services()
     finally:
         for name, value in saved.items():
             if value is None:
@@ -69,7 +69,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def runtime(engine: Engine) -> Runtime:
+def runtime(engine: AppServices) -> Runtime:
     return engine.runtime
 
 
@@ -194,7 +194,7 @@ def end_running(runtime: Runtime, workflow_id: str, status: WorkflowStatus, mess
 
 
 @pytest.fixture(scope="session")
-def finished_run(engine: Engine) -> tuple[UserView, str]:
+def finished_run(engine: AppServices) -> tuple[UserView, str]:
     """One real run through the offline providers, finished: (its owner, its id)."""
     runtime = engine.runtime
     with runtime.db.begin() as session:
