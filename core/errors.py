@@ -109,3 +109,11 @@ class WorkflowCancelledError(ReelforgeError):
 
 class RunnerStoppingError(ReelforgeError):
     """The executor is shutting down; the run is released untouched for recovery to resume."""
+
+
+class ProviderConfigError(ReelforgeError):
+    """A real provider was forced on but its key or bucket is missing."""
+
+
+class UnknownModelError(ValueError):
+    """A model key that is not in the registry (a typo in IMAGE_MODEL / VIDEO_MODEL)."""

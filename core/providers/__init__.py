@@ -7,7 +7,7 @@ bucket is set; otherwise it runs offline. Pages and the orchestrator never const
 from __future__ import annotations
 
 from core.config import Settings
-from core.errors import ReelforgeError
+from core.errors import ProviderConfigError
 from core.providers.base import ImageGenerator, Moderator, Providers, Storage, VideoGenerator
 from core.providers.faults import FaultInjector, with_faults
 from core.providers.offline import (
@@ -16,10 +16,6 @@ from core.providers.offline import (
     OfflineImageGenerator,
     OfflineVideoGenerator,
 )
-
-
-class ProviderConfigError(ReelforgeError):
-    """A real provider was forced on but its key or bucket is missing."""
 
 
 def _choose(choice: str, real: str, has_credentials: bool, setting: str, needs: str) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from core.errors import UnknownModelError
 from core.providers.base import ImageSpec, VideoSpec
 
 DEFAULT_IMAGE_MODEL = "gpt-image-2"
@@ -18,10 +19,6 @@ DEFAULT_VIDEO_MODEL = "fal-ai/veo3.1/image-to-video"
 # Our (the seed's) sizes: square, landscape and portrait.
 SEED_SIZES = ("1024x1024", "1792x1024", "1024x1792")
 _SQUARE_PIXELS = 1024 * 1024
-
-
-class UnknownModelError(ValueError):
-    """A model key that is not in the registry (a typo in IMAGE_MODEL / VIDEO_MODEL)."""
 
 
 # ---------------------------------------------------------------------------------------------

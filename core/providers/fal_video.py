@@ -23,9 +23,10 @@ from core.errors import (
     PermanentProviderError,
     ProviderError,
     TransientProviderError,
+    UnknownModelError,
 )
 from core.providers.base import GeneratedVideo, VideoJobState, VideoJobStatus, VideoSpec
-from core.providers.catalog import DEFAULT_VIDEO_MODEL, UnknownModelError, video_arguments
+from core.providers.catalog import DEFAULT_VIDEO_MODEL, video_arguments
 from core.providers.retry_after import retry_after_s
 
 if TYPE_CHECKING:

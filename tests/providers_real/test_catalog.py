@@ -6,12 +6,12 @@ from dataclasses import replace
 
 import pytest
 
+from core.errors import UnknownModelError
 from core.providers.base import ImageSpec, VideoSpec
 from core.providers.catalog import (
     IMAGE_MODELS,
     STYLE_SUFFIX,
     VIDEO_MODELS,
-    UnknownModelError,
     effective_duration_s,
     estimate_image_usd,
     estimate_video_usd,
