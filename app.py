@@ -7,14 +7,14 @@ import streamlit as st
 
 from core.ui import nav, session
 from core.ui.database import DB_DOWN
-from core.ui.runtime import get_engine
+from core.ui.runtime import get_services
 
 log = logging.getLogger("core.app")
 
 st.set_page_config(page_title="Reelforge", page_icon="🎬", layout="wide")
 
 try:
-    get_engine()
+    get_services()
 except Exception:
     log.exception("App - the engine did not start")
     st.error(

@@ -20,7 +20,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Engine:
+class AppServices:
+    """What the app shares across sessions: the Runtime (the composition root), the login
+    throttle, and how the first admin was made."""
+
     runtime: Runtime
     throttle: LoginThrottle
     bootstrap: BootstrapResult | None
@@ -41,7 +44,7 @@ def secrets_overrides() -> dict[str, Any]:
 
 
 @st.cache_resource(show_spinner="Starting the engine…")
-def get_engine() -> Engine:
+def get_services() -> AppServices:
     """Made once per process and shared by every session: never mutate what it returns."""
     settings = load_settings(**secrets_overrides())
     if not logging.getLogger().handlers:
@@ -52,8 +55,8 @@ def get_engine() -> Engine:
         print(accounts.admin_banner(bootstrap), file=sys.stdout, flush=True)
     runtime.start_background()
     log.info("App - engine started on %s", runtime.db.dialect)
-    return Engine(runtime=runtime, throttle=LoginThrottle(), bootstrap=bootstrap)
+    return AppServices(runtime=runtime, throttle=LoginThrottle(), bootstrap=bootstrap)
 
 
 def get_runtime() -> Runtime:
-    return get_engine().runtime
+    return get_services().runtime

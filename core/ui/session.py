@@ -18,7 +18,7 @@ from core import accounts, auth
 from core.auth import UserView
 from core.ui import nav
 from core.ui.database import guarded
-from core.ui.runtime import Engine, get_engine
+from core.ui.runtime import AppServices, get_services
 from core.views import history
 
 log = logging.getLogger(__name__)
@@ -64,14 +64,14 @@ def _oidc_identity() -> tuple[str | None, str | None]:
 # The signed-in user
 
 
-def current_user(engine: Engine | None = None) -> UserView | None:
-    engine = engine or get_engine()
-    db = engine.runtime.db
+def current_user(services: AppServices | None = None) -> UserView | None:
+    services = services or get_services()
+    db = services.runtime.db
     user_id = st.session_state.get(USER_KEY)
     if user_id is None and oidc_providers():
         email, name = _oidc_identity()
         if email:
-            user = accounts.account_for_identity(db, engine.runtime.settings, email, name)
+            user = accounts.account_for_identity(db, services.runtime.settings, email, name)
             if user is None:
                 st.session_state["auth_refused"] = f"The account {email} is not active."
                 return None
@@ -79,7 +79,7 @@ def current_user(engine: Engine | None = None) -> UserView | None:
             return user
     if user_id is None:
         return None
-    if _expired(engine):
+    if _expired(services):
         return None
     with db.read() as session:
         user = auth.get_user(session, user_id)
@@ -90,10 +90,10 @@ def current_user(engine: Engine | None = None) -> UserView | None:
     return user
 
 
-def _expired(engine: Engine) -> bool:
+def _expired(services: AppServices) -> bool:
     """Sessions end after SESSION_IDLE_TIMEOUT_S without a page run, or SESSION_MAX_AGE_S after
     signing in, whichever comes first; the user is asked to sign in again."""
-    settings, now = engine.runtime.settings, time.time()
+    settings, now = services.runtime.settings, time.time()
     signed_in_at = st.session_state.setdefault(SIGNED_IN_AT_KEY, now)
     seen_at = st.session_state.get(SEEN_AT_KEY, now)
     idle = now - seen_at > settings.session_idle_timeout_s
@@ -139,7 +139,7 @@ def sign_out() -> None:
 def login_gate() -> None:
     """The sign-in screen, drawn in place of whatever page the URL asked for (so the URL, e.g. a
     watch link, still holds after signing in)."""
-    engine = get_engine()
+    services = get_services()
     _, middle, _ = st.columns([1, 1.4, 1])
     with middle:
         st.title("🎬 Reelforge")
@@ -156,7 +156,7 @@ def login_gate() -> None:
                 "Sign in", type="primary", icon=":material/login:", width="stretch"
             )
         if submitted:
-            _password_sign_in(engine, email, password)
+            _password_sign_in(services, email, password)
         providers = oidc_providers()
         if providers:
             st.caption("or")
@@ -168,15 +168,15 @@ def login_gate() -> None:
                     width="stretch",
                 ):
                     _oidc_sign_in(name)
-        _bootstrap_hint(engine)
+        _bootstrap_hint(services)
 
 
-def _password_sign_in(engine: Engine, email: str, password: str) -> None:
+def _password_sign_in(services: AppServices, email: str, password: str) -> None:
     if not email.strip() or not password:
         st.error("Enter your email and password.")
         return
     try:
-        result = accounts.sign_in(engine.runtime.db, engine.throttle, email, password)
+        result = accounts.sign_in(services.runtime.db, services.throttle, email, password)
     except SQLAlchemyError:
         log.exception("App - sign-in could not reach the database")
         st.error("The database is not answering right now. Try again in a moment.")
@@ -202,8 +202,8 @@ def _oidc_sign_in(provider: str) -> None:
         st.error("Single sign-on is not available right now; sign in with your password.")
 
 
-def _bootstrap_hint(engine: Engine) -> None:
-    boot = engine.bootstrap
+def _bootstrap_hint(services: AppServices) -> None:
+    boot = services.bootstrap
     if boot is None:
         return
     if boot.problem:
@@ -218,14 +218,14 @@ def _bootstrap_hint(engine: Engine) -> None:
 
 def sidebar(user: UserView) -> None:
     """The signed-in user, their balance, their runs in flight, and sign-out."""
-    engine = get_engine()
+    services = get_services()
     with st.sidebar:
         st.markdown(f"**{user.display_name}**  \n{user.email}")
         if user.is_admin:
             st.badge("admin", icon=":material/shield_person:", color="violet")
         st.metric("Credit balance", f"{user.balance:,}")
         try:
-            with engine.runtime.db.read() as session:
+            with services.runtime.db.read() as session:
                 active = history.active_runs(session, user, limit=5)
         except SQLAlchemyError:
             active = []

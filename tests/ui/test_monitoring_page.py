@@ -21,7 +21,7 @@ from core.runtime import Runtime
 from core.ui import charts, nav
 from core.ui import runtime as ui_runtime
 from core.ui import session as ui_session
-from core.ui.runtime import Engine
+from core.ui.runtime import AppServices
 from core.views import monitoring
 from core.views.monitoring import MonitoringFilter
 from tests.ui.conftest import ROOT, app_for, texts
@@ -90,8 +90,8 @@ def empty_app(tmp_path, monkeypatch):
         only = auth.create_user(
             session, "only-admin@example.com", password="password-123", role=Role.ADMIN
         )
-    fake = Engine(runtime=empty, throttle=LoginThrottle(), bootstrap=None)
-    monkeypatch.setattr(ui_session, "get_engine", lambda: fake)
+    fake = AppServices(runtime=empty, throttle=LoginThrottle(), bootstrap=None)
+    monkeypatch.setattr(ui_session, "get_services", lambda: fake)
     monkeypatch.setattr(ui_runtime, "get_runtime", lambda: empty)
     at = AppTest.from_file(str(ROOT / nav.MONITORING.path), default_timeout=30)
     at.session_state["auth_user_id"] = only.id
