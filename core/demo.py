@@ -852,8 +852,8 @@ SIZES = (("1792x1024", 0.6), ("1024x1792", 0.25), ("1024x1024", 0.15))
 DURATIONS = (("8s", 0.6, 1.0), ("6s", 0.2, 0.85), ("4s", 0.2, 0.7))
 RESOLUTIONS = (("720p", 0.7, 1.0), ("1080p", 0.3, 1.25))
 AUDIO = ((True, 0.7), (False, 0.3))
-IMAGE_MODELS = ((None, 0.7), ("gpt-image-1.5", 0.15), ("gpt-image-1-mini", 0.15))
-VIDEO_MODELS = (
+IMAGE_MODEL_WEIGHTS = ((None, 0.7), ("gpt-image-1.5", 0.15), ("gpt-image-1-mini", 0.15))
+VIDEO_MODEL_WEIGHTS = (
     (None, 0.6, 1.0),
     ("fal-ai/veo3.1/fast/image-to-video", 0.25, 0.55),
     ("fal-ai/veo3.1/lite/image-to-video", 0.15, 0.45),
@@ -863,7 +863,10 @@ VIDEO_MODELS = (
 def _run_configs(costs: credits.CreditCosts) -> list[tuple[float, _RunConfig]]:
     """Every combination of request options, weighted, with its credits and list prices."""
     configs = []
-    options = (QUALITIES, SIZES, DURATIONS, RESOLUTIONS, AUDIO, IMAGE_MODELS, VIDEO_MODELS)
+    options = (
+        *(QUALITIES, SIZES, DURATIONS, RESOLUTIONS, AUDIO),
+        *(IMAGE_MODEL_WEIGHTS, VIDEO_MODEL_WEIGHTS),
+    )
     for combo in itertools.product(*options):
         (quality, wq, fq), (size, ws), (duration, wd, fd), (resolution, wr, fr) = combo[:4]
         (audio, wa), (image_model, wi), (video_model, wv, fv) = combo[4:]

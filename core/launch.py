@@ -27,14 +27,6 @@ ASPECTS: tuple[str, ...] = (
     *get_args(get_args(VideoConfig.model_fields["aspect_ratio"].annotation)[0]),
 )
 
-SIZE_LABELS = {
-    "1792x1024": "Landscape · 1792×1024",
-    "1024x1024": "Square · 1024×1024",
-    "1024x1792": "Portrait · 1024×1792",
-}
-ASPECT_LABELS = {"auto": "Follow the image", "16:9": "16:9 landscape", "9:16": "9:16 portrait"}
-IMAGE_MODELS: dict[str, str] = {key: m.label for key, m in catalog.IMAGE_MODELS.items()}
-VIDEO_MODELS: dict[str, str] = {key: m.label for key, m in catalog.VIDEO_MODELS.items()}
 MAX_BATCH = 10
 
 
@@ -122,8 +114,8 @@ def fields_from_request(raw: Mapping[str, Any]) -> tuple[FormFields, list[str]]:
     if isinstance(project_id, int) and not isinstance(project_id, bool):
         values["project_id"] = project_id
     for name, key, known in (
-        ("image_model", "imageModel", IMAGE_MODELS),
-        ("video_model", "videoModel", VIDEO_MODELS),
+        ("image_model", "imageModel", catalog.IMAGE_MODELS),
+        ("video_model", "videoModel", catalog.VIDEO_MODELS),
     ):
         model = raw.get(key)
         if model in known:
@@ -151,13 +143,7 @@ def snapped_duration_s(form: FormFields, default_video_model: str) -> int | None
 # Batches
 
 
-VARIATION_MODES: dict[str, str] = {
-    "takes": "New takes of the same prompts",
-    "camera": "Vary the camera movement",
-    "shot": "Vary the shot type",
-    "lighting": "Vary the lighting",
-    "mood": "Vary the mood",
-}
+VARIATION_MODES: tuple[str, ...] = ("takes", "camera", "shot", "lighting", "mood")
 _VARIED: dict[str, tuple[str, str]] = {
     "camera": ("Camera", "CAMERA_MOVEMENTS"),
     "shot": ("Shot", "SHOT_TYPES"),

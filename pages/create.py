@@ -15,7 +15,7 @@ from core.errors import (
 )
 from core.schemas import IMAGE_PROMPT_MAX_CHARS, VIDEO_PROMPT_MAX_CHARS
 from core.ui import create_form as cf
-from core.ui import nav
+from core.ui import labels, nav
 from core.ui.database import guarded
 from core.ui.forms import char_counter, field_errors
 from core.ui.runtime import get_runtime
@@ -139,13 +139,13 @@ with main:
     style, quality, size = st.columns(3)
     style.radio("Style", launch.STYLES, key="create_style", horizontal=True)
     quality.radio("Quality", launch.QUALITIES, key="create_quality", horizontal=True)
-    size.selectbox("Size", launch.SIZES, key="create_size", format_func=launch.SIZE_LABELS.get)
+    size.selectbox("Size", launch.SIZES, key="create_size", format_func=labels.SIZE_LABELS.get)
     image_model, _ = st.columns(2)
     image_model.selectbox(
         "Image model",
-        list(launch.IMAGE_MODELS),
+        list(labels.IMAGE_MODEL_LABELS),
         key="create_image_model",
-        format_func=launch.IMAGE_MODELS.get,
+        format_func=labels.IMAGE_MODEL_LABELS.get,
         placeholder=cf.default_model_label(runtime, "image"),
         help=cf.offline_note(runtime, "image"),
     )
@@ -186,15 +186,15 @@ with main:
     duration.radio("Duration", launch.DURATIONS, key="create_duration", horizontal=True)
     resolution.radio("Resolution", launch.RESOLUTIONS, key="create_resolution", horizontal=True)
     aspect.selectbox(
-        "Aspect ratio", launch.ASPECTS, key="create_aspect", format_func=launch.ASPECT_LABELS.get
+        "Aspect ratio", launch.ASPECTS, key="create_aspect", format_func=labels.ASPECT_LABELS.get
     )
     video_model, audio = st.columns(2, vertical_alignment="bottom")
     audio.toggle("Generate audio", key="create_audio", help="A soundtrack made with the clip")
     video_model.selectbox(
         "Video model",
-        list(launch.VIDEO_MODELS),
+        list(labels.VIDEO_MODEL_LABELS),
         key="create_video_model",
-        format_func=launch.VIDEO_MODELS.get,
+        format_func=labels.VIDEO_MODEL_LABELS.get,
         placeholder=cf.default_model_label(runtime, "video"),
         help=cf.offline_note(runtime, "video"),
     )
@@ -227,9 +227,9 @@ with side:
         if batch_count > 1:
             st.selectbox(
                 "Variations",
-                list(launch.VARIATION_MODES),
+                list(labels.VARIATION_LABELS),
                 key="create_batch_mode",
-                format_func=launch.VARIATION_MODES.get,
+                format_func=labels.VARIATION_LABELS.get,
             )
             with st.expander(f"The {batch_count} runs"):
                 for number, variant in enumerate(variants, start=1):

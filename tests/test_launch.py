@@ -7,6 +7,7 @@ import pytest
 from core import launch
 from core.errors import InsufficientCreditsError, RequestValidationError
 from core.launch import FormFields
+from core.providers import catalog
 from core.runtime import Runtime
 from core.schemas import parse_request
 
@@ -161,7 +162,7 @@ def test_a_chosen_model_reaches_the_request_and_an_unknown_one_is_named():
 
 
 def test_a_model_that_renders_other_lengths_is_flagged():
-    kling = next(key for key in launch.VIDEO_MODELS if "kling" in key)
+    kling = next(key for key in catalog.VIDEO_MODELS if "kling" in key)
     default = "fal-ai/veo3.1/image-to-video"
     assert launch.snapped_duration_s(FormFields(video_model=kling), default) == 10
     assert launch.snapped_duration_s(FormFields(), default) is None

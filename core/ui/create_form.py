@@ -17,6 +17,7 @@ from core.auth import UserView
 from core.errors import NotFoundError, RequestValidationError
 from core.launch import FormFields
 from core.runtime import Runtime
+from core.ui import labels
 from core.ui.forms import remember, restore
 
 log = logging.getLogger(__name__)
@@ -101,10 +102,10 @@ def default_model_label(runtime: Runtime, capability: str) -> str:
     """The placeholder of a model picker: None there means the installation's default."""
     settings = runtime.settings
     if capability == "image":
-        key, labels = settings.image_model, launch.IMAGE_MODELS
+        key, names = settings.image_model, labels.IMAGE_MODEL_LABELS
     else:
-        key, labels = settings.video_model, launch.VIDEO_MODELS
-    return f"Default · {labels.get(key, key)}"
+        key, names = settings.video_model, labels.VIDEO_MODEL_LABELS
+    return f"Default · {names.get(key, key)}"
 
 
 def snapped_duration_s(runtime: Runtime) -> int | None:
