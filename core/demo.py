@@ -249,7 +249,7 @@ TRANSIENT_ERRORS = {
 WORKFLOW_COLUMNS = (
     "id", "user_id", "project_id", "client_key", "status", "image_prompt", "video_prompt",
     "request", "cost_credits", "cancel_requested", "recoveries", "error_message",
-    "error_category", "created_at", "started_at", "finished_at",
+    "error_category", "provider_cancel_confirmed", "created_at", "started_at", "finished_at",
 )  # fmt: skip
 STEP_COLUMNS = (
     "workflow_id", "name", "position", "status", "progress", "message", "attempts",
@@ -585,6 +585,8 @@ class _Generator:
                 run.recoveries,
                 message,
                 category,
+                # A run past its budget had its video job cancelled, and the provider confirmed.
+                True if failure is not None and failure.mode == "timeout" else None,
                 created_at,
                 run.started_at,
                 run.finished_at,

@@ -99,11 +99,21 @@ class StepFailedError(ReelforgeError):
         super().__init__(message)
 
 
-class StepTimeoutError(ReelforgeError):
+class StepStoppedError(ReelforgeError):
+    """A step stopped from outside: the user cancelled, or its deadline passed. When a paid
+    provider job was in flight, `provider_cancel_confirmed` is the provider's answer to our
+    cancel (None: there was no job to stop)."""
+
+    def __init__(self, message: str = "", *, provider_cancel_confirmed: bool | None = None) -> None:
+        self.provider_cancel_confirmed = provider_cancel_confirmed
+        super().__init__(message)
+
+
+class StepTimeoutError(StepStoppedError):
     category = FailureCategory.TIMEOUT
 
 
-class WorkflowCancelledError(ReelforgeError):
+class WorkflowCancelledError(StepStoppedError):
     """Raised inside a step when the user's cancel flag is seen; ends the run `cancelled`."""
 
 

@@ -159,6 +159,8 @@ class Workflow(Base):
     request: Mapped[dict[str, Any]] = mapped_column()  # the validated request, seed field names
     cost_credits: Mapped[int] = mapped_column(Integer)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The video provider's answer to a cancel (user or deadline): None when no job was stopped.
+    provider_cancel_confirmed: Mapped[bool | None] = mapped_column(Boolean)
     runner_id: Mapped[str | None] = mapped_column(String(64))
     heartbeat_at: Mapped[datetime | None] = mapped_column()
     recoveries: Mapped[int] = mapped_column(Integer, default=0)

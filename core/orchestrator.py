@@ -39,12 +39,14 @@ from core.errors import (
     ProviderError,
     RunnerStoppingError,
     StepFailedError,
+    StepStoppedError,
     StepTimeoutError,
     TransientProviderError,
     WorkflowCancelledError,
 )
 from core.executor import Executor, ThreadExecutor
 from core.pipeline import STEPS, EndRun, RunStep, next_action
+from core.progress import VideoJobProgress
 from core.providers.base import Providers
 from core.states import STEP_ORDER, StepName, StepStatus, WorkflowStatus
 from core.workflows import ApiCallRecord, StepView, WorkflowView
@@ -237,10 +239,10 @@ class Orchestrator:
         except DBAPIError:
             raise  # see run_workflow: the database, not the step, failed
         except WorkflowCancelledError as exc:
-            return self._fail(context, WorkflowStatus.CANCELLED, str(exc), None), None
+            return self._fail(context, WorkflowStatus.CANCELLED, str(exc), None, exc), None
         except (ProviderError, StepFailedError, StepTimeoutError) as exc:
             message = getattr(exc, "message", None) or str(exc) or "step timed out"
-            return self._fail(context, WorkflowStatus.FAILED, message, exc.category), None
+            return self._fail(context, WorkflowStatus.FAILED, message, exc.category, exc), None
         except Exception:
             log.exception("Workflow %s - Step %s: unexpected error", view.id, step)
             message = f"Internal error in step {step}; the details are in the server log"
@@ -296,13 +298,19 @@ class Orchestrator:
         status: WorkflowStatus,
         message: str,
         category: FailureCategory | None,
+        error: Exception | None = None,
     ) -> WorkflowView:
-        step = context.step.name
-        log_step(context.workflow.id, step, StepStatus(status.value), context.last_progress)
+        step, workflow_id = context.step.name, context.workflow.id
+        log_step(workflow_id, step, StepStatus(status.value), context.last_progress)
+        confirmed = error.provider_cancel_confirmed if isinstance(error, StepStoppedError) else None
         with self.db.begin() as session:
             context.flush(session, final=True)
-            self._end_run(session, context.workflow.id, status, message, category)
-        return replace(context.workflow, status=status)
+            if confirmed is not None:
+                workflows.record_provider_cancel(
+                    session, workflow_id, self.runner_id, confirmed=confirmed
+                )
+            self._end_run(session, workflow_id, status, message, category)
+        return replace(context.workflow, status=status, provider_cancel_confirmed=confirmed)
 
     # -- housekeeping ---------------------------------------------------------------------
 
@@ -337,7 +345,7 @@ class StepRun:
         self._deadline = deadline
         self._calls: list[ApiCallRecord] = []
         self._assets: list[dict[str, Any]] = []
-        self._pending_progress: tuple[int, str, dict[str, Any] | None] | None = None
+        self._pending_progress: tuple[int, str, VideoJobProgress | None] | None = None
         self._last_write = time.monotonic()  # the step's start was just written
         self.last_progress = step.progress
 
@@ -366,7 +374,7 @@ class StepRun:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def report(self, progress: int, message: str, detail: dict[str, Any] | None = None) -> None:
+    def report(self, progress: int, message: str, detail: VideoJobProgress | None = None) -> None:
         """Throttled: at most one progress write per `progress_min_interval_s`. A report held
         back goes out with a later write once the interval has passed, or is superseded."""
         progress = max(0, min(100, progress))
@@ -399,7 +407,7 @@ class StepRun:
             progress, message, detail = self._pending_progress
             values: dict[str, Any] = {"progress": progress, "message": message}
             if detail is not None:
-                values["output"] = detail
+                values["output"] = detail.to_output()
             self._write(session, **values)
             self._pending_progress = None
             self._last_write = time.monotonic()

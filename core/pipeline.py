@@ -25,6 +25,7 @@ from core.errors import (
     StepTimeoutError,
     WorkflowCancelledError,
 )
+from core.progress import VideoJobProgress
 from core.providers import catalog
 from core.providers.base import ImageSpec, Providers, VideoJobState, VideoSpec
 from core.providers.download import fetch_bytes
@@ -47,7 +48,7 @@ class StepContext(Protocol):
     @property
     def remaining_s(self) -> float: ...
 
-    def report(self, progress: int, message: str, detail: dict[str, Any] | None = None) -> None:
+    def report(self, progress: int, message: str, detail: VideoJobProgress | None = None) -> None:
         """Progress for the live page (throttled; the last report before a write is kept)."""
 
     def check(self) -> None:
@@ -268,19 +269,18 @@ def generate_video(ctx: StepContext) -> dict[str, Any]:
     if request_id is None:
         request_id = _submit_video(ctx)
     else:
-        ctx.report(5, f"reattached to provider job {request_id}", {"request_id": request_id})
+        ctx.report(5, f"reattached to provider job {request_id}", VideoJobProgress(request_id))
     try:
         _poll_until_done(ctx, request_id)
     except (WorkflowCancelledError, StepTimeoutError) as stop:
         confirmed = ctx.call(
             "cancel", lambda: video.cancel(request_id), provider=video.name, retry=False
         )
-        verdict = (
-            "the provider confirmed the cancellation"
-            if confirmed
-            else ("the provider did not confirm the cancellation")
-        )
-        raise type(stop)(f"{stop}; {verdict}") from stop
+        verdict = "confirmed" if confirmed else "did not confirm"
+        raise type(stop)(
+            f"{stop}; the provider {verdict} the cancellation",
+            provider_cancel_confirmed=bool(confirmed),
+        ) from stop
     spec = _video_spec(ctx, image_url="")
     clip = expected_clip(video.name, spec)
     result = ctx.call(
@@ -328,7 +328,10 @@ def _poll_until_done(ctx: StepContext, request_id: str) -> None:
     while True:
         ctx.check()
         status = ctx.call("status", lambda: video.status(request_id), provider=video.name)
-        detail: dict[str, Any] = {"request_id": request_id, "phase": status.state.value}
+        queued = status.state is VideoJobState.QUEUED
+        detail = VideoJobProgress(
+            request_id, status.state, status.queue_position if queued else None
+        )
         if status.state is VideoJobState.COMPLETED:
             ctx.report(95, "video ready, fetching it", detail)
             return
@@ -338,8 +341,7 @@ def _poll_until_done(ctx: StepContext, request_id: str) -> None:
                 provider=video.name,
                 category=status.error_category,
             )
-        if status.state is VideoJobState.QUEUED:
-            detail["queue_position"] = status.queue_position
+        if queued:
             ctx.report(5, f"in the provider's queue (position {status.queue_position})", detail)
         else:
             fraction = status.progress if status.progress is not None else 0.0

@@ -87,6 +87,8 @@ class WorkflowView:
     started_at: datetime | None
     finished_at: datetime | None
     steps: tuple[StepView, ...]
+    # The video provider's answer to a cancel (by the user or the deadline); None: none was asked.
+    provider_cancel_confirmed: bool | None = None
 
     def step(self, name: StepName) -> StepView:
         return next(s for s in self.steps if s.name == name)
@@ -248,6 +250,7 @@ def _workflow_view(w: Workflow, steps: Sequence[StepView]) -> WorkflowView:
         started_at=w.started_at,
         finished_at=w.finished_at,
         steps=tuple(steps),
+        provider_cancel_confirmed=w.provider_cancel_confirmed,
     )
 
 
@@ -361,6 +364,21 @@ def heartbeat(session: Session, workflow_ids: Iterable[str], runner_id: str) -> 
             .where(Workflow.id.in_(ids), Workflow.runner_id == runner_id)
             .values(heartbeat_at=utcnow()),
         )
+
+
+def record_provider_cancel(
+    session: Session, workflow_id: str, runner_id: str, *, confirmed: bool
+) -> None:
+    """Whether the video provider confirmed stopping the run's job; written by the runner that
+    holds the run, in the transaction that ends it."""
+    done = _update(
+        session,
+        update(Workflow)
+        .where(Workflow.id == workflow_id, Workflow.runner_id == runner_id)
+        .values(provider_cancel_confirmed=confirmed),
+    )
+    if not done:
+        raise InvalidTransitionError(f"workflow {workflow_id} is not held by {runner_id}")
 
 
 def release(session: Session, workflow_id: str, runner_id: str) -> None:

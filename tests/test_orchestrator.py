@@ -26,6 +26,7 @@ from core.errors import (
 from core.executor import InlineExecutor, ThreadExecutor
 from core.media import probe_image, probe_video
 from core.models import ApiCall, Workflow
+from core.progress import VideoJobProgress
 from core.providers import build_providers
 from core.providers.base import Providers, VideoJobState, VideoJobStatus
 from core.providers.offline import OfflineVideoGenerator
@@ -205,6 +206,14 @@ def test_cancel_during_generate_video_ends_cancelled_refunded_and_cancelled_at_t
     workflow_id, _ = runtime.start_workflow(user, SHORT)
     wait_for(lambda: video.calls["status"] >= 2)
 
+    # The poll's progress detail, read back through the one type that wrote it.
+    def job() -> VideoJobProgress:
+        step = load(runtime, workflow_id).step(StepName.GENERATE_VIDEO)
+        return VideoJobProgress.from_output(step.output)
+
+    wait_for(lambda: job().phase in (VideoJobState.QUEUED, VideoJobState.IN_PROGRESS))
+    assert job().request_id is not None
+
     runtime.cancel(workflow_id, user)
     wait_for(lambda: load(runtime, workflow_id).status.is_terminal)
 
@@ -213,6 +222,7 @@ def test_cancel_during_generate_video_ends_cancelled_refunded_and_cancelled_at_t
     step = view.step(StepName.GENERATE_VIDEO)
     assert step.status is StepStatus.CANCELLED
     assert "the provider confirmed the cancellation" in step.error_message
+    assert view.provider_cancel_confirmed is True
     assert video.calls["cancel"] == 1
     assert [s.status for s in view.steps[4:]] == [StepStatus.SKIPPED] * 2
     assert refunds(runtime, workflow_id) == [view.cost_credits]
@@ -242,6 +252,9 @@ def test_a_step_past_its_deadline_is_cancelled_at_the_provider_and_refunded(sett
     view = load(runtime, workflow_id)
     assert (view.status, view.error_category) == (WorkflowStatus.FAILED, "timeout")
     assert "generate_video ran past its" in view.error_message
+    # Only the spy's status is stuck: the offline job itself finished, so the cancel is refused.
+    assert view.provider_cancel_confirmed is False
+    assert "the provider did not confirm the cancellation" in view.error_message
     assert video.calls["cancel"] == 1
     assert balance(runtime, user) == 100
 

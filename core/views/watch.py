@@ -11,11 +11,10 @@ from sqlalchemy.orm import Session
 
 from core import credits
 from core.credits import LedgerEntry
+from core.progress import VideoJobProgress
+from core.providers.base import VideoJobState
 from core.states import StepName, StepStatus, WorkflowStatus
 from core.workflows import WorkflowView
-
-PROVIDER_CONFIRMED = "the provider confirmed the cancellation"
-PROVIDER_DID_NOT_CONFIRM = "did not confirm the cancellation"
 
 
 class Phase(StrEnum):
@@ -67,21 +66,17 @@ def live_phase(view: WorkflowView) -> LivePhase:
     if step.name is not StepName.GENERATE_VIDEO:
         phase, label = _STEP_PHASES[step.name]
         return LivePhase(phase, label)
-    provider_phase = step.output.get("phase")
-    if provider_phase == "queued":
-        position = step.output.get("queue_position")
-        if not isinstance(position, int):
+    job = VideoJobProgress.from_output(step.output)
+    if job.phase is VideoJobState.QUEUED:
+        position = job.queue_position
+        if position is None:
             where = "position unknown"
         else:  # the provider's count of jobs ahead: 0 means next in line
             where = "next in line" if position == 0 else f"{position} ahead"
-        return LivePhase(
-            Phase.PROVIDER_QUEUE,
-            f"In the video provider's queue ({where})",
-            position if isinstance(position, int) else None,
-        )
-    if provider_phase == "in_progress":
+        return LivePhase(Phase.PROVIDER_QUEUE, f"In the video provider's queue ({where})", position)
+    if job.phase is VideoJobState.IN_PROGRESS:
         return LivePhase(Phase.GENERATING_VIDEO, "The provider is generating the video")
-    if provider_phase == "completed":
+    if job.phase is VideoJobState.COMPLETED:
         return LivePhase(Phase.GENERATING_VIDEO, "Video ready at the provider, fetching it")
     return LivePhase(Phase.SUBMITTING, "Submitting to the video provider")
 
@@ -97,17 +92,6 @@ class Receipt:
     refunded: int
     entry: LedgerEntry | None
     provider_cancel: bool | None  # True/False: the provider did/didn't confirm; None: not asked
-
-
-def provider_cancel_verdict(view: WorkflowView) -> bool | None:
-    """Whether the video provider confirmed stopping a job (None when no job was in flight)."""
-    for step in view.steps:
-        text = step.error_message or ""
-        if PROVIDER_CONFIRMED in text:
-            return True
-        if PROVIDER_DID_NOT_CONFIRM in text:
-            return False
-    return None
 
 
 def receipt_for(session: Session, view: WorkflowView) -> Receipt | None:
@@ -127,5 +111,5 @@ def receipt_for(session: Session, view: WorkflowView) -> Receipt | None:
         category=view.error_category or (ended.error_category if ended else None),
         refunded=entry.amount if entry else 0,
         entry=entry,
-        provider_cancel=provider_cancel_verdict(view),
+        provider_cancel=view.provider_cancel_confirmed,
     )

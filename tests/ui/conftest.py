@@ -188,8 +188,19 @@ def running_run(runtime: Runtime, user: UserView, video_output: dict[str, Any]) 
     return workflow_id
 
 
-def end_running(runtime: Runtime, workflow_id: str, status: WorkflowStatus, message: str) -> None:
+def end_running(
+    runtime: Runtime,
+    workflow_id: str,
+    status: WorkflowStatus,
+    message: str,
+    *,
+    provider_cancel_confirmed: bool | None = None,
+) -> None:
     with runtime.db.begin() as session:
+        if provider_cancel_confirmed is not None:
+            workflows.record_provider_cancel(
+                session, workflow_id, TEST_RUNNER, confirmed=provider_cancel_confirmed
+            )
         workflows.end_run(session, workflow_id, TEST_RUNNER, status, message=message, category=None)
 
 

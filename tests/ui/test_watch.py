@@ -179,6 +179,7 @@ def test_a_cancelled_run_says_whether_the_provider_confirmed(engine, make_user, 
         confirmed,
         WorkflowStatus.CANCELLED,
         "cancelled by the user; the provider confirmed the cancellation",
+        provider_cancel_confirmed=True,
     )
     doubtful = running_run(runtime, user, {"phase": "in_progress"})
     end_running(
@@ -186,6 +187,7 @@ def test_a_cancelled_run_says_whether_the_provider_confirmed(engine, make_user, 
         doubtful,
         WorkflowStatus.CANCELLED,
         "cancelled by the user; the provider did not confirm the cancellation",
+        provider_cancel_confirmed=False,
     )
     assert "The video provider confirmed it stopped the job" in texts(watch(user, confirmed))
     assert "did not confirm it stopped the job" in texts(watch(user, doubtful))

@@ -59,6 +59,7 @@ def test_a_failed_run_names_its_step_and_the_providers_verdict(db, make_user):
     with db.begin() as session:
         workflows.claim(session, workflow_id, RUNNER, stale_before=utcnow())
         workflows.start_step(session, workflow_id, StepName.VALIDATE, RUNNER, deadline_at=utcnow())
+        workflows.record_provider_cancel(session, workflow_id, RUNNER, confirmed=False)
         workflows.end_run(
             session,
             workflow_id,
