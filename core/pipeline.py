@@ -1,7 +1,9 @@
 """The six steps, what each does, and the pure decision of what a workflow does next.
 
-Step functions talk to the world only through their StepContext (provider calls with retries and
-records, throttled progress, cancel/deadline checks, asset rows); the orchestrator implements it.
+Three names to tell apart: `next_action` decides, from a snapshot, a `NextStep` (run this step)
+or an `EndRun`; the orchestrator carries that out as a `StepExecution` (core.step_execution, one
+execution of one step); and the step function sees that execution only as its `StepContext`
+(provider calls with retries and records, throttled progress, cancel/deadline checks, asset rows).
 A step returns its output dict, which is persisted on the step row so a resumed run skips it.
 """
 
@@ -40,6 +42,8 @@ DURATION_TOLERANCE_S = 0.25
 
 
 class StepContext(Protocol):
+    """What a step function may do; a StepExecution implements it (fakes in tests do too)."""
+
     workflow: WorkflowView
     step: StepView
     providers: Providers
@@ -83,18 +87,23 @@ class StepContext(Protocol):
 
 
 @dataclass(frozen=True)
-class RunStep:
+class NextStep:
+    """Decided: run this step (start it, or resume it when it was processing)."""
+
     step: StepName
 
 
 @dataclass(frozen=True)
 class EndRun:
+    """Decided, or reported by a step execution: end the run this way."""
+
     status: WorkflowStatus
     message: str = ""
     category: FailureCategory | None = None
+    provider_cancel_confirmed: bool | None = None  # a stopped video job: the provider's answer
 
 
-def next_action(view: WorkflowView, *, max_recoveries: int) -> RunStep | EndRun | None:
+def next_action(view: WorkflowView, *, max_recoveries: int) -> NextStep | EndRun | None:
     """What a runner holding `view` should do next; None when the run is over."""
     if view.status.is_terminal:
         return None
@@ -110,7 +119,7 @@ def next_action(view: WorkflowView, *, max_recoveries: int) -> RunStep | EndRun 
         if step.status.is_done:
             continue
         if step.status in (StepStatus.PENDING, StepStatus.PROCESSING):
-            return RunStep(step.name)
+            return NextStep(step.name)
         # A failed or cancelled step under a live workflow: end the run the same way.
         ended = WorkflowStatus.CANCELLED if step.status is StepStatus.CANCELLED else None
         return EndRun(ended or WorkflowStatus.FAILED, step.error_message or f"{step.name} failed")
@@ -479,7 +488,9 @@ def _notify(ctx: StepContext) -> bool:
     return True
 
 
-STEPS: dict[StepName, Callable[[StepContext], dict[str, Any]]] = {
+StepFunction = Callable[[StepContext], dict[str, Any]]
+
+STEPS: dict[StepName, StepFunction] = {
     StepName.VALIDATE: validate,
     StepName.GENERATE_IMAGE: generate_image,
     StepName.UPLOAD_IMAGE: upload_image,

@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 
 from core.errors import FailureCategory
-from core.pipeline import EndRun, RunStep, next_action
+from core.pipeline import EndRun, NextStep, next_action
 from core.schemas import parse_request
 from core.states import STEP_ORDER, StepName, StepStatus, WorkflowStatus
 from core.workflows import StepView, WorkflowView
@@ -61,17 +61,17 @@ PENDING = ["pending"] * 6
 
 
 def test_a_fresh_run_starts_with_validate():
-    assert next_action(snapshot(PENDING), max_recoveries=3) == RunStep(StepName.VALIDATE)
+    assert next_action(snapshot(PENDING), max_recoveries=3) == NextStep(StepName.VALIDATE)
 
 
 def test_a_resumed_run_skips_completed_steps():
     statuses = ["completed", "completed", "completed", "pending", "pending", "pending"]
-    assert next_action(snapshot(statuses), max_recoveries=3) == RunStep(StepName.GENERATE_VIDEO)
+    assert next_action(snapshot(statuses), max_recoveries=3) == NextStep(StepName.GENERATE_VIDEO)
 
 
 def test_a_step_left_processing_by_a_crash_is_run_again():
     statuses = ["completed", "processing", "pending", "pending", "pending", "pending"]
-    assert next_action(snapshot(statuses), max_recoveries=3) == RunStep(StepName.GENERATE_IMAGE)
+    assert next_action(snapshot(statuses), max_recoveries=3) == NextStep(StepName.GENERATE_IMAGE)
 
 
 def test_all_steps_completed_completes_the_run():

@@ -1,0 +1,322 @@
+"""One execution of one step (a StepExecution): it is the StepContext the step function sees
+(provider calls with retries and a record of every attempt, throttled progress, cancel and deadline
+checks, asset rows), and it turns the way the function ended into the run's outcome.
+
+The orchestrator decides which step runs and records its completion; what an execution needs from
+it (the database, its runner id, its stopping event) is passed in explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+from tenacity.wait import wait_base
+
+from core import workflows
+from core.clock import utcnow
+from core.config import Settings
+from core.db import Database
+from core.errors import (
+    FailureCategory,
+    InvalidTransitionError,
+    ProviderError,
+    RunnerStoppingError,
+    StepFailedError,
+    StepStoppedError,
+    StepTimeoutError,
+    TransientProviderError,
+    WorkflowCancelledError,
+)
+from core.pipeline import EndRun, StepFunction
+from core.progress import VideoJobProgress
+from core.providers.base import Providers
+from core.states import StepName, StepStatus, WorkflowStatus
+from core.workflows import ApiCallRecord, StepView, WorkflowView
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class wait_retry_after(wait_base):
+    """Honour a provider's Retry-After (capped); otherwise back off exponentially with jitter."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.cap = settings.retry_max_wait_s
+        initial = settings.retry_initial_wait_s
+        self.fallback = wait_exponential(multiplier=initial, max=self.cap) + wait_random(0, initial)
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        hinted = getattr(error, "retry_after_s", None)
+        if hinted is not None:
+            return min(float(hinted), self.cap)
+        return min(self.fallback(retry_state), self.cap)
+
+
+class StepExecution:
+    """One execution of one step; implements StepContext. A resumed run executes its unfinished
+    step again, as a new StepExecution."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        providers: Providers,
+        settings: Settings,
+        runner_id: str,
+        stopping: threading.Event,
+        workflow: WorkflowView,
+        step: StepView,
+        deadline: datetime,
+    ) -> None:
+        self._db = db
+        self._runner_id = runner_id
+        self._stopping = stopping
+        self.workflow = workflow
+        self.step = step
+        self.providers = providers
+        self.settings = settings
+        self._deadline = deadline
+        self._calls: list[ApiCallRecord] = []
+        self._assets: list[dict[str, Any]] = []
+        self._pending_progress: tuple[int, str, VideoJobProgress | None] | None = None
+        self._last_write = time.monotonic()  # the step's start was just written
+        self.last_progress = step.progress
+
+    def run(self, step_function: StepFunction) -> dict[str, Any] | EndRun:
+        """The step's output, or how the run ends because of this step. The runner stopping, a
+        lost claim and a database failure are not the step's doing: they propagate."""
+        try:
+            return step_function(self)
+        except (RunnerStoppingError, InvalidTransitionError):
+            self.flush()
+            raise
+        except DBAPIError:
+            raise
+        except WorkflowCancelledError as exc:
+            return EndRun(
+                WorkflowStatus.CANCELLED,
+                str(exc),
+                provider_cancel_confirmed=exc.provider_cancel_confirmed,
+            )
+        except (ProviderError, StepFailedError, StepTimeoutError) as exc:
+            return EndRun(
+                WorkflowStatus.FAILED,
+                getattr(exc, "message", None) or str(exc) or "step timed out",
+                exc.category,
+                exc.provider_cancel_confirmed if isinstance(exc, StepStoppedError) else None,
+            )
+        except Exception:
+            log.exception(
+                "Workflow %s - Step %s: unexpected error", self.workflow.id, self.step.name
+            )
+            return EndRun(
+                WorkflowStatus.FAILED,
+                f"Internal error in step {self.step.name}; the details are in the server log",
+                FailureCategory.INTERNAL,
+            )
+
+    # -- checks ---------------------------------------------------------------------------
+
+    @property
+    def remaining_s(self) -> float:
+        return (self._deadline - utcnow()).total_seconds()
+
+    def _check_local(self) -> None:
+        if self._stopping.is_set():
+            raise RunnerStoppingError()
+        if self.remaining_s <= 0:
+            budget = self.settings.step_timeout_s(self.step.name)
+            raise StepTimeoutError(f"Step {self.step.name} ran past its {budget:.0f} s budget")
+
+    def check(self) -> None:
+        self._check_local()
+        with self._db.read() as session:
+            if workflows.is_cancel_requested(session, self.workflow.id):
+                raise WorkflowCancelledError("cancelled by the user")
+
+    def wait(self, seconds: float) -> None:
+        self._stopping.wait(max(0.0, min(seconds, self.remaining_s)))
+        self._check_local()
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def report(self, progress: int, message: str, detail: VideoJobProgress | None = None) -> None:
+        """Throttled: at most one progress write per `progress_min_interval_s`. A report held
+        back goes out with a later write once the interval has passed, or is superseded."""
+        progress = max(0, min(100, progress))
+        self.last_progress = progress
+        self._pending_progress = (progress, message, detail)
+        log.debug("Workflow %s - Step %s: %s", self.workflow.id, self.step.name, message)
+        if self._progress_due():
+            with self._db.begin() as session:
+                self.flush(session)
+
+    def _progress_due(self) -> bool:
+        return time.monotonic() - self._last_write >= self.settings.progress_min_interval_s
+
+    def flush(self, session: Any = None, *, final: bool = False) -> None:
+        """Write buffered api_calls, and the held-back progress report when it is due. `final`
+        drops that report: the step's last write sets its own progress and message."""
+        if final:
+            self._pending_progress = None
+        if session is None:
+            if self._calls or self._assets or self._pending_progress:
+                with self._db.begin() as own:
+                    self.flush(own)
+            return
+        workflows.record_calls(session, self._calls)
+        self._calls = []
+        for fields in self._assets:
+            workflows.add_asset(session, **fields)
+        self._assets = []
+        if self._pending_progress is not None and self._progress_due():
+            progress, message, detail = self._pending_progress
+            values: dict[str, Any] = {"progress": progress, "message": message}
+            if detail is not None:
+                values["output"] = detail.to_output()
+            self._write(session, **values)
+            self._pending_progress = None
+            self._last_write = time.monotonic()
+
+    def _write(self, session: Any, **values: Any) -> None:
+        """Update this step in place (it stays processing), fenced by our claim."""
+        workflows.write_step(
+            session,
+            self.workflow.id,
+            self.step.name,
+            StepStatus.PROCESSING,
+            self._runner_id,
+            **values,
+        )
+
+    def save_provider_request_id(self, request_id: str) -> None:
+        with self._db.begin() as session:
+            self.flush(session)
+            self._write(session, provider_request_id=request_id)
+        log.info(
+            "Workflow %s - Step %s: provider job %s", self.workflow.id, self.step.name, request_id
+        )
+
+    def add_asset(self, **fields: Any) -> None:
+        """Buffered into the step's completion transaction: a crash before it re-runs the step,
+        which uploads again and writes the row then."""
+        self._assets.append(
+            {
+                "workflow_id": self.workflow.id,
+                "user_id": self.workflow.user_id,
+                "storage_backend": self.providers.storage.name,
+                **fields,
+            }
+        )
+
+    def output_of(self, step: StepName) -> dict[str, Any]:
+        return self.workflow.step(step).output
+
+    # -- provider calls -------------------------------------------------------------------
+
+    def call(
+        self,
+        operation: str,
+        fn: Callable[[], T],
+        *,
+        provider: str,
+        cost_usd: Decimal = Decimal(0),
+        retry: bool = True,
+    ) -> T:
+        attempts = self.settings.retry_max_attempts if retry else 1
+        counter = iter(range(1, attempts + 1))
+
+        # No check before an attempt: `wait` checks before every retry, and a first attempt must
+        # go out even past the deadline when it is the provider cancel for that very deadline.
+        def attempt() -> T:
+            return self._attempt(operation, fn, provider, next(counter), cost_usd)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait_retry_after(self.settings),
+            retry=retry_if_exception_type(TransientProviderError),
+            reraise=True,
+            before_sleep=self._before_sleep,
+            sleep=self.wait,
+        )
+        return retrying(attempt)
+
+    def _attempt(
+        self, operation: str, fn: Callable[[], T], provider: str, attempt: int, cost: Decimal
+    ) -> T:
+        started, clock = utcnow(), time.monotonic()
+        try:
+            result = fn()
+        except Exception as exc:
+            self._record(operation, provider, attempt, started, clock, exc, Decimal(0))
+            raise
+        self._record(operation, provider, attempt, started, clock, None, cost)
+        return result
+
+    def _record(
+        self,
+        operation: str,
+        provider: str,
+        attempt: int,
+        started: datetime,
+        clock: float,
+        error: Exception | None,
+        cost: Decimal,
+    ) -> None:
+        if error is None:
+            outcome = "ok"
+        elif isinstance(error, TransientProviderError):
+            outcome = "transient"
+        elif isinstance(error, ProviderError):
+            outcome = "permanent"
+        else:
+            outcome = "error"
+        self._calls.append(
+            ApiCallRecord(
+                workflow_id=self.workflow.id,
+                step=self.step.name.value,
+                provider=provider,
+                operation=operation,
+                attempt=attempt,
+                started_at=started,
+                duration_ms=round((time.monotonic() - clock) * 1000),
+                outcome=outcome,
+                status_code=getattr(error, "status_code", None),
+                error_code=getattr(error, "code", None)
+                or (type(error).__name__ if error else None),
+                error_message=str(error)[:2000] if error else None,
+                cost_usd=cost,
+            )
+        )
+
+    def _before_sleep(self, retry_state: RetryCallState) -> None:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        wait_s = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        log.warning(
+            "Workflow %s - Step %s: attempt %d failed (%s), retrying in %.1f s",
+            self.workflow.id,
+            self.step.name,
+            retry_state.attempt_number,
+            error,
+            wait_s,
+        )
+        self.report(
+            self.last_progress,
+            f"provider hiccup ({error}); retry {retry_state.attempt_number} in {wait_s:.0f} s",
+        )
