@@ -30,6 +30,7 @@ from core.db import scratch_database, upgrade_schema
 from core.executor import InlineExecutor
 from core.models import ApiCall
 from core.runtime import Runtime
+from core.schemas import parse_request
 
 PAYLOAD = {
     "imagePrompt": "a red fox in fresh snow",
@@ -56,12 +57,13 @@ def measure(url: str, workdir: Path, workflows: int) -> dict[str, float]:
     event.listen(runtime.db.engine, "commit", lambda *a: _bump(counts, "transactions"))
     with runtime.db.begin() as session:
         user = create_user(session, "bench@example.com", starting_credits=100_000)
-    runtime.start_workflow(user, PAYLOAD)  # warm-up: imports, codec init, connection pool
+    request = parse_request(PAYLOAD)
+    runtime.start_workflow(user, request)  # warm-up: imports, codec init, connection pool
     counts.update(statements=0, transactions=0)
     walls, providers = [], []
     for _ in range(workflows):
         started = time.perf_counter()
-        workflow_id, _ = runtime.start_workflow(user, PAYLOAD)
+        workflow_id, _ = runtime.start_workflow(user, request)
         walls.append(time.perf_counter() - started)
         with runtime.db.read() as session:
             provider_ms = session.scalar(

@@ -21,6 +21,7 @@ from core.config import Settings, load_settings
 from core.db import Database, upgrade_schema
 from core.errors import ReelforgeError, RequestValidationError
 from core.logs import configure_logging
+from core.schemas import parse_request
 from core.states import StepStatus, WorkflowStatus
 from core.workflows import WorkflowView
 
@@ -132,22 +133,24 @@ def _database(settings: Settings) -> Database:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from core.runtime import Runtime
 
-    payload = {
-        "imagePrompt": args.image_prompt,
-        "videoPrompt": args.video_prompt,
-        "imageConfig": {"style": args.style, "quality": args.quality, "size": args.size},
-        "videoConfig": {
-            "duration": args.duration,
-            "resolution": args.resolution,
-            "generateAudio": not args.no_audio,
-        },
-    }
+    request = parse_request(
+        {
+            "imagePrompt": args.image_prompt,
+            "videoPrompt": args.video_prompt,
+            "imageConfig": {"style": args.style, "quality": args.quality, "size": args.size},
+            "videoConfig": {
+                "duration": args.duration,
+                "resolution": args.resolution,
+                "generateAudio": not args.no_audio,
+            },
+        }
+    )  # at the edge: a refused request never starts the engine
     runtime = Runtime(settings)
     try:
         with runtime.db.begin() as session:
             user = auth.ensure_user(session, args.user, starting_credits=settings.starting_credits)
         runtime.start_background()
-        workflow_id, _ = runtime.start_workflow(user, payload)
+        workflow_id, _ = runtime.start_workflow(user, request)
         view = _follow(runtime, workflow_id, user)
         _print_summary(runtime, view)
         return 0 if view.status is WorkflowStatus.COMPLETED else 1

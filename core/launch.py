@@ -1,12 +1,12 @@
-"""What the create page launches: its fields as a request payload, batch variations, the cost
-estimate, and prefill from a stored request or template, where unknown values are reported and
-replaced by defaults rather than kept."""
+"""What the create page launches: its fields as a request payload, batch variations and their
+rules, the cost estimate, and prefill from a stored request or template, where unknown values
+are reported and replaced by defaults rather than kept. The form's wording is core.ui.labels."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, get_args
+from typing import Any, Protocol, get_args
 
 from sqlalchemy.orm import Session
 
@@ -208,17 +208,25 @@ class BatchOutcome:
     shortfall: InsufficientCreditsError | None = None  # the batch stopped when credits ran out
 
 
+class WorkflowStarter(Protocol):
+    """What a batch needs of the engine (core.runtime.Runtime is one)."""
+
+    def start_workflow(
+        self, user: UserView, request: WorkflowRequest, *, client_key: str | None = None
+    ) -> tuple[str, bool]: ...
+
+
 def start_batch(
-    runtime: Any, user: UserView, variants: Sequence[FormFields], client_key: str
+    starter: WorkflowStarter, user: UserView, variants: Sequence[FormFields], client_key: str
 ) -> BatchOutcome:
-    """Start every run, validated up front. Raises RequestValidationError (nothing started) or
+    """Start every run, all parsed up front. Raises RequestValidationError (nothing started) or
     InsufficientCreditsError when not even the first run could start."""
-    validate_all(variants)
+    requests = validate_all(variants)
     started: list[str] = []
-    for index, variant in enumerate(variants):
+    for index, request in enumerate(requests):
         try:
-            workflow_id, _ = runtime.start_workflow(
-                user, variant.payload(), client_key=client_key_for(client_key, index, len(variants))
+            workflow_id, _ = starter.start_workflow(
+                user, request, client_key=client_key_for(client_key, index, len(requests))
             )
         except InsufficientCreditsError as exc:
             if not started:

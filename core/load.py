@@ -21,6 +21,7 @@ from core.auth import create_user
 from core.config import Settings
 from core.models import ApiCall, CreditTransaction, Workflow
 from core.runtime import Runtime
+from core.schemas import parse_request
 from core.states import STEP_ORDER, StepStatus
 from core.workflows import WorkflowView
 
@@ -87,7 +88,8 @@ def _start_all(runtime: Runtime, count: int) -> list[str]:
         user = create_user(
             session, f"load-{uuid.uuid4().hex[:8]}@example.com", starting_credits=100 * count
         )
-    return [runtime.start_workflow(user, PAYLOAD)[0] for _ in range(count)]
+    request = parse_request(PAYLOAD)
+    return [runtime.start_workflow(user, request)[0] for _ in range(count)]
 
 
 def _wait_until_done(runtime: Runtime, ids: list[str], timeout_s: float) -> None:

@@ -31,7 +31,7 @@ from core.progress import VideoJobProgress
 from core.providers import catalog
 from core.providers.base import ImageSpec, Providers, VideoJobState, VideoSpec
 from core.providers.download import fetch_bytes
-from core.schemas import VIDEO_DIMENSIONS
+from core.schemas import WorkflowRequest
 from core.states import StepName, StepStatus, WorkflowStatus
 from core.workflows import StepView, WorkflowView
 
@@ -153,22 +153,23 @@ def image_list_price(provider_name: str, spec: ImageSpec) -> Decimal:
     return Decimal(str(usd))
 
 
-def expected_clip(provider_name: str, spec: VideoSpec) -> ClipExpectation:
-    """The clip a video provider will deliver for `spec`. Offline renders exactly what was asked;
-    a fal model snaps the duration to what it offers and may not take a resolution at all."""
-    width_height = VIDEO_DIMENSIONS[(spec.resolution, spec.aspect_ratio)]
+def expected_clip(provider_name: str, request: WorkflowRequest, model: str) -> ClipExpectation:
+    """The clip a video provider will deliver for `request` on `model`. Offline renders exactly
+    what was asked; a fal model snaps the duration to what it offers and may not take a
+    resolution at all."""
+    config = request.video_config
     if _offline(provider_name):
-        return ClipExpectation(spec.duration_s, width_height, Decimal(0))
+        return ClipExpectation(config.duration_s, request.video_dimensions, Decimal(0))
     try:
-        model = catalog.video_model(spec.model)
+        known = catalog.video_model(model)
     except ValueError:
-        return ClipExpectation(spec.duration_s, None, Decimal(0))
+        return ClipExpectation(config.duration_s, None, Decimal(0))
     usd = catalog.estimate_video_usd(
-        spec.model, spec.duration_s, spec.resolution, spec.generate_audio
+        model, config.duration_s, config.resolution, config.generate_audio
     )
     return ClipExpectation(
-        duration_s=catalog.effective_duration_s(model, spec.duration_s),
-        dimensions=width_height if spec.resolution in model.resolutions else None,
+        duration_s=catalog.effective_duration_s(known, config.duration_s),
+        dimensions=request.video_dimensions if config.resolution in known.resolutions else None,
         list_price=Decimal(str(usd)),
     )
 
@@ -290,8 +291,8 @@ def generate_video(ctx: StepContext) -> dict[str, Any]:
             f"{stop}; the provider {verdict} the cancellation",
             provider_cancel_confirmed=bool(confirmed),
         ) from stop
-    spec = _video_spec(ctx, image_url="")
-    clip = expected_clip(video.name, spec)
+    request, model = ctx.workflow.request, _video_model(ctx)
+    clip = expected_clip(video.name, request, model)
     result = ctx.call(
         "result", lambda: video.result(request_id), provider=video.name, cost_usd=clip.list_price
     )
@@ -299,31 +300,29 @@ def generate_video(ctx: StepContext) -> dict[str, Any]:
         "request_id": request_id,
         "video_url": result.url,
         "content_type": result.content_type,
-        "prompt_sent": spec.prompt,
-        "model": spec.model,
+        "prompt_sent": prompts.motion_prompt(request.video_prompt),
+        "model": model,
         "expected": {"duration_s": clip.duration_s, "dimensions": clip.dimensions},
     }
 
 
-def _video_spec(ctx: StepContext, image_url: str) -> VideoSpec:
-    request = ctx.workflow.request
-    return VideoSpec(
+def _video_model(ctx: StepContext) -> str:
+    return ctx.workflow.request.video_model or ctx.settings.video_model
+
+
+def _submit_video(ctx: StepContext) -> str:
+    providers, request = ctx.providers, ctx.workflow.request
+    image_key = ctx.output_of(StepName.UPLOAD_IMAGE)["storage_key"]
+    spec = VideoSpec(
         prompt=prompts.motion_prompt(request.video_prompt),
-        image_url=image_url,
+        image_url=providers.storage.url(image_key, expires_s=ctx.settings.presign_expiry_s),
         duration_s=request.video_config.duration_s,
         resolution=request.video_config.resolution,
         aspect_ratio=request.aspect_ratio,
         generate_audio=request.video_config.generate_audio,
-        model=request.video_model or ctx.settings.video_model,
+        model=_video_model(ctx),
         seed=request.video_config.seed,
     )
-
-
-def _submit_video(ctx: StepContext) -> str:
-    providers = ctx.providers
-    image_key = ctx.output_of(StepName.UPLOAD_IMAGE)["storage_key"]
-    image_url = providers.storage.url(image_key, expires_s=ctx.settings.presign_expiry_s)
-    spec = _video_spec(ctx, image_url)
     ctx.report(2, "submitting to the video queue")
     request_id = ctx.call(
         "submit", lambda: providers.video.submit(spec), provider=providers.video.name

@@ -22,7 +22,7 @@ from core.executor import Executor
 from core.orchestrator import Orchestrator
 from core.providers import build_providers
 from core.providers.base import Providers
-from core.schemas import parse_request
+from core.schemas import WorkflowRequest
 from core.workflows import WorkflowView
 
 log = logging.getLogger(__name__)
@@ -81,13 +81,14 @@ class Runtime:
             log.info("Recovery resubmitted %d interrupted runs", len(report.resubmitted))
 
     def start_workflow(
-        self, user: UserView, payload: dict[str, Any], *, client_key: str | None = None
+        self, user: UserView, request: WorkflowRequest, *, client_key: str | None = None
     ) -> tuple[str, bool]:
-        """Validate, reserve credits and queue a run. Returns (workflow id, newly created).
+        """Reserve credits and queue a run of a request its entry already parsed (page, CLI,
+        API: each parses at its own edge). Returns (workflow id, newly created).
 
-        Raises RequestValidationError or InsufficientCreditsError with nothing written.
+        Raises RequestValidationError (a project the user does not own) or
+        InsufficientCreditsError with nothing written.
         """
-        request = parse_request(payload)
         workflow_id, created = workflows.start_workflow(
             self.db,
             user_id=user.id,

@@ -19,6 +19,7 @@ from core.config import Settings
 from core.models import Workflow
 from core.providers import build_providers
 from core.runtime import Runtime
+from core.schemas import parse_request
 
 USER = "crash@example.com"
 KEEP_ACTIVE = 4  # runs in flight at any time
@@ -79,7 +80,7 @@ def top_up(runtime: Runtime, user: Any) -> bool:
             "imagePrompt": f"scene {number:03d} of the crash test",
             "videoPrompt": f"motion {number:03d}",
         }
-        runtime.start_workflow(user, payload, client_key=f"crash-{number}")
+        runtime.start_workflow(user, parse_request(payload), client_key=f"crash-{number}")
     return active > 0 or len(statuses) < MAX_TOTAL
 
 

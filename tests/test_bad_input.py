@@ -100,7 +100,7 @@ def test_a_refused_start_writes_and_charges_nothing(settings_for_fuzz, payload):
         parse_request(payload)
     except RequestValidationError:
         with pytest.raises(RequestValidationError):
-            runtime.start_workflow(user, payload)
+            runtime.start_workflow(user, parse_request(payload))
         with runtime.db.read() as session:
             assert session.scalar(select(func.count()).select_from(Workflow)) == 0
             assert session.scalar(select(func.count()).select_from(CreditTransaction)) == 1
@@ -116,7 +116,9 @@ def settings_for_fuzz(settings, make_user):
 def test_an_unknown_or_foreign_workflow_id_looks_the_same(settings, make_user):
     runtime = Runtime(settings, upgrade=False, executor=InlineExecutor())
     owner, stranger = make_user(), make_user()
-    workflow_id, _ = runtime.start_workflow(owner, {**VALID, "videoConfig": {"duration": "4s"}})
+    workflow_id, _ = runtime.start_workflow(
+        owner, parse_request({**VALID, "videoConfig": {"duration": "4s"}})
+    )
     # Someone else's run is indistinguishable from one that does not exist.
     for unknown in ("no-such-id", "' OR 1=1 --", "../../etc/passwd", workflow_id):
         with pytest.raises(NotFoundError):

@@ -13,6 +13,7 @@ from core.auth import create_user
 from core.config import Settings
 from core.executor import ThreadExecutor
 from core.runtime import Runtime
+from core.schemas import parse_request
 from core.states import StepStatus, WorkflowStatus
 from tests.helpers import balance, load, wait_for
 
@@ -65,7 +66,7 @@ def test_killed_connections_and_a_short_outage_lose_no_run(postgres_only_url, tm
     with runtime.db.begin() as session:
         user = create_user(session, "faults@example.com", starting_credits=1000)
     runtime.start_background()
-    ids = [runtime.start_workflow(user, PAYLOAD)[0] for _ in range(6)]
+    ids = [runtime.start_workflow(user, parse_request(PAYLOAD))[0] for _ in range(6)]
 
     with server_admin(postgres_only_url) as admin:
         killed = 0

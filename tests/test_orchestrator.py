@@ -65,7 +65,7 @@ def engine(settings: Settings, providers: Providers | None = None, *, threaded=F
 def test_an_offline_run_yields_a_png_and_an_mp4_of_the_asked_length_and_size(settings, user):
     runtime = engine(settings)
     payload = {**SHORT, "imageConfig": {"size": "1792x1024"}, "videoConfig": {"duration": "8s"}}
-    workflow_id, created = runtime.start_workflow(user, payload)
+    workflow_id, created = runtime.start_workflow(user, parse_request(payload))
 
     view = load(runtime, workflow_id)
     assert created and view.status is WorkflowStatus.COMPLETED
@@ -89,7 +89,7 @@ def test_an_offline_run_yields_a_png_and_an_mp4_of_the_asked_length_and_size(set
 
 def test_every_provider_call_is_recorded(settings, user):
     runtime = engine(settings)
-    workflow_id, _ = runtime.start_workflow(user, SHORT)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(SHORT))
     with runtime.db.read() as session:
         calls = session.execute(
             select(ApiCall.step, ApiCall.operation, ApiCall.outcome).where(
@@ -111,7 +111,7 @@ def test_every_provider_call_is_recorded(settings, user):
 def test_logs_follow_the_original_systems_shape(settings, user, caplog):
     caplog.set_level(logging.INFO, logger="core")
     runtime = engine(settings)
-    workflow_id, _ = runtime.start_workflow(user, SHORT)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(SHORT))
     assert f"Workflow {workflow_id} - Step validate: processing (0%)" in caplog.messages
     assert f"Workflow {workflow_id} - Step finalize: completed (100%)" in caplog.messages
 
@@ -122,7 +122,7 @@ def test_logs_follow_the_original_systems_shape(settings, user, caplog):
 def test_a_transient_fault_is_retried_and_the_run_completes(settings, user):
     image = Spy(build_providers(settings).image, generate=[TransientProviderError("503 busy")])
     runtime = engine(settings, with_providers(settings, image=image))
-    workflow_id, _ = runtime.start_workflow(user, SHORT)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(SHORT))
 
     assert load(runtime, workflow_id).status is WorkflowStatus.COMPLETED
     assert image.calls["generate"] == 2
@@ -142,7 +142,7 @@ def test_a_permanent_fault_fails_at_once_with_its_message_and_refunds_once(setti
     )
     image = Spy(build_providers(settings).image, generate=[refusal])
     runtime = engine(settings, with_providers(settings, image=image))
-    workflow_id, _ = runtime.start_workflow(user, SHORT)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(SHORT))
 
     view = load(runtime, workflow_id)
     assert view.status is WorkflowStatus.FAILED
@@ -162,7 +162,7 @@ def test_a_provider_down_for_every_attempt_fails_as_unavailable(settings, user):
     outage = [TransientProviderError("502") for _ in range(settings.retry_max_attempts)]
     image = Spy(build_providers(settings).image, generate=outage)
     runtime = engine(settings, with_providers(settings, image=image))
-    workflow_id, _ = runtime.start_workflow(user, SHORT)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(SHORT))
 
     view = load(runtime, workflow_id)
     assert (view.status, view.error_category) == (WorkflowStatus.FAILED, "provider_unavailable")
@@ -173,7 +173,9 @@ def test_a_provider_down_for_every_attempt_fails_as_unavailable(settings, user):
 def test_a_flagged_prompt_fails_validation_and_generates_nothing(settings, user):
     image = Spy(build_providers(settings).image)
     runtime = engine(settings, with_providers(settings, image=image))
-    workflow_id, _ = runtime.start_workflow(user, {**SHORT, "imagePrompt": "a gore scene"})
+    workflow_id, _ = runtime.start_workflow(
+        user, parse_request({**SHORT, "imagePrompt": "a gore scene"})
+    )
 
     view = load(runtime, workflow_id)
     assert (view.status, view.error_category) == (WorkflowStatus.FAILED, "moderation")
@@ -186,7 +188,7 @@ def test_a_flagged_prompt_fails_validation_and_generates_nothing(settings, user)
 def test_bad_requests_are_refused_with_the_field_named_and_nothing_written(settings, user):
     runtime = engine(settings)
     with pytest.raises(RequestValidationError) as caught:
-        runtime.start_workflow(user, {**SHORT, "videoConfig": {"resolution": "4k"}})
+        runtime.start_workflow(user, parse_request({**SHORT, "videoConfig": {"resolution": "4k"}}))
     assert list(caught.value.problems) == ["videoConfig.resolution"]
     with runtime.db.read() as session:
         assert session.scalar(select(func.count()).select_from(Workflow)) == 0
@@ -203,7 +205,7 @@ def test_cancel_during_generate_video_ends_cancelled_refunded_and_cancelled_at_t
     slow = OfflineVideoGenerator(settings.offline_provider_dir, latency_s=1.0)
     video = Spy(slow)
     runtime = engine(settings, with_providers(settings, video=video), threaded=True)
-    workflow_id, _ = runtime.start_workflow(user, SHORT)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(SHORT))
     wait_for(lambda: video.calls["status"] >= 2)
 
     # The poll's progress detail, read back through the one type that wrote it.
@@ -247,7 +249,7 @@ def test_a_step_past_its_deadline_is_cancelled_at_the_provider_and_refunded(sett
     settings = settings.model_copy(update={"step_timeouts_s": {"generate_video": 0.3}})
     video = Spy(build_providers(settings).video, status=itertools.repeat(STUCK))
     runtime = engine(settings, with_providers(settings, video=video))
-    workflow_id, _ = runtime.start_workflow(user, SHORT)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(SHORT))
 
     view = load(runtime, workflow_id)
     assert (view.status, view.error_category) == (WorkflowStatus.FAILED, "timeout")
@@ -266,7 +268,7 @@ def crash_then_resume(settings, user, *, first: Providers, second: Providers) ->
     """Run until a provider 'kills the process', then let a fresh runtime's recovery resume."""
     crashed = engine(settings, first)
     with pytest.raises(Crash):
-        crashed.start_workflow(user, SHORT)
+        crashed.start_workflow(user, parse_request(SHORT))
     crashed.db.dispose()
     fresh = engine(settings.model_copy(update={"heartbeat_stale_s": 0.05}), second)
     with fresh.db.read() as session:
@@ -346,7 +348,7 @@ def test_a_runner_that_lost_its_claim_can_no_longer_write(settings, user, db):
 def test_shutdown_releases_a_running_workflow_for_recovery(settings, user):
     video = Spy(build_providers(settings).video, status=itertools.repeat(STUCK))
     runtime = engine(settings, with_providers(settings, video=video), threaded=True)
-    workflow_id, _ = runtime.start_workflow(user, SHORT)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(SHORT))
     wait_for(lambda: video.calls["status"] >= 1)
 
     runtime.orchestrator.shutdown()
@@ -379,7 +381,7 @@ def test_progress_writes_are_throttled(settings, user):
     video = Spy(build_providers(settings).video, status=[STUCK] * 20)
     runtime = engine(slow_polls, with_providers(settings, video=video))
     updates = count_step_updates(runtime)
-    workflow_id, _ = runtime.start_workflow(user, SHORT)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(SHORT))
 
     assert load(runtime, workflow_id).status is WorkflowStatus.COMPLETED
     assert video.calls["status"] >= 21
@@ -390,7 +392,7 @@ def test_progress_writes_are_throttled(settings, user):
 def test_a_stored_file_that_cannot_be_read_back_fails_verification_and_refunds(settings, user):
     storage = Spy(build_providers(settings).storage, head=[None])  # finalize's first read-back
     runtime = engine(settings, with_providers(settings, storage=storage))
-    workflow_id, _ = runtime.start_workflow(user, SHORT)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(SHORT))
 
     view = load(runtime, workflow_id)
     assert (view.status, view.error_category) == (WorkflowStatus.FAILED, "verification")
@@ -404,7 +406,7 @@ def test_a_running_workflow_beats_its_heartbeat(settings, user):
     video = Spy(build_providers(settings).video, status=itertools.repeat(STUCK))
     runtime = engine(beating, with_providers(settings, video=video), threaded=True)
     runtime.start_background()
-    workflow_id, _ = runtime.start_workflow(user, SHORT)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(SHORT))
     wait_for(lambda: video.calls["status"] >= 1)
     first = load(runtime, workflow_id).heartbeat_at
 
@@ -418,7 +420,7 @@ def test_a_database_error_mid_step_leaves_the_run_to_recovery_not_failed(setting
     outage = OperationalError("UPDATE workflow_steps ...", {}, Exception("server closed"))
     image = Spy(build_providers(settings).image, generate=[outage])
     first = engine(settings, with_providers(settings, image=image))
-    first.start_workflow(user, SHORT)
+    first.start_workflow(user, parse_request(SHORT))
     with first.db.read() as session:
         (workflow_id,) = session.execute(select(Workflow.id)).scalars()
     view = load(first, workflow_id)

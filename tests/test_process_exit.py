@@ -19,6 +19,7 @@ CHILD = textwrap.dedent(
     from core.providers import build_providers
     from core.providers.base import VideoJobState, VideoJobStatus
     from core.runtime import Runtime
+    from core.schemas import parse_request
     from tests.fakes import Spy
     import dataclasses
 
@@ -32,7 +33,8 @@ CHILD = textwrap.dedent(
     runtime.start_background()
     with runtime.db.begin() as session:
         user = create_user(session, "exit@example.com", starting_credits=100)
-    workflow_id, _ = runtime.start_workflow(user, {{"imagePrompt": "a", "videoPrompt": "b"}})
+    request = parse_request({{"imagePrompt": "a", "videoPrompt": "b"}})
+    workflow_id, _ = runtime.start_workflow(user, request)
     while providers.video.calls["status"] < 2:
         time.sleep(0.02)
     print(workflow_id, flush=True)

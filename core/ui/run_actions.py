@@ -13,6 +13,7 @@ from core import launch
 from core.auth import UserView
 from core.errors import InsufficientCreditsError, NotFoundError, RequestValidationError
 from core.runtime import Runtime
+from core.schemas import parse_request
 from core.states import WorkflowStatus
 from core.ui import nav
 from core.ui.session import flash
@@ -106,7 +107,7 @@ def _retry(runtime: Runtime, user: UserView, view: WorkflowView) -> None:
     key = st.session_state.setdefault(key_name, uuid.uuid4().hex)
     payload = launch.rerun_payload(view.request, same_owner=view.user_id == user.id)
     try:
-        new_id, _ = runtime.start_workflow(user, payload, client_key=key)
+        new_id, _ = runtime.start_workflow(user, parse_request(payload), client_key=key)
     except (InsufficientCreditsError, RequestValidationError) as exc:
         st.error(f"Not started, nothing charged: {exc}")
         return

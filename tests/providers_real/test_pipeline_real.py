@@ -31,6 +31,7 @@ from core.providers.fal_video import FalVideoGenerator, parse_job_id
 from core.providers.openai_images import OpenAIImageGenerator, OpenAIModerator
 from core.providers.s3_storage import S3Storage
 from core.runtime import Runtime
+from core.schemas import parse_request
 from core.states import StepName, StepStatus, WorkflowStatus
 from tests.helpers import balance, load, refunds, wait_for
 from tests.twins.fal_twin import CONTENT_POLICY_MESSAGE, FalTwin
@@ -147,7 +148,7 @@ def test_a_run_through_all_three_real_clients_completes_with_a_real_clip(
     assert isinstance(runtime.providers.video, FalVideoGenerator)
     assert isinstance(runtime.providers.storage, S3Storage)
 
-    workflow_id, _ = runtime.start_workflow(user, RUN)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(RUN))
 
     view = load(runtime, workflow_id)
     assert view.status is WorkflowStatus.COMPLETED, view.error_message
@@ -203,7 +204,7 @@ def test_models_chosen_for_a_run_reach_the_providers_with_their_own_arguments(
         "imageModel": "gpt-image-1.5",
         "videoModel": "fal-ai/kling-video/v2.5-turbo/pro/image-to-video",
     }
-    workflow_id, _ = runtime.start_workflow(user, chosen)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(chosen))
 
     view = load(runtime, workflow_id)
     assert view.status is WorkflowStatus.COMPLETED, view.error_message
@@ -226,7 +227,7 @@ def test_with_local_folder_storage_the_still_reaches_real_fal_by_its_cdn_upload(
     runtime = engines(make_settings(s3_bucket_name=None))
     assert runtime.providers.storage.name != "s3"
 
-    workflow_id, _ = runtime.start_workflow(user, RUN)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(RUN))
 
     assert load(runtime, workflow_id).status is WorkflowStatus.COMPLETED
     (path, upload) = next(iter(twins.fal.uploads.items()))
@@ -247,7 +248,7 @@ def test_a_429_with_retry_after_is_waited_out_then_the_run_completes(
     twins.openai.fail_next("images", 429, retry_after=1)
     runtime = engines(make_settings(retry_max_wait_s=5))
 
-    workflow_id, _ = runtime.start_workflow(user, RUN)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(RUN))
 
     assert load(runtime, workflow_id).status is WorkflowStatus.COMPLETED
     rows = [
@@ -291,7 +292,7 @@ def test_two_500s_then_success_retries_and_completes(
     step, operation = break_twice(twins)
     runtime = engines(make_settings())
 
-    workflow_id, _ = runtime.start_workflow(user, RUN)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(RUN))
 
     assert load(runtime, workflow_id).status is WorkflowStatus.COMPLETED
     assert attempts(runtime, workflow_id, step, operation) == [
@@ -317,7 +318,7 @@ def test_an_image_content_policy_refusal_fails_at_once_with_openais_words_and_re
     twins.openai.reject_next_for_content_policy(family)
     runtime = engines(make_settings())
 
-    workflow_id, _ = runtime.start_workflow(user, RUN)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(RUN))
 
     view = load(runtime, workflow_id)
     assert (view.status, view.error_category) == (WorkflowStatus.FAILED, "content_policy")
@@ -335,7 +336,9 @@ def test_a_video_job_failed_by_fals_content_checker_fails_as_content_policy_and_
     twins.openai.flagged_terms = {}  # let the prompt past moderation so fal's filter sees it
     runtime = engines(make_settings())
 
-    workflow_id, _ = runtime.start_workflow(user, {**RUN, "videoPrompt": "a gore scene"})
+    workflow_id, _ = runtime.start_workflow(
+        user, parse_request({**RUN, "videoPrompt": "a gore scene"})
+    )
 
     view = load(runtime, workflow_id)
     assert (view.status, view.error_category) == (WorkflowStatus.FAILED, "content_policy")
@@ -349,7 +352,9 @@ def test_a_flagged_prompt_fails_validation_and_no_image_is_ever_asked_for(
 ):
     runtime = engines(make_settings())
 
-    workflow_id, _ = runtime.start_workflow(user, {**RUN, "imagePrompt": "a gore scene"})
+    workflow_id, _ = runtime.start_workflow(
+        user, parse_request({**RUN, "imagePrompt": "a gore scene"})
+    )
 
     view = load(runtime, workflow_id)
     assert (view.status, view.error_category) == (WorkflowStatus.FAILED, "moderation")
@@ -367,7 +372,7 @@ def test_a_wrong_openai_key_fails_the_run_naming_openai_api_key_and_health_shows
     settings = make_settings(openai_api_key="sk-wrong-key-0000")
     runtime = engines(settings)
 
-    workflow_id, _ = runtime.start_workflow(user, RUN)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(RUN))
 
     view = load(runtime, workflow_id)
     assert (view.status, view.error_category) == (WorkflowStatus.FAILED, "provider_auth")
@@ -396,7 +401,7 @@ def test_a_fal_job_stuck_past_the_step_budget_fails_as_timeout_cancelled_at_fal_
     settings = make_settings(step_timeouts_s={"generate_video": 0.5}, poll_interval_s=0.05)
     runtime = engines(settings)
 
-    workflow_id, _ = runtime.start_workflow(user, RUN)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(RUN))
 
     view = load(runtime, workflow_id)
     assert (view.status, view.error_category) == (WorkflowStatus.FAILED, "timeout")
@@ -416,7 +421,7 @@ def test_cancelling_while_the_fal_job_is_queued_cancels_it_at_fal_and_refunds(
 ):
     twins.fal.script_next_job(queue_polls=100_000)  # stays in fal's queue until cancelled
     runtime = engines(make_settings(), threaded=True)
-    workflow_id, _ = runtime.start_workflow(user, RUN)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(RUN))
     wait_for(lambda: len(twins.fal.recorded("GET", VEO_QUEUE)) >= 2)  # seen queued, twice
 
     runtime.cancel(workflow_id, user)

@@ -212,7 +212,9 @@ def finished_run(engine: AppServices) -> tuple[UserView, str]:
         owner = auth.create_user(
             session, "gallery-owner@example.com", password="password-123", starting_credits=100
         )
-    workflow_id, _ = runtime.start_workflow(owner, PAYLOAD, client_key="finished-run")
+    workflow_id, _ = runtime.start_workflow(
+        owner, parse_request(PAYLOAD), client_key="finished-run"
+    )
     view = wait_until_done(runtime, workflow_id)
     assert view.status is WorkflowStatus.COMPLETED, view.error_message
     return owner, workflow_id

@@ -7,6 +7,7 @@ from sqlalchemy.exc import OperationalError
 
 from core import credits
 from core.auth import Role
+from core.schemas import parse_request
 from core.states import StepStatus, WorkflowStatus
 from core.ui import nav
 from core.views import run
@@ -127,7 +128,7 @@ def test_a_finished_run_shows_the_video_the_image_and_downloads(engine, finished
 def test_a_failed_run_shows_its_receipt_with_the_refund(engine, make_user, runtime):
     user = make_user()
     workflow_id, _ = runtime.start_workflow(
-        user, {**PAYLOAD, "imagePrompt": "a scene of gore"}, client_key="gore"
+        user, parse_request({**PAYLOAD, "imagePrompt": "a scene of gore"}), client_key="gore"
     )
     view = wait_until_done(runtime, workflow_id)
     assert view.status is WorkflowStatus.FAILED
