@@ -214,7 +214,7 @@ def _print_summary(runtime, view: WorkflowView) -> None:
 
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
-    report = health.check_all(settings)
+    report = health.check_settings(settings)
     table = Table(title="Reelforge health")
     for column in ("check", "status", "latency", "detail"):
         table.add_column(column)

@@ -13,9 +13,9 @@ from alembic.script import ScriptDirectory
 
 from core.config import Settings
 from core.db import Database, alembic_config
-from core.errors import ReelforgeError
-from core.providers import build_providers
+from core.errors import ProviderConfigError, ReelforgeError
 from core.providers.base import Providers
+from core.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -61,17 +61,11 @@ def check_storage(providers: Providers) -> str:
     return f"{storage.name}: write/read/delete ok"
 
 
-def check_all(settings: Settings) -> list[Check]:
-    url = settings.resolved_database_url
-    db = Database.from_url(url)
-    try:
-        checks = [_timed("database", lambda: check_database(db, url))]
-    finally:
-        db.dispose()
-    try:
-        providers = build_providers(settings)
-    except Exception as exc:  # noqa: BLE001 - misconfiguration is reported, not raised
-        return [*checks, Check("providers", False, 0.0, str(exc))]
+def check_all(runtime: Runtime) -> list[Check]:
+    """Every check, on the very database and providers the running engine uses."""
+    url = runtime.settings.resolved_database_url
+    checks = [_timed("database", lambda: check_database(runtime.db, url))]
+    providers = runtime.providers
     checks.append(_timed("storage probe", lambda: check_storage(providers)))
     capabilities = {
         "image provider": providers.image,
@@ -81,3 +75,25 @@ def check_all(settings: Settings) -> list[Check]:
     }
     checks.extend(_timed(name, port.check) for name, port in capabilities.items())
     return checks
+
+
+def check_settings(settings: Settings) -> list[Check]:
+    """`python -m core health`: compose the engine from settings as a process would (without
+    upgrading the schema, which is what the database check looks at), then check it. An engine
+    that cannot be composed (a provider forced on without its key) is reported, not raised."""
+    try:
+        runtime = Runtime(settings, upgrade=False)
+    except ProviderConfigError as exc:
+        db = Database.from_url(settings.resolved_database_url)
+        try:
+            url = settings.resolved_database_url
+            return [
+                _timed("database", lambda: check_database(db, url)),
+                Check("providers", False, 0.0, str(exc)),
+            ]
+        finally:
+            db.dispose()
+    try:
+        return check_all(runtime)
+    finally:
+        runtime.shutdown()

@@ -69,8 +69,8 @@ class Runtime:
         if upgrade:
             upgrade_schema(url)
         self.settings = settings
+        self.providers = providers or build_providers(settings)  # may refuse the settings
         self.db = Database.from_url(url)
-        self.providers = providers or build_providers(settings)
         self.orchestrator = Orchestrator(self.db, self.providers, settings, executor=executor)
 
     def start_background(self) -> None:

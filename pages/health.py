@@ -19,7 +19,7 @@ if st.button("Check again", key="health_check_again", icon=":material/refresh:")
     st.rerun()
 
 with st.spinner("Checking…"):
-    checks = check_all(runtime.settings)
+    checks = check_all(runtime)
 
 down = [check for check in checks if not check.ok]
 if down:

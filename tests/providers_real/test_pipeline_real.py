@@ -381,7 +381,7 @@ def test_a_wrong_openai_key_fails_the_run_naming_openai_api_key_and_health_shows
     assert twins.openai.recorded("POST", "/v1/images/generations") == []
     assert_failed_and_refunded_once(runtime, user, workflow_id)
 
-    checks = {check.name: check for check in health.check_all(settings)}
+    checks = {check.name: check for check in health.check_settings(settings)}
 
     for down in ("image provider", "moderation provider"):
         assert not checks[down].ok

@@ -4,6 +4,7 @@ from pydantic import SecretStr
 from streamlit.testing.v1 import AppTest
 
 from core.auth import Role
+from core.providers import build_providers
 from core.ui import nav
 from tests.ui.conftest import ROOT, app_for, texts
 
@@ -59,6 +60,7 @@ def test_failing_real_providers_never_show_their_keys_on_the_page(engine, make_u
         }
     )
     monkeypatch.setattr(engine.runtime, "settings", real)
+    monkeypatch.setattr(engine.runtime, "providers", build_providers(real))  # the page checks these
     at = app_for(make_user(role=Role.ADMIN), page=nav.HEALTH.path)
     assert not at.exception
     shown = texts(at) + at.dataframe[0].value.to_csv()
