@@ -25,8 +25,8 @@ from rich.table import Table
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from core import demo
 from core.db import Database, scratch_database, upgrade_schema
+from core.tools import demo
 from core.views import monitoring
 from core.views.monitoring import MonitoringFilter
 

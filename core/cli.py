@@ -298,7 +298,7 @@ def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
-    from core.load import run_load
+    from core.tools.load import run_load
 
     upgrade_schema(settings.resolved_database_url)
     if not args.verbose:  # hundreds of injected faults make hundreds of retry warnings
@@ -332,7 +332,7 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_seed_demo(args: argparse.Namespace, settings: Settings) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from core import demo
+    from core.tools import demo
 
     db = _database(settings)
     try:

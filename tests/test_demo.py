@@ -12,10 +12,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from core import credits, demo, workflows
+from core import credits, workflows
 from core.errors import RequestValidationError
 from core.models import ApiCall, CreditTransaction, User, Workflow, WorkflowStep
 from core.states import STEP_ORDER
+from core.tools import demo
 from core.views import monitoring
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)

@@ -4,7 +4,7 @@ import pytest
 
 from core.config import Settings
 from core.db import upgrade_schema
-from core.load import run_load
+from core.tools.load import run_load
 
 
 @pytest.mark.slow

@@ -13,11 +13,12 @@ from sqlalchemy.exc import OperationalError
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from core import auth, demo
+from core import auth
 from core.accounts import LoginThrottle
 from core.auth import Role
 from core.config import Settings
 from core.runtime import Runtime
+from core.tools import demo
 from core.ui import charts, nav
 from core.ui import runtime as ui_runtime
 from core.ui import session as ui_session

@@ -1,0 +1,1 @@
+"""What is not the product's runtime: the demo history seeder and the load run."""
