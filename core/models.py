@@ -194,8 +194,11 @@ def _step_duration_ms(element: StepDurationMs, compiler: Any, **kw: Any) -> str:
 
 @compiles(StepDurationMs, "sqlite")
 def _step_duration_ms_sqlite(element: StepDurationMs, compiler: Any, **kw: Any) -> str:
+    # Whole seconds from the text without its fraction: strftime rounds a time to the
+    # millisecond first, so 42.9996 s would count as 43 s and the duration lose a second.
     return (
-        "CAST(round(((strftime('%s', finished_at) - strftime('%s', started_at)) * 1000000"
+        "CAST(round(((strftime('%s', substr(finished_at, 1, 19))"
+        " - strftime('%s', substr(started_at, 1, 19))) * 1000000"
         " + (substr(finished_at, 21, 6) - substr(started_at, 21, 6))) / 1000.0) AS INTEGER)"
     )
 
