@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import httpx
 
@@ -488,6 +488,25 @@ def _notify(ctx: StepContext) -> bool:
 
 
 StepFunction = Callable[[StepContext], dict[str, Any]]
+
+Capability = Literal["moderator", "image", "video", "storage"]
+
+# The provider calls each step makes when all goes well, in order, as api_calls records them:
+# (the capability whose provider is called, the operation). "status" repeats until the video
+# job is done; a configured webhook adds a "notify" to finalize. Tests hold the step functions
+# to this list, and the demo history is written from it.
+STEP_CALLS: dict[StepName, tuple[tuple[Capability, str], ...]] = {
+    StepName.VALIDATE: (("moderator", "moderate"),),
+    StepName.GENERATE_IMAGE: (("image", "generate"), ("storage", "put")),
+    StepName.UPLOAD_IMAGE: (("storage", "get"), ("storage", "put")),
+    StepName.GENERATE_VIDEO: (("video", "submit"), ("video", "status"), ("video", "result")),
+    StepName.UPLOAD_VIDEO: (("video", "download"), ("storage", "put")),
+    StepName.FINALIZE: (
+        *(("storage", "head"), ("storage", "get")),  # the image read back
+        *(("storage", "head"), ("storage", "get")),  # the video read back
+        ("storage", "delete"),  # the staged image
+    ),
+}
 
 STEPS: dict[StepName, StepFunction] = {
     StepName.VALIDATE: validate,

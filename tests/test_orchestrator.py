@@ -26,13 +26,14 @@ from core.errors import (
 from core.executor import InlineExecutor, ThreadExecutor
 from core.media import probe_image, probe_video
 from core.models import ApiCall, Workflow
+from core.pipeline import STEP_CALLS
 from core.progress import VideoJobProgress
 from core.providers import build_providers
 from core.providers.base import Providers, VideoJobState, VideoJobStatus
 from core.providers.offline import OfflineVideoGenerator
 from core.runtime import Runtime
 from core.schemas import parse_request
-from core.states import StepName, StepStatus, WorkflowStatus
+from core.states import STEP_ORDER, StepName, StepStatus, WorkflowStatus
 from tests.fakes import Crash, Spy
 from tests.helpers import balance, load, refunds, wait_for
 
@@ -106,6 +107,30 @@ def test_every_provider_call_is_recorded(settings, user):
         ("upload_video", "download"),
     } <= operations
     assert {outcome for _, _, outcome in calls} == {"ok"}
+
+
+def test_each_step_makes_exactly_the_calls_the_pipeline_declares(settings, user):
+    runtime = engine(settings)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(SHORT))
+    with runtime.db.read() as session:
+        calls = session.execute(
+            select(ApiCall.step, ApiCall.provider, ApiCall.operation)
+            .where(ApiCall.workflow_id == workflow_id)
+            .order_by(ApiCall.id)
+        ).all()
+    providers = runtime.providers
+    names = {
+        "moderator": providers.moderator.name,
+        "image": providers.image.name,
+        "video": providers.video.name,
+        "storage": providers.storage.name,
+    }
+    made: dict[str, list[tuple[str, str]]] = {step: [] for step in STEP_ORDER}
+    for step, provider, operation in calls:
+        if operation != "status" or made[step][-1:] != [(provider, "status")]:  # polls: once
+            made[step].append((provider, operation))
+    declared = {step: [(names[c], op) for c, op in STEP_CALLS[step]] for step in STEP_ORDER}
+    assert made == declared
 
 
 def test_logs_follow_the_original_systems_shape(settings, user, caplog):

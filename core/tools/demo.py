@@ -33,6 +33,7 @@ from core.credits import TransactionKind
 from core.db import Database
 from core.errors import FailureCategory, RequestValidationError
 from core.models import ApiCall, CreditTransaction, Project, User, Workflow, WorkflowStep
+from core.pipeline import STEP_CALLS, Capability
 from core.providers import catalog
 from core.providers.base import ImageSpec
 from core.schemas import WorkflowRequest
@@ -721,13 +722,13 @@ class _RunBuilder:
         if cancelled:
             plan = plan[: rng.randint(1, max(1, len(plan) - 1))]
             if name is StepName.GENERATE_VIDEO:
-                plan.append(("fal", "cancel", 350.0, Decimal(0), 0.0))
+                plan.append(_cancel_call())
         if failure is not None and failure.mode in ("timeout", "job_failed"):
             plan = [p for p in plan if p[1] != "result"]
             if failure.mode == "timeout":
                 budget_s = STEP_BUDGET_S[StepName.GENERATE_VIDEO]
                 polls = [p for p in plan if p[1] == "status"]
-                plan = [plan[0], *(polls * 4), ("fal", "cancel", 350.0, Decimal(0), 0.0)]
+                plan = [plan[0], *(polls * 4), _cancel_call()]
                 plan = [(*p[:4], budget_s / len(plan)) if p[1] == "status" else p for p in plan]
         for provider, operation, median_ms, cost, wait_after_s in plan:
             hit = failure is not None and failure.call == (provider, operation)
@@ -815,37 +816,65 @@ _STEP_OUTPUT = {
 }
 
 
+# Who answers each capability in the demo history, and each call's median duration.
+DEMO_PROVIDERS: dict[Capability, str] = {
+    "moderator": "openai",
+    "image": "openai",
+    "video": "fal",
+    "storage": "s3",
+}
+CALL_MEDIAN_MS = {
+    "moderate": 350.0,
+    "generate": 14_000.0,  # a standard image; slower options scale it
+    "put": 300.0,
+    "get": 120.0,
+    "submit": 450.0,
+    "status": 180.0,
+    "result": 300.0,
+    "download": 2_200.0,
+    "head": 60.0,
+    "delete": 70.0,
+    "cancel": 350.0,
+}
+VIDEO_PUT_MS = 900.0  # a clip is far larger than a still
+
+
 def _call_plan(
     name: StepName, config: _RunConfig, rng: random.Random
 ) -> list[tuple[str, str, float, Decimal, float]]:
-    """The calls a step makes on success: (provider, operation, median ms, cost, wait after)."""
-    if name is StepName.VALIDATE:
-        return [("openai", "moderate", 350.0, Decimal(0), 0.0)]
-    if name is StepName.GENERATE_IMAGE:
-        image_ms = 14_000.0 * config.image_factor
-        return [
-            ("openai", "generate", image_ms, config.image_usd, 0.0),
-            ("s3", "put", 280.0, Decimal(0), 0.0),
-        ]
-    if name is StepName.UPLOAD_IMAGE:
-        return [("s3", "get", 120.0, Decimal(0), 0.0), ("s3", "put", 300.0, Decimal(0), 0.0)]
-    if name is StepName.GENERATE_VIDEO:
-        # The demo records one status poll per ~minute of rendering (the live pipeline polls
-        # more often); the render time itself passes between the polls.
-        render_s = rng.lognormvariate(math.log(70.0 * config.video_factor), 0.3)
-        if rng.random() < 0.03:
-            render_s *= rng.uniform(2.0, 4.0)
-        polls = max(1, round(render_s / 75))
-        plan = [("fal", "submit", 450.0, Decimal(0), 0.0)]
-        plan += [("fal", "status", 180.0, Decimal(0), render_s / polls)] * polls
-        plan.append(("fal", "result", 300.0, config.video_usd, 0.0))
-        return plan
-    if name is StepName.UPLOAD_VIDEO:
-        return [
-            ("fal", "download", 2_200.0, Decimal(0), 0.0),
-            ("s3", "put", 900.0, Decimal(0), 0.0),
-        ]
-    return [("s3", "head", 60.0, Decimal(0), 0.0), ("s3", "delete", 70.0, Decimal(0), 0.0)]
+    """The calls a step makes on success, from the pipeline's own list: (provider, operation,
+    median ms, cost, wait after)."""
+    plan: list[tuple[str, str, float, Decimal, float]] = []
+    for capability, operation in STEP_CALLS[name]:
+        provider, median_ms = DEMO_PROVIDERS[capability], CALL_MEDIAN_MS[operation]
+        cost = Decimal(0)
+        if operation == "generate":
+            median_ms, cost = median_ms * config.image_factor, config.image_usd
+        elif operation == "result":
+            cost = config.video_usd
+        elif name is StepName.UPLOAD_VIDEO and operation == "put":
+            median_ms = VIDEO_PUT_MS
+        if operation == "status":
+            plan += _polls(provider, median_ms, config, rng)
+        else:
+            plan.append((provider, operation, median_ms, cost, 0.0))
+    return plan
+
+
+def _polls(
+    provider: str, median_ms: float, config: _RunConfig, rng: random.Random
+) -> list[tuple[str, str, float, Decimal, float]]:
+    """The demo records one status poll per ~minute of rendering (the live pipeline polls more
+    often); the render time itself passes between the polls."""
+    render_s = rng.lognormvariate(math.log(70.0 * config.video_factor), 0.3)
+    if rng.random() < 0.03:
+        render_s *= rng.uniform(2.0, 4.0)
+    polls = max(1, round(render_s / 75))
+    return [(provider, "status", median_ms, Decimal(0), render_s / polls)] * polls
+
+
+def _cancel_call() -> tuple[str, str, float, Decimal, float]:
+    return (DEMO_PROVIDERS["video"], "cancel", CALL_MEDIAN_MS["cancel"], Decimal(0), 0.0)
 
 
 # Request options with how often users pick them (and how much slower they render).
