@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from core import auth, credits, health, workflows
 from core.config import Settings, load_settings
@@ -148,7 +149,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     runtime = Runtime(settings)
     try:
         with runtime.db.begin() as session:
-            user = auth.ensure_user(session, args.user, starting_credits=settings.starting_credits)
+            user = _acting_user(session, args.user, settings)
         runtime.start_background()
         workflow_id, _ = runtime.start_workflow(user, request)
         view = _follow(runtime, workflow_id, user)
@@ -156,6 +157,19 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         return 0 if view.status is WorkflowStatus.COMPLETED else 1
     finally:
         runtime.shutdown()
+
+
+def _acting_user(session: Session, email: str, settings: Settings) -> auth.UserView:
+    """The account `run` acts as: the default operator is made on first use; any other email
+    must already have an account (a typo must not mint a new one with starting credits)."""
+    if auth.normalize_email(email) == auth.OPERATOR_EMAIL:
+        return auth.ensure_user(session, email, starting_credits=settings.starting_credits)
+    user = auth.find_user(session, email)
+    if user is None:
+        raise RequestValidationError(
+            {"--user": f"{email} has no account (create it with: users create EMAIL)"}
+        )
+    return user
 
 
 def _follow(runtime, workflow_id: str, user: auth.UserView) -> WorkflowView:
@@ -210,7 +224,11 @@ def _print_summary(runtime, view: WorkflowView) -> None:
         if refund is not None:
             console.print(f"refunded {refund.amount} credits (ledger entry {refund.id})")
     total = view.duration_s or 0.0
-    console.print(f"total {total:.2f} s, cost {view.cost_credits} credits")
+    refunded = refund.amount if refund is not None else 0
+    cost = f"cost {view.cost_credits - refunded} credits"
+    if refunded:
+        cost += f" ({view.cost_credits} reserved, {refunded} refunded)"
+    console.print(f"total {total:.2f} s, {cost}")
 
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
@@ -259,6 +277,7 @@ def _bootstrap_admin(settings: Settings) -> int:
 
 
 def cmd_credits(args: argparse.Namespace, settings: Settings) -> int:
+    credits.checked_amount(args.amount, "amount")  # before the database is touched
     with _database(settings).begin() as session:
         user = auth.find_user(session, args.email)
         if user is None:

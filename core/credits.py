@@ -33,7 +33,24 @@ class TransactionKind(StrEnum):
     ADJUST = "adjust"
 
 
+# One bound for every amount from every entry (CLI, pages, API): grants, adjustments, costs and
+# budgets, and for every balance after a move. It keeps balances and ledger sums far inside the
+# 32-bit INTEGER columns of both databases (and exact, never floating point, on SQLite).
+MAX_AMOUNT = 1_000_000_000
+MAX_BALANCE = MAX_AMOUNT
+
 Credits = Field(ge=0, le=10_000)
+
+
+def checked_amount(value: object, field: str, *, maximum: int = MAX_AMOUNT) -> int:
+    """`value` as a positive whole number of credits no larger than `maximum` (itself never
+    above MAX_AMOUNT), or a RequestValidationError naming `field`."""
+    maximum = min(maximum, MAX_AMOUNT)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestValidationError({field: "must be a whole number of credits"})
+    if not 0 < value <= maximum:
+        raise RequestValidationError({field: f"must be between 1 and {maximum:,}"})
+    return value
 
 
 class ImageCosts(BaseModel):
@@ -139,10 +156,17 @@ def _apply(
     workflow_id: str | None = None,
     idempotency_key: str | None = None,
 ) -> int:
-    """Move `amount` (signed) in one conditional UPDATE and append its ledger row."""
+    """Move `amount` (signed) in one conditional UPDATE and append its ledger row. The same
+    condition keeps the new balance within 0..MAX_BALANCE, so no race can push it past either."""
+    if abs(amount) > MAX_AMOUNT:
+        raise RequestValidationError({"amount": f"must be at most {MAX_AMOUNT:,} credits"})
     new_balance = session.execute(
         update(User)
-        .where(User.id == user_id, User.balance + amount >= 0)
+        .where(
+            User.id == user_id,
+            User.balance + amount >= 0,
+            User.balance + amount <= MAX_BALANCE,
+        )
         .values(balance=User.balance + amount)
         .returning(User.balance)
     ).scalar_one_or_none()
@@ -150,6 +174,10 @@ def _apply(
         current = session.execute(select(User.balance).where(User.id == user_id)).scalar()
         if current is None:
             raise NotFoundError(f"user {user_id} does not exist")
+        if amount > 0:
+            raise RequestValidationError(
+                {"amount": f"would take the balance ({current:,}) above {MAX_BALANCE:,}"}
+            )
         raise InsufficientCreditsError(needed=-amount, balance=current)
     session.add(
         CreditTransaction(
@@ -168,8 +196,7 @@ def _apply(
 
 def grant(session: Session, user_id: int, amount: int, *, actor: str, reason: str) -> int:
     """Add credits (amount > 0) and return the new balance."""
-    if amount <= 0:
-        raise RequestValidationError({"amount": "must be a positive number of credits"})
+    checked_amount(amount, "amount")
     return _apply(
         session,
         user_id=user_id,
@@ -182,8 +209,7 @@ def grant(session: Session, user_id: int, amount: int, *, actor: str, reason: st
 
 def adjust(session: Session, user_id: int, amount: int, *, actor: str, reason: str) -> int:
     """An admin correction, either sign; never takes a balance below zero."""
-    if amount == 0:
-        raise RequestValidationError({"amount": "must not be zero"})
+    checked_amount(abs(amount) if type(amount) is int else amount, "amount")
     if not reason.strip():
         raise RequestValidationError({"reason": "is required for an adjustment"})
     return _apply(

@@ -9,7 +9,9 @@ from pathlib import Path
 from core.media import probe_video
 
 
-def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    tmp_path: Path, *args: str, database_url: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "DATA_DIR": str(tmp_path / "data"),
@@ -18,6 +20,8 @@ def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "COLUMNS": "200",
     }
     env.pop("DATABASE_URL", None)
+    if database_url:
+        env["DATABASE_URL"] = database_url
     return subprocess.run(
         [sys.executable, "-m", "core", *args],
         env=env,
@@ -52,6 +56,8 @@ def test_a_refused_run_exits_non_zero_and_shows_the_refund(tmp_path):
     assert done.returncode == 1
     assert "Moderation refused the request" in done.stdout
     assert re.search(r"refunded \d+ credits", done.stdout)
+    reserved = int(re.search(r"refunded (\d+) credits", done.stdout).group(1))
+    assert f"cost 0 credits ({reserved} reserved, {reserved} refunded)" in done.stdout
 
 
 def test_bad_input_names_the_field_and_exits_2(tmp_path):
@@ -106,3 +112,55 @@ def test_bootstrap_admin_creates_the_first_admin_once_and_shows_its_password_onc
     again = run_cli(tmp_path, "users", "bootstrap-admin")
     assert again.returncode == 0
     assert "password" not in again.stdout
+
+
+def cli_on(url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command against the database at `url` (the test's SQLite file or Postgres)."""
+    return run_cli(tmp_path, *args, database_url=url)
+
+
+def test_credit_amounts_outside_the_bound_are_refused_with_exit_2_and_nothing_written(
+    tmp_path, database_url, db
+):
+    from core import auth, credits
+
+    assert cli_on(database_url, tmp_path, "users", "create", "bo@example.com").returncode == 0
+    for amount in ("9223372036854775807", "99999999999999999999999", "-5", "0"):
+        done = cli_on(database_url, tmp_path, "credits", "grant", "bo@example.com", amount)
+        assert done.returncode == 2, (amount, done.stdout, done.stderr)
+        assert "amount must be between 1 and 1,000,000,000" in done.stderr
+        assert "Traceback" not in done.stderr
+    garbage = cli_on(database_url, tmp_path, "credits", "grant", "bo@example.com", "12abc")
+    assert garbage.returncode == 2
+    assert "argument amount: invalid int value: '12abc'" in garbage.stderr
+
+    # The balance itself stays within the bound: a grant that would pass it is refused whole.
+    top_up = cli_on(database_url, tmp_path, "credits", "grant", "bo@example.com", "999999900")
+    assert top_up.returncode == 0, top_up.stderr
+    over = cli_on(database_url, tmp_path, "credits", "grant", "bo@example.com", "1")
+    assert over.returncode == 2
+    assert "amount would take the balance (1,000,000,000) above 1,000,000,000" in over.stderr
+
+    with db.read() as session:
+        user = auth.find_user(session, "bo@example.com")
+        entries = credits.history(session, user.id)
+        assert credits.balance_mismatches(session) == []
+    assert type(user.balance) is int and user.balance == credits.MAX_BALANCE
+    assert [e.amount for e in entries] == [999_999_900, 100]
+
+
+def test_run_as_an_unknown_user_is_an_error_and_creates_no_account(tmp_path):
+    done = run_cli(
+        tmp_path,
+        "run",
+        "--user",
+        "ghost@example.com",
+        "--image-prompt",
+        "a fox",
+        "--video-prompt",
+        "pan",
+    )
+    assert done.returncode == 2
+    assert "--user ghost@example.com has no account" in done.stderr
+    granted = run_cli(tmp_path, "credits", "grant", "ghost@example.com", "5")
+    assert "no account for ghost@example.com" in granted.stderr
