@@ -20,6 +20,7 @@ from core.config import Settings
 from core.db import Database
 from core.errors import RequestValidationError
 from core.models import User
+from core.schemas import DISPLAY_NAME_MAX_CHARS, text_problem
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,9 @@ def account_for_identity(
                     session, normalized, starting_credits=settings.starting_credits
                 )
                 row = session.get(User, created.id)
-                if name and row is not None:
-                    row.display_name = name.strip()[:120]
+                # A name the identity provider sends with control characters is left out.
+                if name and row is not None and text_problem(name) is None:
+                    row.display_name = name.strip()[:DISPLAY_NAME_MAX_CHARS]
                 user = auth.get_user(session, created.id)
                 log.info("Accounts - created %s on its first OIDC sign-in", normalized)
     except (RequestValidationError, IntegrityError):

@@ -29,7 +29,7 @@ from core.errors import (
     RequestValidationError,
 )
 from core.models import AuditEvent, CreditTransaction, Setting, User, Workflow, view_of
-from core.schemas import WorkflowRequest
+from core.schemas import DISPLAY_NAME_MAX_CHARS, WorkflowRequest, clean_name
 from core.states import WorkflowStatus
 
 REASON_MAX_CHARS = 500
@@ -399,7 +399,8 @@ def create_user(
         actor=actor.email,
     )
     if display_name.strip():
-        session.get_one(User, user.id).display_name = display_name.strip()[:120]
+        name = clean_name(display_name, "display_name", DISPLAY_NAME_MAX_CHARS)
+        session.get_one(User, user.id).display_name = name
         session.flush()
     _audit(
         session,
@@ -469,11 +470,7 @@ def _user(session: Session, user_id: int) -> User:
 
 
 def _credits(amount: Any, *, field: str = "amount") -> int:
-    if isinstance(amount, bool) or not isinstance(amount, int):
-        raise RequestValidationError({field: "must be a whole number of credits"})
-    if not 0 < amount <= MAX_CREDITS_PER_MOVE:
-        raise RequestValidationError({field: f"must be between 1 and {MAX_CREDITS_PER_MOVE:,}"})
-    return amount
+    return credits.checked_amount(amount, field, maximum=MAX_CREDITS_PER_MOVE)
 
 
 def _reason(reason: str) -> str:

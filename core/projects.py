@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import RequestValidationError
 from core.models import Project, Workflow, view_of
+from core.schemas import clean_name
 
 PROJECT_NAME_MAX_CHARS = 120
 
@@ -30,13 +31,7 @@ def list_projects(session: Session, user_id: int) -> list[ProjectView]:
 
 def create_project(session: Session, user_id: int, name: str) -> ProjectView:
     """A new project for the user; names are unique per user, ignoring case."""
-    name = " ".join(name.split())
-    if not name:
-        raise RequestValidationError({"project": "needs a name"})
-    if len(name) > PROJECT_NAME_MAX_CHARS:
-        raise RequestValidationError(
-            {"project": f"name is too long (at most {PROJECT_NAME_MAX_CHARS} characters)"}
-        )
+    name = clean_name(name, "project", PROJECT_NAME_MAX_CHARS)
     taken = session.execute(
         select(Project.id).where(
             Project.user_id == user_id, func.lower(Project.name) == name.lower()

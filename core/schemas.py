@@ -19,6 +19,7 @@ from core.providers import catalog
 # 4,000 characters is the smallest image-model limit in our registry (dall-e-3); safe for all.
 IMAGE_PROMPT_MAX_CHARS = 4000
 VIDEO_PROMPT_MAX_CHARS = 2000
+DISPLAY_NAME_MAX_CHARS = 120
 
 ImageSize = Literal["1024x1024", "1792x1024", "1024x1792"]
 VIDEO_DIMENSIONS = {
@@ -28,6 +29,32 @@ VIDEO_DIMENSIONS = {
     ("1080p", "9:16"): (1080, 1920),
 }
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Bidirectional overrides and isolates reorder what is displayed: "fox \u202egnp.exe\u202c"
+# would read as "fox exe.png".
+_BIDI_CHARS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def text_problem(value: str) -> str | None:
+    """Why `value` cannot be kept as user text (a prompt or a name), or None when it can."""
+    if _CONTROL_CHARS.search(value):
+        return "contains control characters"
+    if _BIDI_CHARS.search(value):
+        return "contains bidirectional control characters (they reorder how text displays)"
+    return None
+
+
+def clean_name(name: str, field: str, max_chars: int) -> str:
+    """A project, template or display name with its whitespace collapsed, or a
+    RequestValidationError naming `field`."""
+    name = " ".join(unicodedata.normalize("NFC", name).split())
+    if not name:
+        raise RequestValidationError({field: "needs a name"})
+    if len(name) > max_chars:
+        raise RequestValidationError({field: f"name is too long (at most {max_chars} characters)"})
+    problem = text_problem(name)
+    if problem:
+        raise RequestValidationError({field: f"name {problem}"})
+    return name
 
 
 class _Strict(BaseModel):
@@ -81,8 +108,9 @@ class WorkflowRequest(_Strict):
         value = unicodedata.normalize("NFC", value).strip()
         if not value:
             raise ValueError("must not be empty")
-        if _CONTROL_CHARS.search(value):
-            raise ValueError("contains control characters")
+        problem = text_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("image_model")

@@ -13,7 +13,7 @@ from core.clock import utcnow
 from core.errors import NotFoundError, RequestValidationError
 from core.models import Template
 from core.prompts import ShotChoices
-from core.schemas import parse_request
+from core.schemas import clean_name, parse_request
 
 TEMPLATE_NAME_MAX_CHARS = 120
 MAX_TEMPLATES_PER_USER = 200
@@ -62,13 +62,7 @@ def save_template(
 ) -> tuple[TemplateView, bool]:
     """Save a preset under `name`, replacing the user's preset of that name. The request must
     be valid (so loading it can never produce a form that cannot start). Returns (view, created)."""
-    name = " ".join(name.split())
-    if not name:
-        raise RequestValidationError({"template": "needs a name"})
-    if len(name) > TEMPLATE_NAME_MAX_CHARS:
-        raise RequestValidationError(
-            {"template": f"name is too long (at most {TEMPLATE_NAME_MAX_CHARS} characters)"}
-        )
+    name = clean_name(name, "template", TEMPLATE_NAME_MAX_CHARS)
     stored = parse_request({k: v for k, v in request.items() if k != "projectId"}).to_json()
     stored.pop("projectId", None)
     known = set(ShotChoices.__dataclass_fields__)

@@ -15,7 +15,7 @@ from core.errors import (
 )
 from core.schemas import IMAGE_PROMPT_MAX_CHARS, VIDEO_PROMPT_MAX_CHARS
 from core.ui import create_form as cf
-from core.ui import labels, nav
+from core.ui import labels, nav, text
 from core.ui.database import guarded
 from core.ui.forms import char_counter, field_errors
 from core.ui.runtime import get_runtime
@@ -46,8 +46,8 @@ if st.session_state["create_template"] not in template_names:
 st.title("🎬 Create a video")
 st.caption("An image prompt becomes the first frame; the video prompt sets it in motion.")
 show_flashes()
-for kind, text in st.session_state.pop(cf.MESSAGES_KEY, []):
-    getattr(st, kind)(text)
+for kind, message, detail in st.session_state.pop(cf.MESSAGES_KEY, []):
+    text.alert(kind, message, detail)
 
 form = cf.form()
 batch_count = int(st.session_state["create_batch_count"])
@@ -233,7 +233,7 @@ with side:
             )
             with st.expander(f"The {batch_count} runs"):
                 for number, variant in enumerate(variants, start=1):
-                    st.caption(f"{number}. {variant.video_prompt or '(no video prompt yet)'}")
+                    text.literal(f"{number}. {variant.video_prompt or '(no video prompt yet)'}")
         field_errors(problems, "batch")
         try:
             with runtime.db.read() as session:
@@ -275,9 +275,9 @@ if started:
     except RequestValidationError:
         st.rerun()  # the fields show their problems inline on the next run
     except InsufficientCreditsError as exc:
-        st.error(f"Not started, nothing charged: {exc}")
+        text.alert("error", "Not started, nothing charged:", str(exc))
     except (NotFoundError, PermissionDeniedError) as exc:
-        st.error(f"Not started, nothing charged: {exc}")
+        text.alert("error", "Not started, nothing charged:", str(exc))
     except SQLAlchemyError:
         log.exception("App - start failed on the database")
         st.error("The run could not be started right now (database). Nothing was charged.")

@@ -18,7 +18,7 @@ from core.errors import (
     PermissionDeniedError,
     RequestValidationError,
 )
-from core.ui import database
+from core.ui import database, text
 from core.ui import format as fmt
 from core.ui.runtime import get_runtime
 from core.ui.session import flash, require_admin, show_flashes
@@ -34,12 +34,15 @@ st.title("💳 Credits")
 show_flashes()
 
 
-def refusal(exc: Exception) -> str:
-    if isinstance(exc, RequestValidationError):
-        return "Not saved: " + "; ".join(f"**{f}** {msg}" for f, msg in exc.problems.items())
+def refuse(exc: Exception, icon: str | None = None) -> None:
+    """Why a change was refused; the problem may quote what was typed, so it is shown literally."""
     if isinstance(exc, PermissionDeniedError):
-        return REFUSED
-    return f"Not saved: {exc}"
+        st.error(REFUSED, icon=icon)
+    elif isinstance(exc, RequestValidationError):
+        problems = "; ".join(f"{f} {msg}" for f, msg in exc.problems.items())
+        text.alert("error", "Not saved:", problems, icon=icon)
+    else:
+        text.alert("error", "Not saved:", str(exc), icon=icon)
 
 
 def change(action: Callable[[Session], Any]) -> tuple[bool, Any]:
@@ -53,7 +56,7 @@ def change(action: Callable[[Session], Any]) -> tuple[bool, Any]:
         PermissionDeniedError,
         NotFoundError,
     ) as exc:
-        st.error(refusal(exc), icon=":material/block:")
+        refuse(exc, ":material/block:")
         return False, None
 
 
@@ -62,10 +65,8 @@ def read(query: Callable[[Session], Any]) -> Any:
     try:
         with database.guarded("credits admin could not read"), runtime.db.read() as session:
             return query(session)
-    except PermissionDeniedError:
-        st.error(REFUSED)
-    except (RequestValidationError, NotFoundError) as exc:
-        st.error(refusal(exc))
+    except (PermissionDeniedError, RequestValidationError, NotFoundError) as exc:
+        refuse(exc)
     st.stop()
 
 
@@ -151,7 +152,10 @@ with balances:
             ok, balance = change(lambda s: move(s, actor, target, int(amount), reason=reason))
             if ok:
                 verb = "Granted" if kind == "Grant" else "Deducted"
-                flash(f"{verb} {int(amount):,} credits: {by_id[target].email} now has {balance:,}.")
+                flash(
+                    f"{verb} {int(amount):,} credits; the balance is now {balance:,}.",
+                    detail=by_id[target].email,
+                )
                 st.rerun()
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +234,7 @@ with refunds_tab:
             lambda s: admin.refund_run(s, actor, run_id.strip(), reason=refund_reason)
         )
         if ok:
-            flash(f"Refunded {given:,} credits for run {fmt.short_id(run_id.strip())}.")
+            flash(f"Refunded {given:,} credits for the run.", detail=run_id.strip())
             st.rerun()
 
 # ---------------------------------------------------------------------------------------------
@@ -313,13 +317,13 @@ with users_tab:
             )
         )
         if ok:
-            message = f"Created {created.user.email} ({created.user.role.value})."
+            message = f"Created the account ({created.user.role.value})."
             if created.generated_password:
                 message += (
                     f" Its password, shown only now: `{created.generated_password}`"
                     " — pass it on securely."
                 )
-            flash(message)
+            flash(message, detail=created.user.email)
             st.rerun()
 
     st.markdown("**Manage an account**")
@@ -338,7 +342,7 @@ with users_tab:
         if state.button(toggle_label, key="credits_manage_active"):
             ok, _ = change(lambda s: admin.set_active(s, actor, managed, not account.is_active))
             if ok:
-                flash(f"{toggle_label}d {account.email}.")
+                flash(f"{toggle_label}d the account.", detail=account.email)
                 st.rerun()
         new_role = role_col.selectbox(
             "Role",
@@ -352,7 +356,7 @@ with users_tab:
         ):
             ok, _ = change(lambda s: admin.set_role(s, actor, managed, new_role))
             if ok:
-                flash(f"{account.email} is now {new_role.value}.")
+                flash(f"The account is now {new_role.value}.", detail=account.email)
                 st.rerun()
     user_changes = read(lambda s: admin.audit_log(s, actor, action_prefix="user.", limit=50))
     if user_changes:

@@ -5,7 +5,7 @@ import streamlit as st
 
 from core import projects
 from core.ui import format as fmt
-from core.ui import media, nav
+from core.ui import media, nav, text
 from core.ui.database import guarded
 from core.ui.runtime import get_runtime
 from core.ui.session import require_user
@@ -68,14 +68,13 @@ def card(item: GalleryItem) -> None:
             st.video(source, format=asset.content_type)
         else:
             st.image(source, width="stretch")
-        st.markdown(f"**{fmt.shorten(run.image_prompt, 70)}**")
-        st.caption(fmt.shorten(run.video_prompt, 90))
-        facts = [fmt.ago(run.created_at), f"{run.cost_credits} cr"]
-        if run.project_name:
-            facts.insert(0, f"📁 {run.project_name}")
-        if everyone and run.user_id != user.id:
-            facts.insert(0, f"👤 {run.owner_email}")
-        st.caption(" · ".join(facts))
+        text.literal(run.image_prompt, limit=70)
+        text.literal(run.video_prompt, limit=90)
+        owner = [f"👤 {run.owner_email}"] if everyone and run.user_id != user.id else []
+        project = [f"📁 {run.project_name}"] if run.project_name else []
+        if owner or project:
+            text.literal(" · ".join(owner + project))
+        st.caption(f"{fmt.ago(run.created_at)} · {run.cost_credits} cr")
         open_col, download_col = st.columns(2)
         if open_col.button("Open", key=f"gallery_open_{run.id}", icon=":material/open_in_new:"):
             st.switch_page(nav.WATCH.path, query_params={"id": run.id})

@@ -12,7 +12,7 @@ from core import projects
 from core.clock import utcnow
 from core.states import WorkflowStatus
 from core.ui import format as fmt
-from core.ui import nav
+from core.ui import nav, text
 from core.ui.database import guarded
 from core.ui.runtime import get_runtime
 from core.ui.session import require_user, show_flashes
@@ -92,13 +92,14 @@ def draw_row(run: RunRow) -> None:
         icon, colour = fmt.WORKFLOW_STATUS_STYLE[run.status]
         status.badge(run.status.value, icon=icon, color=colour)
         status.caption(fmt.short_id(run.id))
-        prompts.markdown(f"**{fmt.shorten(run.image_prompt, 110)}**")
         detail = fmt.shorten(run.video_prompt, 110)
         if run.project_name:
             detail = f"📁 {run.project_name} · {detail}"
         if everyone:
             detail = f"👤 {run.owner_email} · {detail}"
-        prompts.caption(detail)
+        with prompts:
+            text.literal(run.image_prompt, limit=110)
+            text.literal(detail)
         facts.caption(
             f"{fmt.ago(run.created_at)} · {fmt.local_time(run.created_at, tz, with_date=True)}  \n"
             f"⏱ {fmt.duration(run.duration_s)} · 💳 {run.cost_credits} cr"

@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from core.errors import NotFoundError
 from core.states import WorkflowStatus
 from core.ui import format as fmt
-from core.ui import live, nav, run_actions
+from core.ui import live, nav, run_actions, text
 from core.ui.database import guarded
 from core.ui.receipt import receipt
 from core.ui.result import result_preview
@@ -47,9 +47,11 @@ if not workflow_id:
         st.stop()
     st.caption("Pick a run to follow live, or open one from the history.")
     for run in runs:
-        prompt = fmt.shorten(run.image_prompt, 70)
-        label = f"{fmt.STATUS_EMOJI[run.status]} {fmt.short_id(run.id)} · {prompt}"
-        if st.button(label, key=f"watch_pick_{run.id}", width="stretch"):
+        pick, prompt = st.columns([1, 4], vertical_alignment="center")
+        label = f"{fmt.STATUS_EMOJI[run.status]} {fmt.short_id(run.id)}"
+        with prompt:
+            text.literal(run.image_prompt, limit=90)
+        if pick.button(label, key=f"watch_pick_{run.id}", width="stretch"):
             st.query_params["id"] = run.id
             st.rerun()
     st.stop()
@@ -67,9 +69,11 @@ try:
     db_down = False
 except NotFoundError:
     st.title("📺 Watch a run")
-    st.error(
-        f"There is no run `{workflow_id[:64]}` in your account: the link may be mistyped, or the "
-        "run belongs to someone else.",
+    text.alert(
+        "error",
+        "There is no such run in your account: the link may be mistyped, or the run belongs to "
+        "someone else. The link asked for:",
+        workflow_id[:64],
         icon=":material/search_off:",
     )
     st.page_link(nav.HISTORY.path, label="Your runs", icon=":material/history:")
@@ -88,7 +92,7 @@ elif toast in (WorkflowStatus.FAILED, WorkflowStatus.CANCELLED):
 # -- header and actions ------------------------------------------------------------------------
 head, actions = st.columns([3, 2], vertical_alignment="bottom")
 with head:
-    st.title(f"📺 Run {fmt.short_id(workflow_id)}")
+    st.title(f"📺 Run {fmt.short_id(view.id) if view else ''}")
     if view is not None:
         icon, colour = fmt.WORKFLOW_STATUS_STYLE[view.status]
         st.badge(view.status.value, icon=icon, color=colour)
@@ -104,12 +108,14 @@ if view is not None:
     with st.expander("Prompts and settings", icon=":material/notes:"):
         left, right = st.columns(2)
         request = view.request
-        left.markdown(f"**Image prompt**  \n{request.image_prompt}")
+        with left:
+            text.titled("Image prompt", request.image_prompt)
         left.caption(
             f"{request.image_config.style} · {request.image_config.quality} · "
             f"{request.image_config.size}"
         )
-        right.markdown(f"**Video prompt**  \n{request.video_prompt}")
+        with right:
+            text.titled("Video prompt", request.video_prompt)
         audio = "with audio" if request.video_config.generate_audio else "silent"
         right.caption(
             f"{request.video_config.duration} · {request.video_config.resolution} · "

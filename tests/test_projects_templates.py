@@ -29,6 +29,17 @@ def test_a_project_needs_a_sensible_name(db, make_user, name):
         projects.create_project(session, user.id, name)
 
 
+@pytest.mark.parametrize("name", ["fox \u202egnp.exe\u202c", "bell\x07"])
+def test_project_and_template_names_with_control_characters_are_refused(db, make_user, name):
+    user = make_user()
+    with db.begin() as session, pytest.raises(RequestValidationError) as project:
+        projects.create_project(session, user.id, name)
+    assert "control characters" in project.value.problems["project"]
+    with db.begin() as session, pytest.raises(RequestValidationError) as template:
+        templates.save_template(session, user.id, name, {"imagePrompt": "a", "videoPrompt": "b"})
+    assert "control characters" in template.value.problems["template"]
+
+
 def test_saving_a_template_twice_under_one_name_updates_it(db, make_user):
     user = make_user()
     with db.begin() as session:

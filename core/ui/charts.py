@@ -3,6 +3,7 @@ dataclasses (pure, testable without Streamlit), and one helper that draws a figu
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 
 import plotly.graph_objects as go
@@ -155,7 +156,9 @@ def credit_usage_figure(usage: Sequence[CreditUsage]) -> go.Figure:
         series[u.start] = series.get(u.start, 0) + u.spent
     figure = go.Figure(
         [
-            go.Bar(x=list(series), y=list(series.values()), name=label)
+            # Plotly reads a few HTML tags (links too) in names; an email or a project name
+            # is a user's text, so its markup is escaped (Plotly shows entities as characters).
+            go.Bar(x=list(series), y=list(series.values()), name=html.escape(label))
             for label, series in by_label.items()
         ]
     )

@@ -115,8 +115,9 @@ def snapped_duration_s(runtime: Runtime) -> int | None:
     return launch.snapped_duration_s(form(), runtime.settings.video_model)
 
 
-def message(kind: str, text: str) -> None:
-    st.session_state.setdefault(MESSAGES_KEY, []).append((kind, text))
+def message(kind: str, text: str, detail: str | None = None) -> None:
+    """A message for the page's next run; `detail` is user text, shown literally."""
+    st.session_state.setdefault(MESSAGES_KEY, []).append((kind, text, detail))
 
 
 def apply_fields(fields: FormFields, *, keep_project: bool = False) -> None:
@@ -159,7 +160,7 @@ def create_project(runtime: Runtime, user_id: int) -> None:
         with runtime.db.begin() as session:
             project = projects.create_project(session, user_id, name)
     except RequestValidationError as exc:
-        message("error", f"Project {exc.problems.get('project', 'not created')}.")
+        message("error", "Project not created:", exc.problems.get("project"))
         return
     except SQLAlchemyError:
         log.exception("App - could not create a project")
@@ -167,7 +168,7 @@ def create_project(runtime: Runtime, user_id: int) -> None:
         return
     st.session_state[FIELD_KEYS["project_id"]] = project.id
     st.session_state["create_new_project"] = ""
-    message("success", f"Project “{project.name}” created and selected.")
+    message("success", "Project created and selected:", project.name)
 
 
 def load_template(runtime: Runtime, user_id: int) -> None:
@@ -184,9 +185,9 @@ def load_template(runtime: Runtime, user_id: int) -> None:
     fields, notices = launch.fields_from_request(template.request)
     apply_fields(fields, keep_project=True)
     apply_builder(template.builder)
-    message("success", f"Loaded template “{template.name}”.")
+    message("success", "Loaded the template:", template.name)
     for notice in notices:
-        message("warning", f"Template: {notice}.")
+        message("warning", "Template:", notice)
 
 
 def save_template(runtime: Runtime, user_id: int) -> None:
@@ -198,7 +199,7 @@ def save_template(runtime: Runtime, user_id: int) -> None:
             )
     except RequestValidationError as exc:
         details = "; ".join(f"{k} {v}" for k, v in exc.problems.items())
-        message("error", f"Template not saved: {details}.")
+        message("error", "Template not saved:", details)
         return
     except SQLAlchemyError:
         log.exception("App - could not save a template")
@@ -207,7 +208,7 @@ def save_template(runtime: Runtime, user_id: int) -> None:
     st.session_state["create_template"] = template.id
     st.session_state["create_template_name"] = ""
     verb = "saved" if created else "updated"
-    message("success", f"Template “{template.name}” {verb}.")
+    message("success", f"Template {verb}:", template.name)
 
 
 def delete_template(runtime: Runtime, user_id: int) -> None:
@@ -229,7 +230,7 @@ def prefill_from_run(runtime: Runtime, user: UserView, workflow_id: str) -> None
         with runtime.db.read() as session:
             view = workflows.workflow_for(session, workflow_id, user)
     except NotFoundError:
-        message("error", f"There is no run {workflow_id[:40]!r} in your account to copy from.")
+        message("error", "There is no such run in your account to copy from:", workflow_id[:64])
         return
     fields, notices = launch.fields_from_request(view.request.to_json())
     own_project = view.user_id == user.id
@@ -240,4 +241,4 @@ def prefill_from_run(runtime: Runtime, user: UserView, workflow_id: str) -> None
         "until you press Start.",
     )
     for notice in notices:
-        message("warning", f"{notice}.")
+        message("warning", "Not copied exactly:", notice)

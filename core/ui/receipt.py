@@ -9,6 +9,7 @@ import streamlit as st
 
 from core.states import WorkflowStatus
 from core.ui import format as fmt
+from core.ui import text
 from core.views.watch import Receipt
 
 
@@ -19,7 +20,12 @@ def receipt(rec: Receipt, tz: ZoneInfo | None) -> None:
         st.subheader(title)
         where = f" during **{fmt.STEP_LABELS[rec.step][1]}**" if rec.step else ""
         reason = rec.reason or "no reason was recorded"
-        (st.warning if cancelled else st.error)(f"{reason[:1].upper()}{reason[1:]}{where}.")
+        # The reason may be a provider's message or the user's words: shown literally.
+        text.alert(
+            "warning" if cancelled else "error",
+            f"{'Stopped' if cancelled else 'Failed'}{where}. The reason:",
+            f"{reason[:1].upper()}{reason[1:]}",
+        )
         if rec.provider_cancel is True:
             st.success("The video provider confirmed it stopped the job.", icon=":material/done:")
         elif rec.provider_cancel is False:
@@ -34,8 +40,9 @@ def receipt(rec: Receipt, tz: ZoneInfo | None) -> None:
             st.caption(
                 f"Ledger entry #{entry.id} · {entry.kind} +{entry.amount} · balance after "
                 f"{entry.balance_after} · {fmt.local_time(entry.created_at, tz, with_date=True)}"
-                f" · “{entry.reason}”"
+                " · reason:"
             )
+            text.literal(entry.reason)
         else:
             st.caption("No refund was recorded for this run (it cost nothing).")
         if rec.category:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
 from core import accounts, auth
 from core.auth import UserView
-from core.ui import nav
+from core.ui import nav, text
 from core.ui.database import guarded
 from core.ui.runtime import AppServices, get_services
 from core.views import history
@@ -73,7 +72,7 @@ def current_user(services: AppServices | None = None) -> UserView | None:
         if email:
             user = accounts.account_for_identity(db, services.runtime.settings, email, name)
             if user is None:
-                st.session_state["auth_refused"] = f"The account {email} is not active."
+                st.session_state["auth_refused"] = "That account is not active."
                 return None
             st.session_state[USER_KEY], st.session_state[OIDC_KEY] = user.id, True
             return user
@@ -220,7 +219,8 @@ def sidebar(user: UserView) -> None:
     """The signed-in user, their balance, their runs in flight, and sign-out."""
     services = get_services()
     with st.sidebar:
-        st.markdown(f"**{user.display_name}**  \n{user.email}")
+        text.literal(user.display_name)
+        text.literal(user.email)
         if user.is_admin:
             st.badge("admin", icon=":material/shield_person:", color="violet")
         st.metric("Credit balance", f"{user.balance:,}")
@@ -243,14 +243,12 @@ def sidebar(user: UserView) -> None:
             st.rerun()
 
 
-def flash(message: str, kind: str = "success") -> None:
-    """A message for the next page to show (kept across st.switch_page)."""
-    st.session_state.setdefault("flash", []).append((kind, message))
+def flash(message: str, kind: str = "success", detail: str | None = None) -> None:
+    """A message for the next page to show (kept across st.switch_page); `detail` is user text,
+    shown literally."""
+    st.session_state.setdefault("flash", []).append((kind, message, detail))
 
 
 def show_flashes() -> None:
-    for kind, message in st.session_state.pop("flash", []):
-        show: Any = {"success": st.success, "warning": st.warning, "info": st.info}.get(
-            kind, st.info
-        )
-        show(message)
+    for kind, message, detail in st.session_state.pop("flash", []):
+        text.alert(kind, message, detail)

@@ -9,6 +9,7 @@ import streamlit as st
 
 from core.states import StepStatus
 from core.ui import format as fmt
+from core.ui import text
 from core.views.watch import LivePhase
 from core.workflows import StepView, WorkflowView
 
@@ -38,12 +39,15 @@ def _step_row(step: StepView, tz: ZoneInfo | None) -> None:
         head, bar = st.columns([2, 3], vertical_alignment="center")
         head.markdown(f"{emoji} **{label}**  \n:{colour}-badge[{icon} {step.status.value}]")
         done = 100 if step.status is StepStatus.COMPLETED else step.progress
-        bar.progress(done / 100, text=_message(step))
-        bar.caption(_meta(step, tz))
+        with bar:
+            st.progress(done / 100)
+            # The message may be the provider's own words (its logs): shown literally.
+            text.literal(_message(step))
+            st.caption(_meta(step, tz))
         if step.status is StepStatus.FAILED and step.error_message:
-            st.error(step.error_message, icon=":material/error:")
+            text.alert("error", "The step failed:", step.error_message, icon=":material/error:")
         elif step.status is StepStatus.CANCELLED and step.error_message:
-            st.warning(step.error_message, icon=":material/cancel:")
+            text.alert("warning", "The step stopped:", step.error_message, icon=":material/cancel:")
 
 
 def _message(step: StepView) -> str:

@@ -127,7 +127,17 @@ def main_run(at: AppTest) -> AppTest:
 
 def texts(at: AppTest) -> str:
     """Everything the page wrote, as one string to search in."""
-    kinds = ("markdown", "caption", "error", "warning", "info", "success", "title", "subheader")
+    kinds = (
+        "markdown",
+        "caption",
+        "error",
+        "warning",
+        "info",
+        "success",
+        "title",
+        "subheader",
+        "text",
+    )
     parts = [str(element.value) for kind in kinds for element in getattr(at, kind)]
     parts.extend(bar.proto.text for bar in at.get("progress"))
     return "\n".join(parts)

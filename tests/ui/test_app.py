@@ -75,7 +75,8 @@ def test_a_deep_link_survives_signing_in(engine, make_user):
     at.run()
     assert at.text_input(key="login_email") is not None  # the gate, not the page
     at = sign_in(at, user.email, "password-123")
-    assert "There is no run" in texts(at)  # the watch page, for the id in the link
+    assert "There is no such run" in texts(at)  # the watch page, for the id in the link
+    assert "0" * 32 in texts(at)
 
 
 def test_signing_out_returns_to_the_sign_in_form(engine, make_user):

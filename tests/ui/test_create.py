@@ -144,7 +144,8 @@ def test_a_template_saves_and_loads_prompts_settings_and_builder(engine, make_us
     at.text_input(key="create_template_name").input("Stormy")
     at.run()
     at.button(key="create_template_save").click().run()
-    assert any("Template “Stormy” saved" in s.value for s in at.success)
+    assert any("Template saved:" in s.value for s in at.success)
+    assert "Stormy" in [t.value for t in at.text]  # the name, shown literally
 
     with runtime.db.read() as session:
         (saved,) = templates.list_templates(session, user.id)
@@ -180,7 +181,8 @@ def test_a_stored_template_with_unknown_values_loads_with_a_notice(engine, make_
     at.selectbox(key="create_template").set_value(legacy_id).run()
     at.button(key="create_template_load").click().run()
     assert not at.exception
-    notices = " ".join(w.value for w in at.warning)
+    assert all(w.value == "Template:" for w in at.warning)
+    notices = " ".join(t.value for t in at.text)  # the stored values, shown literally
     assert "style 'sepia' is not available; using 'vivid'" in notices
     assert "resolution '4k' is not available" in notices
     assert at.radio(key="create_resolution").value == "720p"
@@ -254,7 +256,8 @@ def test_duplicating_someone_elses_run_is_refused(engine, make_user, runtime):
     source = queued_run(runtime, owner)
     at = app_for(other, page=nav.CREATE.path, **{"from": source})
     assert not at.exception
-    assert any("There is no run" in e.value for e in at.error)
+    assert any("There is no such run in your account" in e.value for e in at.error)
+    assert source in [t.value for t in at.text]
     assert at.text_area(key="create_image_prompt").value == ""
     assert runs_of(runtime, other) == 0
 
