@@ -31,20 +31,31 @@ except Exception:
     st.error(DB_DOWN)
     st.stop()
 
-pages = [
-    st.Page(spec.path, title=spec.title, icon=spec.icon, url_path=spec.url_path, default=i == 0)
-    for i, spec in enumerate(nav.pages_for(user is not None and user.is_admin))
-]
+
+def page(spec: nav.PageSpec, *, hidden: bool = False) -> st.Page:
+    return st.Page(
+        spec.path,
+        title=spec.title,
+        icon=spec.icon,
+        url_path=spec.url_path,
+        default=spec is nav.CREATE,
+        visibility="hidden" if hidden else "visible",
+    )
+
 
 if user is None:
-    # Every page stays routable (a watch link survives signing in); the gate draws instead.
-    st.navigation(pages, position="hidden")
+    # Every page stays routable, admin pages too (a bookmark survives signing in, and lands on
+    # the page and query it asked for); the gate draws instead.
+    st.navigation([page(spec) for spec in nav.routable_pages()], position="hidden")
     session.login_gate()
     st.stop()
 
 sections: dict[str, list] = {}
-for spec, page in zip(nav.pages_for(user.is_admin), pages, strict=True):
-    sections.setdefault(spec.section, []).append(page)
+menu = nav.pages_for(user.is_admin)
+for spec in nav.routable_pages():
+    # A page outside this user's menu still answers its URL, hidden: a non-admin's bookmark of
+    # an admin page gets that page's own refusal instead of a "Page not found" pop-up.
+    sections.setdefault(spec.section, []).append(page(spec, hidden=spec not in menu))
 current = st.navigation(sections)
 session.sidebar(user)
 current.run()

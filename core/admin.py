@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core import auth, credits
+from core import auth, credits, sessions
 from core.auth import Role, UserView
 from core.credits import CreditCosts, LedgerEntry, TransactionKind
 from core.errors import (
@@ -422,6 +422,8 @@ def set_active(session: Session, actor: UserView, user_id: int, active: bool) ->
     if not active and user.role == Role.ADMIN.value:
         _keep_an_admin(session, user, "is_active")
     user.is_active = active
+    if not active:
+        sessions.revoke_all(session, user_id)  # signed out in every browser at once
     session.flush()
     _audit(session, actor, "user.reactivate" if active else "user.deactivate", user_id, {})
     return auth.get_user(session, user_id)

@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     # Accounts
     session_idle_timeout_s: float = Field(3600, gt=0)
     session_max_age_s: float = Field(12 * 3600, gt=0)
+    # Signs the session cookie; generated once and kept in the database when not set.
+    session_secret: SecretStr | None = None
     admin_email: str | None = None
     admin_password: SecretStr | None = None
 

@@ -372,3 +372,19 @@ class AuditEvent(Base):
 
     def __repr__(self) -> str:
         return f"AuditEvent(id={self.id}, {self.action} {self.target} by {self.actor})"
+
+
+class SignInSession(Base):
+    """A browser's signed-in session. Its id is the SHA-256 of the random token the browser
+    holds (in a signed cookie), so the table alone cannot sign anyone in."""
+
+    __tablename__ = "sign_in_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+    def __repr__(self) -> str:
+        return f"SignInSession(user={self.user_id}, revoked={self.revoked_at is not None})"

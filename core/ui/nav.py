@@ -53,3 +53,9 @@ def pages_for(is_admin: bool) -> list[PageSpec]:
     """The pages a user's menu holds: a non-admin's app has no admin pages at all."""
     admin = [p for p in ADMIN_PAGES if p.exists] if is_admin else []
     return [*USER_PAGES, *admin]
+
+
+def routable_pages() -> list[PageSpec]:
+    """Every page whose file exists: the URLs the app answers for anyone (each page checks the
+    session and the role itself; the menu is `pages_for`)."""
+    return pages_for(True)

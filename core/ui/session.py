@@ -7,13 +7,14 @@ balance or a deactivated account shows at once.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import accounts, auth
+from core import accounts, auth, sessions
 from core.auth import UserView
 from core.ui import nav, text
 from core.ui.database import guarded
@@ -26,6 +27,12 @@ USER_KEY = "auth_user_id"
 OIDC_KEY = "auth_via_oidc"
 SIGNED_IN_AT_KEY = "auth_signed_in_at"
 SEEN_AT_KEY = "auth_seen_at"
+TOKEN_KEY = "auth_session_token"
+# The cookie to write on the next drawn run ("" deletes it): st.rerun right after signing in
+# would discard a script drawn in the same run.
+COOKIE_WRITE_KEY = "auth_cookie_write"
+# Set by signing out: the connection still carries the old cookie, which must not sign back in.
+SIGNED_OUT_KEY = "auth_signed_out"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,8 +84,10 @@ def current_user(services: AppServices | None = None) -> UserView | None:
             st.session_state[USER_KEY], st.session_state[OIDC_KEY] = user.id, True
             return user
     if user_id is None:
+        user_id = _from_cookie(services)
+    if user_id is None:
         return None
-    if _expired(services):
+    if _expired(services) or not _session_live(services):
         return None
     with db.read() as session:
         user = auth.get_user(session, user_id)
@@ -87,6 +96,43 @@ def current_user(services: AppServices | None = None) -> UserView | None:
         st.session_state["auth_refused"] = "Your account is no longer active."
         return None
     return user
+
+
+def _from_cookie(services: AppServices) -> int | None:
+    """Resume the session a reload, a new tab or a bookmark brings back in its cookie."""
+    cookie = st.context.cookies.get(sessions.COOKIE_NAME)
+    # (Under AppTest there is no browser: the cookies are a stand-in object, not strings.)
+    if not isinstance(cookie, str) or not cookie or st.session_state.get(SIGNED_OUT_KEY):
+        return None
+    runtime = services.runtime
+    secret = sessions.signing_secret(runtime.db, runtime.settings)
+    token = sessions.unsign(cookie, secret, runtime.settings.session_max_age_s)
+    resumed = None
+    if token is not None:
+        with runtime.db.begin() as session:
+            resumed = sessions.resume(session, token, runtime.settings)
+    if resumed is None:
+        st.session_state[COOKIE_WRITE_KEY] = ""
+        st.session_state["auth_refused"] = "Your session ended. Sign in again."
+        return None
+    st.session_state[USER_KEY], st.session_state[TOKEN_KEY] = resumed.user_id, token
+    st.session_state[SIGNED_IN_AT_KEY] = resumed.signed_in_at.timestamp()
+    st.session_state[SEEN_AT_KEY] = time.time()
+    return resumed.user_id
+
+
+def _session_live(services: AppServices) -> bool:
+    """False once this browser's session was signed out elsewhere ("sign out everywhere", an
+    admin's deactivation) or expired on the server."""
+    token = st.session_state.get(TOKEN_KEY)
+    if token is None:
+        return True  # signed in through OIDC, whose own cookie keeps the session
+    with services.runtime.db.begin() as session:
+        live = sessions.resume(session, token, services.runtime.settings) is not None
+    if not live:
+        sign_out()
+        st.session_state["auth_refused"] = "Your session ended. Sign in again."
+    return live
 
 
 def _expired(services: AppServices) -> bool:
@@ -123,12 +169,37 @@ def require_admin() -> UserView:
     return user
 
 
-def sign_out() -> None:
+def sign_out(*, everywhere: bool = False) -> None:
+    """End this browser's session (or every session of the user) and forget the cookie."""
     via_oidc = st.session_state.get(OIDC_KEY)
+    token, user_id = st.session_state.get(TOKEN_KEY), st.session_state.get(USER_KEY)
+    if token is not None or (everywhere and user_id is not None):
+        with get_services().runtime.db.begin() as session:
+            if everywhere and user_id is not None:
+                sessions.revoke_all(session, user_id)
+            else:
+                sessions.revoke(session, token)
     for key in list(st.session_state.keys()):
         del st.session_state[key]
+    st.session_state[COOKIE_WRITE_KEY], st.session_state[SIGNED_OUT_KEY] = "", True
     if via_oidc:
         st.logout()
+
+
+def write_cookie() -> None:
+    """Write (or delete) the session cookie asked for by the last sign-in or sign-out. The
+    script runs in the page itself, so the cookie belongs to the app's own origin and comes
+    back with the next connection, where st.context.cookies reads it."""
+    if COOKIE_WRITE_KEY not in st.session_state:
+        return
+    value = st.session_state.pop(COOKIE_WRITE_KEY)
+    max_age = round(get_services().runtime.settings.session_max_age_s) if value else 0
+    cookie = f"{sessions.COOKIE_NAME}={value}; Max-Age={max_age}; Path=/; SameSite=Strict"
+    st.html(
+        "<script>document.cookie = "
+        f"{json.dumps(cookie)} + (location.protocol === 'https:' ? '; Secure' : '');</script>",
+        unsafe_allow_javascript=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,6 +210,7 @@ def login_gate() -> None:
     """The sign-in screen, drawn in place of whatever page the URL asked for (so the URL, e.g. a
     watch link, still holds after signing in)."""
     services = get_services()
+    write_cookie()
     _, middle, _ = st.columns([1, 1.4, 1])
     with middle:
         st.title("🎬 Reelforge")
@@ -181,8 +253,7 @@ def _password_sign_in(services: AppServices, email: str, password: str) -> None:
         st.error("The database is not answering right now. Try again in a moment.")
         return
     if result.user is not None:
-        st.session_state[USER_KEY] = result.user.id
-        st.session_state[SIGNED_IN_AT_KEY] = st.session_state[SEEN_AT_KEY] = time.time()
+        _start_session(services, result.user.id)
         st.rerun()
     if result.throttled:
         st.error(
@@ -191,6 +262,17 @@ def _password_sign_in(services: AppServices, email: str, password: str) -> None:
         )
     else:
         st.error("Wrong email or password.")
+
+
+def _start_session(services: AppServices, user_id: int) -> None:
+    runtime = services.runtime
+    with runtime.db.begin() as session:
+        token = sessions.open_session(session, user_id)
+    secret = sessions.signing_secret(runtime.db, runtime.settings)
+    st.session_state[USER_KEY], st.session_state[TOKEN_KEY] = user_id, token
+    st.session_state[SIGNED_IN_AT_KEY] = st.session_state[SEEN_AT_KEY] = time.time()
+    st.session_state[COOKIE_WRITE_KEY] = sessions.sign(token, secret)
+    st.session_state.pop(SIGNED_OUT_KEY, None)
 
 
 def _oidc_sign_in(provider: str) -> None:
@@ -238,9 +320,18 @@ def sidebar(user: UserView) -> None:
                     icon=":material/play_circle:",
                     query_params={"id": run.id},
                 )
-        if st.button("Sign out", key="app_sign_out", icon=":material/logout:"):
-            sign_out()
-            st.rerun()
+        write_cookie()
+        with st.container(horizontal=True):
+            if st.button("Sign out", key="app_sign_out", icon=":material/logout:"):
+                sign_out()
+                st.rerun()
+            if st.button(
+                "Sign out everywhere",
+                key="app_sign_out_everywhere",
+                help="Ends your sessions in every browser and tab",
+            ):
+                sign_out(everywhere=True)
+                st.rerun()
 
 
 def flash(message: str, kind: str = "success", detail: str | None = None) -> None:

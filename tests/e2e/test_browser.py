@@ -26,11 +26,17 @@ def sign_in(page, url: str) -> None:
     page.get_by_label("Image prompt").wait_for(timeout=30_000)
 
 
+IMAGE_PROMPT = "A red fox standing in fresh snow by a pine forest"
+VIDEO_PROMPT = "Slow dolly in, snow falling, the fox looks up"
+
+
 def fill_prompts(page) -> None:
-    page.get_by_label("Image prompt").fill("A red fox standing in fresh snow by a pine forest")
-    page.get_by_label("Video prompt").fill("Slow dolly in, snow falling, the fox looks up")
+    page.get_by_label("Image prompt").fill(IMAGE_PROMPT)
+    page.get_by_label("Video prompt").fill(VIDEO_PROMPT)
     page.get_by_label("Image prompt").click()  # leaving the field commits its value
-    page.wait_for_timeout(400)
+    # Committed once the app has counted both prompts (each counter follows its field).
+    page.get_by_text(f"{len(IMAGE_PROMPT)} / 4,000 characters").wait_for(timeout=30_000)
+    page.get_by_text(f"{len(VIDEO_PROMPT)} / 2,000 characters").wait_for(timeout=30_000)
 
 
 def step_statuses(page) -> dict[str, str]:
@@ -95,8 +101,47 @@ def test_sign_in_start_watch_live_play_and_find_it_in_the_gallery(page, app_serv
 def test_a_link_to_someone_elses_or_a_missing_run_shows_a_message(page, app_server):
     sign_in(page, app_server.url)
     page.goto(f"{app_server.url}/watch?id=0123456789abcdef0123456789abcdef")
-    page.get_by_label("Email").fill(ADMIN_EMAIL)  # a new tab signs in again, then lands there
+    page.get_by_text("There is no such run in your account").wait_for(timeout=30_000)
+    assert page.get_by_text("Traceback").count() == 0
+
+
+def signed_out(page) -> bool:
+    return page.get_by_role("textbox", name="Password").count() > 0
+
+
+def test_a_session_survives_reload_new_tab_and_bookmarks_until_signed_out(browser, app_server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        first = context.new_page()
+        sign_in(first, app_server.url)
+        first.reload()
+        first.get_by_label("Image prompt").wait_for(timeout=30_000)
+        assert not signed_out(first)
+
+        tab = context.new_page()  # a new tab shares the browser's cookies
+        tab.goto(f"{app_server.url}/monitoring")
+        tab.get_by_text("Key figures").wait_for(timeout=30_000)
+        tab.goto(f"{app_server.url}/history?batch=no-such-batch")
+        tab.get_by_text("Showing the runs of one batch.").wait_for(timeout=30_000)
+        assert tab.get_by_text("Page not found").count() == 0
+
+        tab.get_by_role("button", name="Sign out", exact=True).click()
+        tab.get_by_role("textbox", name="Password").wait_for(timeout=30_000)
+        first.reload()
+        first.get_by_role("textbox", name="Password").wait_for(timeout=30_000)
+    finally:
+        context.close()
+
+
+def test_a_bookmark_opened_signed_out_lands_on_its_page_and_query_after_signing_in(
+    page, app_server
+):
+    page.goto(f"{app_server.url}/history?batch=no-such-batch")
+    page.get_by_label("Email").fill(ADMIN_EMAIL)
     page.get_by_role("textbox", name="Password").fill(ADMIN_PASSWORD)
     page.get_by_role("button", name="Sign in").click()
-    page.get_by_text("There is no run").wait_for(timeout=30_000)
-    assert page.get_by_text("Traceback").count() == 0
+    page.get_by_text("Showing the runs of one batch.").wait_for(timeout=30_000)
+    assert "/history?batch=no-such-batch" in page.url
+    page.goto(f"{app_server.url}/monitoring")  # an admin page, bookmarked
+    page.get_by_text("Key figures").wait_for(timeout=30_000)
+    assert page.get_by_text("Page not found").count() == 0

@@ -142,3 +142,23 @@ def test_admin_pages_join_the_menu_only_once_their_file_exists(monkeypatch, tmp_
     monkeypatch.setattr(nav, "APP_ROOT", tmp_path)
     assert nav.pages_for(True) == list(nav.USER_PAGES)
     assert (ROOT / nav.CREATE.path).is_file()
+
+
+def test_sign_out_everywhere_ends_the_session_in_every_tab(engine, make_user):
+    user = make_user()
+    first = main_run(sign_in(app_for(None), user.email, "password-123"))
+    second = main_run(sign_in(app_for(None), user.email, "password-123"))
+    assert second.session_state["auth_user_id"] == user.id
+    first.button(key="app_sign_out_everywhere").click()
+    first = main_run(first)
+    assert first.text_input(key="login_email") is not None
+    second = main_run(second)  # the other tab's next click
+    assert not second.exception
+    assert "auth_user_id" not in second.session_state
+    assert "Your session ended. Sign in again." in texts(second)
+
+
+def test_a_non_admin_asking_for_an_admin_page_is_refused_on_it(engine, make_user):
+    at = app_for(make_user(), page=nav.MONITORING.path)
+    assert not at.exception
+    assert "This page is for administrators." in texts(at)
