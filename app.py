@@ -57,5 +57,9 @@ for spec in nav.routable_pages():
     # an admin page gets that page's own refusal instead of a "Page not found" pop-up.
     sections.setdefault(spec.section, []).append(page(spec, hidden=spec not in menu))
 current = st.navigation(sections)
-session.sidebar(user)
-current.run()
+status = session.sidebar(user)
+try:
+    current.run()
+finally:
+    # Also when the page stops early (st.stop): the sidebar always gets its balance.
+    session.account_status(status, user)

@@ -95,9 +95,26 @@ class WorkflowView:
 
     @property
     def progress(self) -> int:
-        """Overall progress: each step weighs the same."""
-        done = sum(100 if s.status.is_done else s.progress for s in self.steps)
+        """Overall progress: each step weighs the same. Only completed steps count as done, so
+        a run that failed or was cancelled reports how far it really got (its skipped steps,
+        and whatever its last step had reached, count for nothing)."""
+        done = sum(self._step_share(s) for s in self.steps)
         return round(done / len(self.steps)) if self.steps else 0
+
+    def _step_share(self, step: StepView) -> int:
+        if step.status is StepStatus.COMPLETED:
+            return 100
+        return step.progress if step.status is StepStatus.PROCESSING else 0
+
+    @property
+    def steps_done(self) -> int:
+        return sum(s.status is StepStatus.COMPLETED for s in self.steps)
+
+    @property
+    def ended_at_step(self) -> StepView | None:
+        """The step a failed or cancelled run stopped at (None when none had started)."""
+        ended = (StepStatus.FAILED, StepStatus.CANCELLED)
+        return next((s for s in self.steps if s.status in ended), None)
 
     @property
     def duration_s(self) -> float | None:

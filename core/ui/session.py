@@ -13,6 +13,7 @@ import time
 
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
+from streamlit.delta_generator import DeltaGenerator
 
 from core import accounts, auth, sessions
 from core.auth import UserView
@@ -297,29 +298,15 @@ def _bootstrap_hint(services: AppServices) -> None:
         )
 
 
-def sidebar(user: UserView) -> None:
-    """The signed-in user, their balance, their runs in flight, and sign-out."""
-    services = get_services()
+def sidebar(user: UserView) -> DeltaGenerator:
+    """The signed-in user and sign-out; returns the slot for `account_status`, which the app
+    fills after the page has run."""
     with st.sidebar:
         text.literal(user.display_name)
         text.literal(user.email)
         if user.is_admin:
             st.badge("admin", icon=":material/shield_person:", color="violet")
-        st.metric("Credit balance", f"{user.balance:,}")
-        try:
-            with services.runtime.db.read() as session:
-                active = history.active_runs(session, user, limit=5)
-        except SQLAlchemyError:
-            active = []
-        if active:
-            st.caption(f"{len(active)} run{'s' if len(active) > 1 else ''} in progress")
-            for run in active:
-                st.page_link(
-                    nav.WATCH.path,
-                    label=f"{run.id[:8]} · {run.status.value}",
-                    icon=":material/play_circle:",
-                    query_params={"id": run.id},
-                )
+        status = st.container()
         write_cookie()
         with st.container(horizontal=True):
             if st.button("Sign out", key="app_sign_out", icon=":material/logout:"):
@@ -332,6 +319,29 @@ def sidebar(user: UserView) -> None:
             ):
                 sign_out(everywhere=True)
                 st.rerun()
+    return status
+
+
+def account_status(slot: DeltaGenerator, user: UserView) -> None:
+    """The balance and the runs in flight, read after the page's own reads: a run the page
+    shows ended (refunded) is never still "in progress" here beside the old balance."""
+    try:
+        with get_services().runtime.db.read() as session:
+            user = auth.get_user(session, user.id) or user
+            active = history.active_runs(session, user, limit=5)
+    except SQLAlchemyError:
+        active = []
+    with slot:
+        st.metric("Credit balance", f"{user.balance:,}")
+        if active:
+            st.caption(f"{len(active)} run{'s' if len(active) > 1 else ''} in progress")
+            for run in active:
+                st.page_link(
+                    nav.WATCH.path,
+                    label=f"{run.id[:8]} · {run.status.value}",
+                    icon=":material/play_circle:",
+                    query_params={"id": run.id},
+                )
 
 
 def flash(message: str, kind: str = "success", detail: str | None = None) -> None:

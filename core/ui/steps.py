@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import streamlit as st
 
-from core.states import StepStatus
+from core.states import StepStatus, WorkflowStatus
 from core.ui import format as fmt
 from core.ui import text
 from core.views.watch import LivePhase
@@ -17,13 +17,23 @@ from core.workflows import StepView, WorkflowView
 def overall(view: WorkflowView, phase: LivePhase, eta_s: float | None) -> None:
     """The run's progress bar, what it is doing now, and when it should be done."""
     with st.container(key="watch_overall"):
-        st.progress(view.progress / 100, text=f"**{view.progress}%** · {phase.label}")
+        st.progress(view.progress / 100, text=_overall_text(view, phase))
         facts = [f"elapsed {fmt.duration(view.duration_s)}"] if view.started_at else []
         if eta_s is not None:
             facts.append(f"about {fmt.duration(eta_s)} left (from this installation's runs)")
         elif view.status.is_active:
             facts.append("no estimate yet: it comes after the first finished run")
         st.caption(" · ".join(facts))
+
+
+def _overall_text(view: WorkflowView, phase: LivePhase) -> str:
+    """ "42% · Generating the first frame" while a run goes; a failed or cancelled one says where
+    it stopped and how many steps it finished, never a percentage counting skipped steps."""
+    if view.status not in (WorkflowStatus.FAILED, WorkflowStatus.CANCELLED):
+        return f"**{view.progress}%** · {phase.label}"
+    ended = view.ended_at_step
+    where = f" at {fmt.STEP_LABELS[ended.name][1]}" if ended else " before any step"
+    return f"{phase.label}{where} · **{view.steps_done} of {len(view.steps)} steps done**"
 
 
 def step_list(view: WorkflowView, tz: ZoneInfo | None) -> None:

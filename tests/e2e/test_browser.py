@@ -8,6 +8,7 @@ provider, so the run is caught mid-way).
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -24,6 +25,12 @@ def sign_in(page, url: str) -> None:
     page.get_by_role("textbox", name="Password").fill(ADMIN_PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     page.get_by_label("Image prompt").wait_for(timeout=30_000)
+    wait_for_session_cookie(page)
+
+
+def wait_for_session_cookie(page) -> None:
+    """Signing in writes the session cookie from the page itself, just after the first page."""
+    page.wait_for_function("() => document.cookie.includes('reelforge_session=')", timeout=30_000)
 
 
 IMAGE_PROMPT = "A red fox standing in fresh snow by a pine forest"
@@ -142,6 +149,23 @@ def test_a_bookmark_opened_signed_out_lands_on_its_page_and_query_after_signing_
     page.get_by_role("button", name="Sign in").click()
     page.get_by_text("Showing the runs of one batch.").wait_for(timeout=30_000)
     assert "/history?batch=no-such-batch" in page.url
+    wait_for_session_cookie(page)
     page.goto(f"{app_server.url}/monitoring")  # an admin page, bookmarked
     page.get_by_text("Key figures").wait_for(timeout=30_000)
     assert page.get_by_text("Page not found").count() == 0
+
+
+def test_the_sidebar_agrees_with_the_receipt_of_a_run_that_failed_at_once(page, app_server):
+    sign_in(page, app_server.url)
+    page.get_by_label("Image prompt").fill("a scene of gore in the snow")
+    page.get_by_label("Video prompt").fill(VIDEO_PROMPT)
+    page.get_by_label("Image prompt").click()
+    page.get_by_text(f"{len(VIDEO_PROMPT)} / 2,000 characters").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Start", exact=True).click()
+    receipt = page.locator(".st-key-watch_receipt")
+    receipt.get_by_text("balance after").wait_for(timeout=60_000)
+    balance_after = int(re.search(r"balance after (\d+)", receipt.inner_text()).group(1))
+    sidebar = page.locator("[data-testid='stSidebar']")
+    value = sidebar.locator("[data-testid='stMetricValue']").inner_text()
+    assert value == f"{balance_after:,}"
+    assert "in progress" not in sidebar.inner_text()

@@ -238,3 +238,29 @@ def test_a_database_error_while_polling_shows_a_banner_not_a_traceback(
     assert step_badges(at) == ["pending"] * 6  # the last state it saw
     at.run()
     assert "Lost contact" not in texts(at)
+
+
+def overall_bar(at):
+    return next(bar.proto for bar in at.get("progress") if "steps done" in bar.proto.text)
+
+
+def test_a_run_failed_at_its_first_step_says_where_and_counts_no_step_as_done(
+    engine, make_user, runtime
+):
+    user = make_user()
+    workflow_id, _ = runtime.start_workflow(
+        user, {**PAYLOAD, "imagePrompt": "a scene of gore"}, client_key="gore-progress"
+    )
+    assert wait_until_done(runtime, workflow_id).status is WorkflowStatus.FAILED
+    bar = overall_bar(watch(user, workflow_id))
+    assert bar.text == "Failed at Validation & safety · **0 of 6 steps done**"
+    assert bar.value == 0
+
+
+def test_a_run_cancelled_while_queued_reports_no_progress(engine, make_user, runtime):
+    user = make_user()
+    workflow_id = queued_run(runtime, user)
+    runtime.cancel(workflow_id, user)
+    bar = overall_bar(watch(user, workflow_id))
+    assert bar.text.endswith("· **0 of 6 steps done**")
+    assert bar.value == 0
