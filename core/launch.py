@@ -4,6 +4,7 @@ are reported and replaced by defaults rather than kept. The form's wording is co
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, get_args
@@ -152,9 +153,13 @@ _VARIED: dict[str, tuple[str, str]] = {
 }
 
 
-def variations(base: FormFields, count: int, mode: str) -> list[FormFields]:
+def variations(
+    base: FormFields, count: int, mode: str, builder: prompts.ShotChoices | None = None
+) -> list[FormFields]:
     """`count` runs from one form. "takes" repeats the prompts (each run gets the provider's
-    own random seed); the other modes append one builder option per run to the video prompt."""
+    own random seed); the other modes give each run one builder option: it replaces the
+    builder's own choice where the video prompt still holds it ("golden hour" becomes "blue
+    hour"), and is appended to the prompt otherwise."""
     if not 1 <= count <= MAX_BATCH:
         raise RequestValidationError({"batch": f"must be between 1 and {MAX_BATCH} runs"})
     if mode not in VARIATION_MODES:
@@ -163,11 +168,22 @@ def variations(base: FormFields, count: int, mode: str) -> list[FormFields]:
         return [base] * count
     label, option_list = _VARIED[mode]
     options: Sequence[str] = getattr(prompts, option_list)
-    stem = base.video_prompt.strip().rstrip(".")
+    chosen = getattr(builder, mode) if builder is not None else None
     return [
-        replace(base, video_prompt=f"{stem}. {label}: {options[i % len(options)]}.")
+        replace(
+            base, video_prompt=_varied(base.video_prompt, label, chosen, options[i % len(options)])
+        )
         for i in range(count)
     ]
+
+
+def _varied(prompt: str, label: str, chosen: str | None, option: str) -> str:
+    found = re.search(re.escape(chosen), prompt, re.IGNORECASE) if chosen else None
+    if found is None:
+        return f"{prompt.strip().rstrip('.')}. {label}: {option}."
+    # Keep the capital the builder gave the choice at the start of a sentence.
+    text = option[:1].upper() + option[1:] if found.group()[:1].isupper() else option
+    return prompt[: found.start()] + text + prompt[found.end() :]
 
 
 def validate_all(variants: Sequence[FormFields]) -> list[WorkflowRequest]:

@@ -98,3 +98,19 @@ def build_video_prompt(choices: ShotChoices) -> str:
         f"{choices.pace} pacing",
     ]
     return ". ".join(p[:1].upper() + p[1:] for p in parts if p) + "."
+
+
+def varying_parts(texts: list[str]) -> list[str]:
+    """What differs between prompts that share a start and an end (the runs of one batch),
+    word by word: ["A. Golden hour, calm.", "A. Blue hour, calm."] -> ["Golden", "Blue"].
+    Empty strings when all are the same."""
+    words = [t.split() for t in texts]
+    if len(words) < 2 or all(w == words[0] for w in words):
+        return [""] * len(texts)
+    shortest = min(len(w) for w in words)
+    head = next((i for i in range(shortest) if len({w[i] for w in words}) > 1), shortest)
+    tail = next(
+        (i for i in range(shortest - head) if len({w[len(w) - 1 - i] for w in words}) > 1),
+        shortest - head,
+    )
+    return [" ".join(w[head : len(w) - tail]) for w in words]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from itsdangerous import BadSignature, TimestampSigner
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -101,6 +101,11 @@ def resume(session: Session, token: str, settings: Settings) -> Resumed | None:
     if idle_s >= TOUCH_EVERY_S:
         row.last_seen_at = now
     return Resumed(row.user_id, row.created_at)
+
+
+def anyone_signed_in(session: Session) -> bool:
+    """Whether anyone has ever signed in with a password (the first-start hint's question)."""
+    return session.execute(select(SignInSession.id).limit(1)).first() is not None
 
 
 def revoke(session: Session, token: str) -> None:

@@ -51,7 +51,9 @@ for kind, message, detail in st.session_state.pop(cf.MESSAGES_KEY, []):
 
 form = cf.form()
 batch_count = int(st.session_state["create_batch_count"])
-variants = launch.variations(form, batch_count, st.session_state["create_batch_mode"])
+variants = launch.variations(
+    form, batch_count, st.session_state["create_batch_mode"], cf.builder_choices()
+)
 problems: dict[str, str] = {}
 if st.session_state.get("create_tried"):
     try:

@@ -9,6 +9,7 @@ import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
 from core import projects
+from core import prompts as prompt_rules
 from core.clock import utcnow
 from core.states import WorkflowStatus
 from core.ui import format as fmt
@@ -86,7 +87,7 @@ def fetch(page: int) -> tuple[history.RunPage, dict[WorkflowStatus, int]]:
     return runs, counts
 
 
-def draw_row(run: RunRow) -> None:
+def draw_row(run: RunRow, varies: str = "") -> None:
     with st.container(border=True, key=f"history_row_{run.id}"):
         status, prompts, facts, action = st.columns([1.1, 4.5, 2, 1], vertical_alignment="center")
         icon, colour = fmt.WORKFLOW_STATUS_STYLE[run.status]
@@ -100,6 +101,8 @@ def draw_row(run: RunRow) -> None:
         with prompts:
             text.literal(run.image_prompt, limit=110)
             text.literal(detail)
+            if varies:  # the shortened prompts of a batch's runs can look alike
+                text.literal(f"varies: {varies}")
         facts.caption(
             f"{fmt.ago(run.created_at)} · {fmt.local_time(run.created_at, tz, with_date=True)}  \n"
             f"⏱ {fmt.duration(run.duration_s)} · 💳 {run.cost_credits} cr"
@@ -130,8 +133,9 @@ def run_list() -> None:
     if not runs.rows:
         st.info("No runs match these filters." if runs.total == 0 else "No runs on this page.")
         return
-    for run in runs.rows:
-        draw_row(run)
+    varies = prompt_rules.varying_parts([r.video_prompt for r in runs.rows]) if batch else []
+    for run, difference in zip(runs.rows, varies or [""] * len(runs.rows), strict=True):
+        draw_row(run, difference)
     pages = max(1, -(-runs.total // PAGE_SIZE))
     st.caption(f"{fmt.plural(runs.total, 'run')} · page {page} of {pages}")
 

@@ -137,7 +137,7 @@ def draw_outcomes(flt: MonitoringFilter, outcomes: list[monitoring.OutcomeBucket
     if not any(b.total for b in outcomes):
         st.info("No runs were created in this range.")
         return
-    charts.chart(charts.outcomes_figure(outcomes), "monitoring_chart_outcomes")
+    charts.chart(charts.outcomes_figure(outcomes, flt), "monitoring_chart_outcomes")
 
 
 def draw_steps(panels: dict[str, Any]) -> None:
@@ -258,7 +258,7 @@ def draw_providers(panels: dict[str, Any]) -> None:
     download(totals, "provider_totals")
 
 
-def draw_usage(panels: dict[str, Any]) -> None:
+def draw_usage(flt: MonitoringFilter, panels: dict[str, Any]) -> None:
     by = st.segmented_control(
         "Credit usage by", ["user", "project"], default="user", key="monitoring_usage_by"
     )
@@ -267,7 +267,7 @@ def draw_usage(panels: dict[str, Any]) -> None:
     if not usage:
         st.info("No credits were spent in this range.")
         return
-    charts.chart(charts.credit_usage_figure(usage), "monitoring_chart_usage")
+    charts.chart(charts.credit_usage_figure(usage, flt), "monitoring_chart_usage")
     table = pd.DataFrame(
         [
             {"who": u.label, "reserved": u.reserved, "refunded": u.refunded, "spent": u.spent}
@@ -299,7 +299,7 @@ def dashboard() -> None:
     draw_steps(panels)
     draw_failures(panels)
     draw_providers(panels)
-    draw_usage(panels)
+    draw_usage(flt, panels)
 
 
 dashboard()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from core import launch
+from core import launch, prompts
 from core.errors import InsufficientCreditsError, RequestValidationError
 from core.launch import FormFields
+from core.prompts import ShotChoices
 from core.providers import catalog
 from core.runtime import Runtime
 from core.schemas import parse_request
@@ -90,6 +91,21 @@ def test_takes_repeat_the_prompts_and_variations_append_one_option_each():
     assert [v.video_prompt for v in camera] == [
         "slow pan. Camera: static shot.",
         "slow pan. Camera: slow dolly in.",
+    ]
+
+
+def test_a_variation_replaces_the_builders_own_choice_instead_of_contradicting_it():
+    choices = ShotChoices("a fox trots through snow", lighting="golden hour")
+    base = FormFields(image_prompt="a fox", video_prompt=prompts.build_video_prompt(choices))
+    lit = launch.variations(base, 3, "lighting", choices)
+    assert [v.video_prompt for v in lit] == [
+        base.video_prompt.replace("Golden hour", option[:1].upper() + option[1:])
+        for option in prompts.LIGHTING[:3]
+    ]
+    assert all("Lighting:" not in v.video_prompt for v in lit)
+    moved = launch.variations(base, 2, "camera", choices)
+    assert [v.video_prompt.split(". ")[0] for v in moved] == [
+        f"Wide shot, {option}" for option in prompts.CAMERA_MOVEMENTS[:2]
     ]
 
 

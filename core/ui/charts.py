@@ -12,7 +12,9 @@ import streamlit as st
 from core.ui import format as fmt
 from core.views.monitoring import (
     CreditUsage,
+    Granularity,
     HistogramBin,
+    MonitoringFilter,
     OutcomeBucket,
     ProviderStats,
     ProviderTotals,
@@ -30,13 +32,29 @@ def _layout(figure: go.Figure, *, height: int = 320, **extra: object) -> go.Figu
         margin={"l": 10, "r": 10, "t": 30, "b": 30},
         paper_bgcolor="rgba(0,0,0,0)",
         plot_bgcolor="rgba(0,0,0,0)",
-        legend={"orientation": "h", "y": 1.12},
+        # Above the plot area, anchored by its bottom: Plotly widens the top margin to fit it,
+        # so a legend that wraps never covers the bars.
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
         **extra,
     )
     return figure
 
 
-def outcomes_figure(buckets: Sequence[OutcomeBucket]) -> go.Figure:
+def _time_axis(figure: go.Figure, flt: MonitoringFilter, bucket: Granularity) -> go.Figure:
+    """The filter's whole range on the x axis, each bar as wide as its bucket: one day of data
+    stays one day wide (not stretched across the chart with sub-second ticks)."""
+    step_ms = bucket.step.total_seconds() * 1000
+    figure.update_traces(width=step_ms * 0.8, offset=step_ms * 0.1, selector={"type": "bar"})
+    figure.update_xaxes(
+        type="date",
+        # From one bucket before `since`: buckets start on whole hours, days or Mondays.
+        range=[flt.since - bucket.step, flt.until],
+        tickformat="%H:%M\n%b %d" if bucket is Granularity.HOUR else "%b %d",
+    )
+    return figure
+
+
+def outcomes_figure(buckets: Sequence[OutcomeBucket], flt: MonitoringFilter) -> go.Figure:
     """Runs per bucket, stacked by how they ended."""
     figure = go.Figure(
         [
@@ -49,6 +67,7 @@ def outcomes_figure(buckets: Sequence[OutcomeBucket]) -> go.Figure:
             for outcome in OUTCOMES
         ]
     )
+    figure = _time_axis(figure, flt, flt.granularity)
     return _layout(figure, barmode="stack", xaxis_title="UTC", yaxis_title="runs")
 
 
@@ -148,7 +167,7 @@ def provider_totals_figure(totals: Sequence[ProviderTotals]) -> go.Figure:
     )
 
 
-def credit_usage_figure(usage: Sequence[CreditUsage]) -> go.Figure:
+def credit_usage_figure(usage: Sequence[CreditUsage], flt: MonitoringFilter) -> go.Figure:
     """Credits spent (reserved minus refunded) per bucket, stacked by user or project."""
     by_label: dict[str, dict[object, int]] = {}
     for u in usage:
@@ -162,6 +181,7 @@ def credit_usage_figure(usage: Sequence[CreditUsage]) -> go.Figure:
             for label, series in by_label.items()
         ]
     )
+    figure = _time_axis(figure, flt, flt.usage_granularity)
     return _layout(figure, barmode="stack", xaxis_title="UTC", yaxis_title="credits spent")
 
 

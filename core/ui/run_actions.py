@@ -82,12 +82,13 @@ def _confirm_cancel(runtime: Runtime, user: UserView, workflow_id: str) -> None:
 
 
 def _restart_buttons(runtime: Runtime, user: UserView, view: WorkflowView) -> None:
-    label = "Run again" if view.status is WorkflowStatus.COMPLETED else "Retry"
+    again = "Run again" if view.status is WorkflowStatus.COMPLETED else "Retry"
+    # One click spends credits, so the cost is on the button itself (like Start).
     if st.button(
-        label,
+        f"{again} · {view.cost_credits} cr",
         key="watch_retry",
         icon=":material/replay:",
-        help=f"Start a new run with the same prompts and settings ({view.cost_credits} cr)",
+        help="Start a new run with the same prompts and settings at once",
     ):
         _retry(runtime, user, view)
     if st.button(

@@ -285,17 +285,27 @@ def _oidc_sign_in(provider: str) -> None:
 
 
 def _bootstrap_hint(services: AppServices) -> None:
-    boot = services.bootstrap
-    if boot is None:
-        return
-    if boot.problem:
+    """Until someone has signed in, where the first admin's password is: `make run` creates the
+    admin and prints its password before Streamlit starts, so the app may not have made it."""
+    boot, settings = services.bootstrap, services.runtime.settings
+    if boot is not None and boot.problem:
         st.warning(f"No admin account could be created: {boot.problem}.")
-    elif boot.generated_password:
-        st.info(
-            f"First start: an admin account **{boot.email}** was created. Its password was "
-            "printed once in the terminal that started the app.",
-            icon=":material/key:",
+        return
+    try:
+        with services.runtime.db.read() as session:
+            if sessions.anyone_signed_in(session):
+                return
+    except SQLAlchemyError:
+        return
+    if settings.admin_password is not None:
+        where = "its password is the one set in ADMIN_PASSWORD"
+    else:
+        where = (
+            "its password was printed once in the terminal that started Reelforge (by "
+            "`make run` or `python -m core users bootstrap-admin`, above Streamlit's address)"
         )
+    email = settings.admin_email or accounts.DEFAULT_ADMIN_EMAIL
+    st.info(f"First start: the first admin account is {email}; {where}.", icon=":material/key:")
 
 
 def sidebar(user: UserView) -> DeltaGenerator:

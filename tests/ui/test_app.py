@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from sqlalchemy import delete
+
 from core import auth
 from core.auth import Role
-from core.models import User
+from core.models import SignInSession, User
 from core.ui import nav
 from tests.ui.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, ROOT, app_for, main_run, texts
 
@@ -162,3 +164,16 @@ def test_a_non_admin_asking_for_an_admin_page_is_refused_on_it(engine, make_user
     at = app_for(make_user(), page=nav.MONITORING.path)
     assert not at.exception
     assert "This page is for administrators." in texts(at)
+
+
+def test_until_someone_signs_in_the_gate_says_where_the_first_admin_password_is(
+    engine, runtime, make_user
+):
+    with runtime.db.begin() as session:
+        session.execute(delete(SignInSession))  # a fresh install: nobody has signed in yet
+    at = app_for(None)
+    assert "First start: the first admin account is admin@example.com" in texts(at)
+    assert "ADMIN_PASSWORD" in texts(at)
+    user = make_user()
+    sign_in(at, user.email, "password-123")
+    assert "First start" not in texts(app_for(None))

@@ -137,3 +137,18 @@ def test_a_database_error_shows_the_banner_and_stops_the_page(
     assert not at.exception
     assert "The database is not answering right now." in texts(at)
     assert not [b for b in at.button if b.key == paging_key]  # the page stopped at the banner
+
+
+def test_a_batch_shows_what_varies_between_its_runs(engine, make_user, runtime):
+    from core import launch, prompts
+    from core.launch import FormFields
+
+    user = make_user()
+    choices = prompts.ShotChoices("a fox trots through snow", lighting="golden hour")
+    base = FormFields(image_prompt="a fox", video_prompt=prompts.build_video_prompt(choices))
+    variants = launch.variations(base, 2, "lighting", choices)
+    launch.start_batch(runtime, user, variants, "batch-varies")
+    at = history(user, batch="batch-varies")
+    assert not at.exception
+    shown = [t.value for t in at.text]
+    assert "varies: Golden" in shown and "varies: Blue" in shown

@@ -114,12 +114,12 @@ def test_on_an_empty_database_the_page_renders_zeros_and_empty_panels(engine, em
 
 def test_the_chart_builders_accept_empty_panels():
     for figure in (
-        charts.outcomes_figure([]),
+        charts.outcomes_figure([], MonitoringFilter.last(timedelta(days=7))),
         charts.step_percentiles_figure([]),
         charts.histogram_figure([]),
         charts.provider_latency_figure([]),
         charts.provider_totals_figure([]),
-        charts.credit_usage_figure([]),
+        charts.credit_usage_figure([], MonitoringFilter.last(timedelta(days=7))),
     ):
         assert figure.to_dict()["layout"]
 
@@ -217,3 +217,30 @@ def test_a_database_error_becomes_a_banner_not_a_traceback(engine, make_user, mo
     at.run()
     assert not at.exception
     assert "The database is not answering right now." in texts(at)
+
+
+def test_one_day_of_usage_is_one_day_wide_on_an_axis_spanning_the_range():
+    flt = MonitoringFilter.last(timedelta(days=7), now=datetime(2026, 11, 30, 12, tzinfo=UTC))
+    day = datetime(2026, 11, 29, tzinfo=UTC)
+    usage = [
+        monitoring.CreditUsage(start=day, key=1, label="a@example.com", reserved=19, refunded=0)
+    ]
+    layout = charts.credit_usage_figure(usage, flt).to_dict()
+    (bar,) = layout["data"]
+    day_ms = 24 * 3600 * 1000
+    assert bar["width"] == pytest.approx(day_ms * 0.8)  # a bucket, not the whole chart
+    assert layout["layout"]["xaxis"]["tickformat"] == "%b %d"  # dates, not 23:59:59.9996
+    first, last = (datetime.fromisoformat(str(x)) for x in layout["layout"]["xaxis"]["range"])
+    assert first <= flt.since and last >= flt.until
+
+
+def test_legends_sit_outside_the_plot_area_so_they_cover_no_data():
+    flt = MonitoringFilter.last(timedelta(days=1))
+    durations = [monitoring.StepDuration("validate", 3, 1.0, 2.0, 1.5, 2.5)]
+    for figure in (
+        charts.outcomes_figure([], flt),
+        charts.step_percentiles_figure(durations),
+        charts.credit_usage_figure([], flt),
+    ):
+        legend = figure.to_dict()["layout"]["legend"]
+        assert legend["yanchor"] == "bottom" and legend["y"] >= 1

@@ -114,7 +114,7 @@ def test_the_eta_comes_from_this_installations_finished_runs(
     end_running(runtime, workflow_id, WorkflowStatus.FAILED, "test over")
 
 
-def test_a_finished_run_shows_the_video_the_image_and_downloads(engine, finished_run):
+def test_a_finished_run_shows_the_video_the_image_and_downloads(engine, finished_run, runtime):
     owner, workflow_id = finished_run
     at = watch(owner, workflow_id)
     assert not at.exception
@@ -125,6 +125,11 @@ def test_a_finished_run_shows_the_video_the_image_and_downloads(engine, finished
     assert labels == ["Download video", "Download image"]
     assert not at.button(key="watch_retry").disabled
     assert at.get("plotly_chart")
+    # One click spends credits, so the button itself says how many.
+    assert (
+        at.button(key="watch_retry").label
+        == f"Run again · {load(runtime, workflow_id).cost_credits} cr"
+    )
 
 
 def test_a_failed_run_shows_its_receipt_with_the_refund(engine, make_user, runtime):
