@@ -88,15 +88,14 @@ def current_user(services: AppServices | None = None) -> UserView | None:
         user_id = _from_cookie(services)
     if user_id is None:
         return None
-    if _expired(services) or not _session_live(services):
+    if _expired(services):
         return None
     with db.read() as session:
         user = auth.get_user(session, user_id)
     if user is None or not user.is_active:
-        st.session_state.pop(USER_KEY, None)
-        st.session_state["auth_refused"] = "Your account is no longer active."
+        sign_out(reason="Your account is no longer active.")
         return None
-    return user
+    return user if _session_live(services) else None
 
 
 def _from_cookie(services: AppServices) -> int | None:
@@ -131,8 +130,7 @@ def _session_live(services: AppServices) -> bool:
     with services.runtime.db.begin() as session:
         live = sessions.resume(session, token, services.runtime.settings) is not None
     if not live:
-        sign_out()
-        st.session_state["auth_refused"] = "Your session ended. Sign in again."
+        sign_out(reason="Your session ended. Sign in again.")
     return live
 
 
@@ -144,8 +142,7 @@ def _expired(services: AppServices) -> bool:
     seen_at = st.session_state.get(SEEN_AT_KEY, now)
     idle = now - seen_at > settings.session_idle_timeout_s
     if idle or now - signed_in_at > settings.session_max_age_s:
-        sign_out()
-        st.session_state["auth_refused"] = "Your session expired. Sign in again."
+        sign_out(reason="Your session expired. Sign in again.")
         return True
     st.session_state[SEEN_AT_KEY] = now
     return False
@@ -170,8 +167,9 @@ def require_admin() -> UserView:
     return user
 
 
-def sign_out(*, everywhere: bool = False) -> None:
-    """End this browser's session (or every session of the user) and forget the cookie."""
+def sign_out(*, everywhere: bool = False, reason: str | None = None) -> None:
+    """End this browser's session (or every session of the user) and forget the cookie;
+    `reason` is shown on the sign-in form."""
     via_oidc = st.session_state.get(OIDC_KEY)
     token, user_id = st.session_state.get(TOKEN_KEY), st.session_state.get(USER_KEY)
     if token is not None or (everywhere and user_id is not None):
@@ -183,6 +181,8 @@ def sign_out(*, everywhere: bool = False) -> None:
     for key in list(st.session_state.keys()):
         del st.session_state[key]
     st.session_state[COOKIE_WRITE_KEY], st.session_state[SIGNED_OUT_KEY] = "", True
+    if reason:
+        st.session_state["auth_refused"] = reason
     if via_oidc:
         st.logout()
 
