@@ -19,9 +19,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from core.clock import utcnow
 from core.config import Settings
 from core.db import Database
-from core.models import Setting, SignInSession, User, utcnow
+from core.models import Setting, SignInSession, User
 
 COOKIE_NAME = "reelforge_session"
 SECRET_SETTING_KEY = "session_secret"

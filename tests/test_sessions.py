@@ -9,7 +9,8 @@ from sqlalchemy import update
 
 from core import admin, auth, sessions
 from core.auth import Role
-from core.models import SignInSession, utcnow
+from core.clock import utcnow
+from core.models import SignInSession
 
 
 def age(db, token: str, *, created_s: float = 0, seen_s: float = 0) -> None:

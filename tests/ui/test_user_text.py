@@ -18,7 +18,8 @@ from google.protobuf.message import Message
 
 from core import admin, auth, projects, templates, workflows
 from core.auth import Role, UserView
-from core.models import utcnow
+from core.clock import utcnow
+from core.schemas import parse_request
 from core.states import StepName, WorkflowStatus
 from core.ui import format as fmt
 from core.ui import nav
@@ -99,7 +100,9 @@ def world(engine) -> World:
         deadline = utcnow() + timedelta(hours=1)
         workflows.start_step(session, failed, StepName.VALIDATE, TEST_RUNNER, deadline_at=deadline)
     end_running(runtime, failed, WorkflowStatus.FAILED, PROVIDER_ERROR)
-    completed, _ = runtime.start_workflow(owner, payload, client_key=uuid.uuid4().hex)
+    completed, _ = runtime.start_workflow(
+        owner, parse_request(payload), client_key=uuid.uuid4().hex
+    )
     assert wait_until_done(runtime, completed).status is WorkflowStatus.COMPLETED
     return World(owner, admin_user, failed, completed, template.id)
 

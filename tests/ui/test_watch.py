@@ -254,7 +254,9 @@ def test_a_run_failed_at_its_first_step_says_where_and_counts_no_step_as_done(
 ):
     user = make_user()
     workflow_id, _ = runtime.start_workflow(
-        user, {**PAYLOAD, "imagePrompt": "a scene of gore"}, client_key="gore-progress"
+        user,
+        parse_request({**PAYLOAD, "imagePrompt": "a scene of gore"}),
+        client_key="gore-progress",
     )
     assert wait_until_done(runtime, workflow_id).status is WorkflowStatus.FAILED
     bar = overall_bar(watch(user, workflow_id))

@@ -1,7 +1,7 @@
 """workflows.provider_cancel_confirmed: the video provider's answer to a cancel, as a column
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-30 11:00:00
 
 Until now the answer travelled only inside the failed step's error text. Runs ended before this
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
