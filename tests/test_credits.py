@@ -10,6 +10,7 @@ from core.errors import InsufficientCreditsError, RequestValidationError
 from core.models import CreditTransaction, Workflow
 from core.schemas import parse_request
 from core.workflows import start_workflow
+from tests.reliability import record
 
 REQUEST = parse_request({"imagePrompt": "a fox", "videoPrompt": "dolly in"})
 COST = credits.cost_of(REQUEST, credits.DEFAULT_CREDIT_COSTS)
@@ -56,6 +57,15 @@ def test_concurrent_starts_beyond_the_balance_start_exactly_what_it_covers(
         assert session.scalar(select(func.count()).select_from(Workflow)) == affordable
     assert balance_of(db, user.id) == 0
     assert_invariant(db)
+    if starts == 500:
+        started = outcomes.count("started")
+        record(
+            "credits",
+            db.engine.url.render_as_string(),
+            starts=starts,
+            affordable=affordable,
+            started=started,
+        )
 
 
 def test_a_refused_start_writes_nothing(db, make_user):
@@ -130,8 +140,19 @@ def test_an_adjustment_cannot_take_a_balance_below_zero(db, make_user):
 
 def test_an_adjustment_needs_a_reason(db, make_user):
     user = make_user(credits=10)
-    with pytest.raises(RequestValidationError), db.begin() as session:
+    with pytest.raises(RequestValidationError) as caught, db.begin() as session:
         credits.adjust(session, user.id, 5, actor="admin@example.com", reason="  ")
+    assert caught.value.problems == {"reason": "is required for an adjustment"}
+
+
+def test_an_adjustment_of_nothing_is_refused_naming_the_amount(db, make_user):
+    user = make_user(credits=10)
+    with pytest.raises(RequestValidationError) as caught, db.begin() as session:
+        credits.adjust(session, user.id, 0, actor="admin@example.com", reason="why")
+    assert caught.value.problems == {"amount": "must not be zero"}
+    with db.begin() as session:
+        assert credits.adjust(session, user.id, 1, actor="admin@example.com", reason="why") == 11
+    assert_invariant(db)
 
 
 @pytest.mark.parametrize(
@@ -174,3 +195,15 @@ def test_grants_racing_refunds_never_lose_an_update(db, make_user):
             job.result()
     assert balance_of(db, user.id) == COST * 20 + 40 * 3
     assert_invariant(db)
+    with db.read() as session:
+        refunded = session.scalars(
+            select(CreditTransaction.workflow_id).where(CreditTransaction.kind == "refund")
+        ).all()
+    assert sorted(refunded) == sorted(started)
+    record(
+        "credits",
+        db.engine.url.render_as_string(),
+        grants=40,
+        refund_calls=2 * len(started),
+        refunded_runs=len(set(refunded)),
+    )

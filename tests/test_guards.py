@@ -106,21 +106,29 @@ def test_a_run_whose_runner_went_stale_is_taken_over_once(db, user):
 
 
 def test_a_released_run_is_claimable_at_once_and_keeps_its_first_start(db, user):
-    workflow_id = new_run(db, user)
-    assert claim(db, workflow_id, "runner-a")
+    workflow_id, kept = new_run(db, user), new_run(db, user, "kept")
+    assert claim(db, workflow_id, "runner-a") and claim(db, kept, "runner-a")
     started_at = run_row(db, workflow_id)["started_at"]
+    assert started_at is not None
     with db.begin() as session:
         workflows.release(session, workflow_id, "runner-a")
-    assert run_row(db, workflow_id)["heartbeat_at"] is None
+    released = run_row(db, workflow_id)
+    assert (released["status"], released["runner_id"], released["heartbeat_at"]) == (
+        "running",
+        None,
+        None,
+    )
+    assert run_row(db, kept)["runner_id"] == "runner-a"  # only the named run is given back
 
     assert claim(db, workflow_id, "runner-b")
     row = run_row(db, workflow_id)
     assert (row["runner_id"], row["started_at"]) == ("runner-b", started_at)
 
 
-def test_heartbeats_move_only_the_beating_runners_runs(db, user):
-    mine, theirs = new_run(db, user, "a"), new_run(db, user, "b")
-    assert claim(db, mine, "runner-a") and claim(db, theirs, "runner-b")
+def test_heartbeats_move_only_the_named_runs_of_the_beating_runner(db, user):
+    mine, also_mine, theirs = new_run(db, user, "a"), new_run(db, user, "b"), new_run(db, user, "c")
+    assert claim(db, mine, "runner-a") and claim(db, also_mine, "runner-a")
+    assert claim(db, theirs, "runner-b")
     old = utcnow() - timedelta(seconds=STALE_S + 1)
     force(db, update(Workflow).values(heartbeat_at=old))
 
@@ -128,7 +136,17 @@ def test_heartbeats_move_only_the_beating_runners_runs(db, user):
         workflows.heartbeat(session, [mine, theirs], "runner-a")
 
     assert run_row(db, mine)["heartbeat_at"] > old
+    assert run_row(db, also_mine)["heartbeat_at"] == old  # finished with it, or not yet
     assert run_row(db, theirs)["heartbeat_at"] == old
+
+
+def test_a_heartbeat_exactly_at_the_stale_limit_is_still_fresh(db, user):
+    workflow_id = new_run(db, user)
+    assert claim(db, workflow_id, "runner-a")
+    limit = utcnow() - timedelta(seconds=STALE_S)
+    force(db, update(Workflow).where(Workflow.id == workflow_id).values(heartbeat_at=limit))
+    with db.begin() as session:
+        assert not workflows.claim(session, workflow_id, "runner-b", stale_before=limit)
 
 
 @pytest.mark.parametrize("ended", ["completed", "failed", "cancelled"])
@@ -250,7 +268,8 @@ def test_a_step_cannot_complete_twice_so_a_resumed_run_never_overwrites_an_outpu
         workflows.start_step(session, workflow_id, STEP, "runner-a", deadline_at=utcnow())
         workflows.complete_step(session, workflow_id, STEP, "runner-a", {"key": "first.png"})
 
-    with pytest.raises(InvalidTransitionError), db.begin() as session:
+    refusal = f"workflow {workflow_id} step generate_image: cannot become completed"
+    with pytest.raises(InvalidTransitionError, match=refusal), db.begin() as session:
         workflows.complete_step(session, workflow_id, STEP, "runner-a", {"key": "second.png"})
 
     assert step_rows(db, workflow_id)[STEP_POSITION]["output"] == {"key": "first.png"}
@@ -277,10 +296,69 @@ def test_a_finished_run_cannot_be_ended_again_nor_refunded_again(db, user, ended
     assert (run_row(db, workflow_id), step_rows(db, workflow_id), ledger(db, workflow_id)) == before
 
 
+ENDS = {
+    "completed": (lambda s, w: workflows.complete_run(s, w, "runner-a"), None, None, None),
+    "failed": (
+        lambda s, w: workflows.end_run(
+            s,
+            w,
+            "runner-a",
+            WorkflowStatus.FAILED,
+            message="boom",
+            category=FailureCategory.STORAGE,
+        ),
+        "boom",
+        "storage",
+        "boom",
+    ),
+    "cancelled": (
+        lambda s, w: workflows.end_run(
+            s, w, "runner-a", WorkflowStatus.CANCELLED, message="stopped", category=None
+        ),
+        "stopped",
+        None,
+        "cancelled by the user",
+    ),
+}
+
+
+@pytest.mark.parametrize("ended", ENDS)
+def test_a_run_ends_with_its_reason_gives_up_its_runner_and_leaves_other_runs_alone(
+    db, user, ended
+):
+    end, message, category, refund_reason = ENDS[ended]
+    workflow_id, bystander = new_run(db, user), new_run(db, user, "bystander")
+    assert claim(db, workflow_id, "runner-a") and claim(db, bystander, "runner-a")
+    with db.begin() as session:
+        workflows.start_step(session, workflow_id, STEP, "runner-a", deadline_at=utcnow())
+    untouched = (run_row(db, bystander), step_rows(db, bystander))
+
+    with db.begin() as session:
+        end(session, workflow_id)
+
+    row = run_row(db, workflow_id)
+    assert (row["status"], row["runner_id"], row["heartbeat_at"]) == (ended, None, None)
+    assert (row["error_message"], row["error_category"]) == (message, category)
+    assert row["finished_at"] is not None
+    assert (run_row(db, bystander), step_rows(db, bystander)) == untouched
+    if ended != "completed":
+        steps = {r["name"]: r for r in step_rows(db, workflow_id)}
+        assert steps[STEP]["status"] == ("failed" if ended == "failed" else "cancelled")
+        assert (steps[STEP]["error_message"], steps[STEP]["error_category"]) == (message, category)
+        assert steps["finalize"]["status"] == "skipped"
+        with db.read() as session:
+            refund = credits.refund_entry(session, workflow_id)
+        assert (refund.amount, refund.reason) == (
+            run_row(db, workflow_id)["cost_credits"],
+            refund_reason,
+        )
+
+
 def test_a_queued_run_cannot_complete_without_being_run(db, user):
     workflow_id = new_run(db, user)
     force(db, update(Workflow).where(Workflow.id == workflow_id).values(runner_id="runner-a"))
-    with pytest.raises(InvalidTransitionError), db.begin() as session:
+    refusal = f"workflow {workflow_id}: cannot become completed"
+    with pytest.raises(InvalidTransitionError, match=refusal), db.begin() as session:
         workflows.complete_run(session, workflow_id, "runner-a")
     assert run_row(db, workflow_id)["status"] == "queued"
 
