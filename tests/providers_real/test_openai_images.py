@@ -223,10 +223,10 @@ def test_a_prompt_over_the_model_limit_fails_before_any_request(openai_twin):
     assert openai_twin.requests == []
 
 
-def test_constructing_an_adapter_does_no_io():
-    # Nothing listens on port 9; construction must not notice.
-    OpenAIImageGenerator("sk-x", base_url="http://127.0.0.1:9/v1")
-    OpenAIModerator("sk-x", base_url="http://127.0.0.1:9/v1")
+def test_constructing_an_adapter_does_no_io(openai_twin):
+    OpenAIImageGenerator(openai_twin.api_key, base_url=openai_twin.base_url)
+    OpenAIModerator(openai_twin.api_key, base_url=openai_twin.base_url)
+    assert openai_twin.requests == []
 
 
 def moderator(twin: OpenAITwin) -> OpenAIModerator:

@@ -107,8 +107,9 @@ def test_an_unreachable_endpoint_is_transient(s3_twin):
         store.put("k", b"x", "text/plain")
 
 
-def test_constructing_the_adapter_does_no_io():
-    S3Storage("any-bucket", endpoint_url="http://127.0.0.1:9")
+def test_constructing_the_adapter_does_no_io(s3_twin):
+    storage(s3_twin)
+    assert s3_twin.requests == []
 
 
 def test_check_is_a_head_bucket_naming_the_bucket(s3_twin):
