@@ -1,12 +1,23 @@
-"""The schema Alembic builds is the schema the models describe, on both databases."""
+"""The schema Alembic builds is the schema the models describe, and a database holding data at
+any older revision upgrades to the newest with every row intact, on both databases."""
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, insert, select
+from alembic.script import ScriptDirectory
+from sqlalchemy import Column, MetaData, create_engine, insert, select
 
 from core.clock import utcnow
-from core.db import alembic_config
+from core.db import alembic_config, make_engine, scratch_database, upgrade_schema
 from core.models import Base, User, Workflow, WorkflowStep
 
 
@@ -54,3 +65,91 @@ def test_runs_ended_before_0005_keep_the_providers_cancel_answer(tmp_path):
         stored = {run: confirmed for run, confirmed in rows}
     engine.dispose()
     assert stored == {"confirmed": True, "refused": False, "no-job": None}
+
+
+# -- upgrading a database that holds data -----------------------------------------------------
+
+OLDER_REVISIONS = [
+    r.revision
+    for r in reversed(list(ScriptDirectory.from_config(alembic_config("")).walk_revisions()))
+][:-1]
+
+
+def sample_value(column: Column, chosen: dict[tuple[str, str], Any]) -> Any:
+    """A value of the column's type; a foreign key takes the value its parent row was given."""
+    for key in column.foreign_keys:
+        return chosen[(key.column.table.name, key.column.name)]
+    python_type = column.type.python_type
+    samples = {
+        int: 1,
+        str: "sample",
+        bool: True,
+        float: 1.5,
+        Decimal: Decimal("1.5"),
+        datetime: datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        dict: {"kept": ["as", "json"]},
+        object: {"kept": ["as", "json"]},  # JSON columns
+    }
+    return samples[python_type]
+
+
+def fill_every_table(connection) -> None:
+    """One row in every table of the schema as it stands, parents first."""
+    schema = MetaData()
+    schema.reflect(connection)
+    chosen: dict[tuple[str, str], Any] = {}
+    for table in schema.sorted_tables:
+        if table.name == "alembic_version":
+            continue
+        row = {c.name: sample_value(c, chosen) for c in table.columns if c.computed is None}
+        chosen.update({(table.name, name): value for name, value in row.items()})
+        connection.execute(table.insert().values(row))
+
+
+def every_row(connection) -> dict[str, list[dict[str, Any]]]:
+    schema = MetaData()
+    schema.reflect(connection)
+    return {
+        t.name: [dict(r._mapping) for r in connection.execute(select(t))]
+        for t in schema.sorted_tables
+        if t.name != "alembic_version"
+    }
+
+
+@contextmanager
+def empty_database(kind: str, tmp_path: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    server = os.environ.get("TEST_DATABASE_URL")
+    if not server:
+        pytest.fail("Postgres variant selected without TEST_DATABASE_URL")
+    with scratch_database(server, prefix="reelforge_upgrade") as url:
+        yield url
+
+
+@pytest.mark.parametrize("revision", OLDER_REVISIONS)
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_upgrading_a_database_with_data_keeps_every_row(kind, revision, tmp_path):
+    with empty_database(kind, tmp_path) as url:
+        command.upgrade(alembic_config(url), revision)
+        engine = make_engine(url)
+        with engine.begin() as connection:
+            fill_every_table(connection)
+        with engine.connect() as connection:
+            before = every_row(connection)
+        engine.dispose()
+
+        upgrade_schema(url)
+
+        engine = make_engine(url)
+        with engine.connect() as connection:
+            after = every_row(connection)
+            assert connection.exec_driver_sql(
+                "SELECT version_num FROM alembic_version"
+            ).scalar() == (ScriptDirectory.from_config(alembic_config(url)).get_current_head())
+        engine.dispose()
+    assert all(before.values()), "every table of the old schema got a row"
+    for table, rows in before.items():
+        kept = [{name: row[name] for name in rows[0]} for row in after[table]]
+        assert kept == rows, table
