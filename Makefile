@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format bench load screenshots clean
+.PHONY: install run test lint format bench load screenshots reliability-report mutants clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -49,9 +49,26 @@ load: install
 	DATA_DIR=$$scratch DATABASE_URL=$${LOAD_DATABASE_URL:-sqlite:///$$scratch/load.db} \
 	$(PY) -m core load --workflows $(LOAD_WORKFLOWS); status=$$?; rm -rf $$scratch; exit $$status
 
+# The README's reliability table, from the figures the tests last measured (.reliability/).
+reliability-report: install
+	@$(PY) -m tests.reliability
+
+# Mutation testing of the guards (docs/mutants.md): the ledger, the claim and fencing functions
+# and the transition check, against their tests, on Postgres. Not part of `make test`.
+MUTANT_FUNCTIONS := core.credits.x__apply core.credits.x_grant core.credits.x_adjust \
+	core.credits.x_reserve core.credits.x_refund core.workflows.x_claim \
+	core.workflows.x_heartbeat core.workflows.x_release core.workflows.x__owned_by \
+	core.workflows.x_write_step core.workflows.x__move_run core.states.x_step_sources \
+	core.states.x_workflow_sources
+mutants: install
+	@test -n "$$TEST_DATABASE_URL" || { echo "make mutants runs on Postgres: set TEST_DATABASE_URL"; exit 1; }
+	REQUIRE_POSTGRES=1 $(VENV)/bin/mutmut run --max-children 2 $(foreach f,$(MUTANT_FUNCTIONS),'$(f)__mutmut_*')
+	@$(VENV)/bin/mutmut results --all true | grep -F $(addprefix -e ,$(addsuffix __mutmut_,$(MUTANT_FUNCTIONS))) \
+		| awk '{n++; s[$$2]++} $$2 != "killed" {print} END {for (k in s) print k, s[k]; print "score:", s["killed"] "/" n}'
+
 # Photographs each page of a fresh offline app into docs/ (needs Debian's chromium).
 screenshots: install
 	$(PY) -m tests.e2e.screenshots
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache mutants .reliability
