@@ -25,6 +25,7 @@ from core.errors import (
     PermanentProviderError,
     StepFailedError,
     StepTimeoutError,
+    TransientProviderError,
     WorkflowCancelledError,
 )
 from core.progress import VideoJobProgress
@@ -471,17 +472,20 @@ def _read_back(ctx: StepContext, uploaded: dict[str, Any]) -> bytes:
 
 
 def _notify(ctx: StepContext) -> bool:
-    """Best-effort webhook; a failing webhook never fails a finished video."""
+    """Best-effort webhook, retried like a provider call; a failing webhook never fails a
+    finished video."""
     body = {"workflowId": ctx.workflow.id, "status": WorkflowStatus.COMPLETED.value}
-    try:
-        ctx.call(
-            "notify",
-            lambda: httpx.post(
+
+    def post() -> None:
+        try:
+            httpx.post(
                 ctx.settings.webhook_url or "", content=json.dumps(body), timeout=10
-            ).raise_for_status(),
-            provider="webhook",
-            retry=False,
-        )
+            ).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise TransientProviderError(f"webhook: {exc}", provider="webhook") from exc
+
+    try:
+        ctx.call("notify", post, provider="webhook")
     except Exception:  # noqa: BLE001 - reported in api_calls; the run is done regardless
         return False
     return True
