@@ -4,9 +4,7 @@ receiver fails, without ever failing the finished run."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from sqlalchemy import select
@@ -16,6 +14,7 @@ from core.models import ApiCall
 from core.runtime import Runtime
 from core.states import StepName, WorkflowStatus
 from tests.helpers import load
+from tests.local_http import LocalServer, local_server
 
 PAYLOAD = {
     "imagePrompt": "a kite over the dunes",
@@ -25,47 +24,21 @@ PAYLOAD = {
 }
 
 
-class Receiver(ThreadingHTTPServer):
-    """Answers each POST with the next scripted status (200 once the script runs out)."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.statuses = statuses
-        self.bodies: list[dict] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hooks/reelforge"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        length = int(self.headers["Content-Length"])
-        self.server.bodies.append(json.loads(self.rfile.read(length)))
-        status = self.server.statuses.pop(0) if self.server.statuses else 200
-        self.send_response(status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *_args) -> None:
-        pass
-
-
 @pytest.fixture
-def receiver(request: pytest.FixtureRequest) -> Iterator[Receiver]:
-    server = Receiver(list(getattr(request, "param", [])))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def receiver(request: pytest.FixtureRequest) -> Iterator[LocalServer]:
+    """The webhook's receiver: answers each POST with the next scripted status, then 200."""
+    statuses = list(getattr(request, "param", []))
+    with local_server(lambda _: (statuses.pop(0) if statuses else 200, {})) as server:
+        yield server
 
 
-def run_once(settings, make_user, receiver: Receiver):
+def bodies(receiver: LocalServer) -> list[dict]:
+    return [json.loads(r.body) for r in receiver.requests]
+
+
+def run_once(settings, make_user, receiver: LocalServer):
     runtime = Runtime(
-        settings.model_copy(update={"webhook_url": receiver.url}),
+        settings.model_copy(update={"webhook_url": f"{receiver.url}/hooks/reelforge"}),
         upgrade=False,
         executor=InlineExecutor(),
     )
@@ -86,7 +59,8 @@ def run_once(settings, make_user, receiver: Receiver):
 def test_a_completed_run_posts_its_id_and_status_once(settings, make_user, receiver):
     view, outcomes = run_once(settings, make_user, receiver)
     assert view.status is WorkflowStatus.COMPLETED
-    assert receiver.bodies == [{"workflowId": view.id, "status": "completed"}]
+    assert bodies(receiver) == [{"workflowId": view.id, "status": "completed"}]
+    assert [(r.method, r.path) for r in receiver.requests] == [("POST", "/hooks/reelforge")]
     assert view.step(StepName.FINALIZE).output["webhook_notified"] is True
     assert outcomes == ["ok"]
 
@@ -95,7 +69,7 @@ def test_a_completed_run_posts_its_id_and_status_once(settings, make_user, recei
 def test_a_failing_receiver_is_retried_until_it_takes_the_notice(settings, make_user, receiver):
     view, outcomes = run_once(settings, make_user, receiver)
     assert view.status is WorkflowStatus.COMPLETED
-    assert receiver.bodies == [{"workflowId": view.id, "status": "completed"}] * 3
+    assert bodies(receiver) == [{"workflowId": view.id, "status": "completed"}] * 3
     assert view.step(StepName.FINALIZE).output["webhook_notified"] is True
     assert outcomes[-1] == "ok" and len(outcomes) == 3
 
@@ -104,6 +78,6 @@ def test_a_failing_receiver_is_retried_until_it_takes_the_notice(settings, make_
 def test_a_receiver_that_never_answers_well_does_not_fail_the_run(settings, make_user, receiver):
     view, outcomes = run_once(settings, make_user, receiver)
     assert view.status is WorkflowStatus.COMPLETED
-    assert len(receiver.bodies) == settings.retry_max_attempts
+    assert len(receiver.requests) == settings.retry_max_attempts
     assert view.step(StepName.FINALIZE).output["webhook_notified"] is False
     assert len(outcomes) == settings.retry_max_attempts and "ok" not in outcomes
