@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -60,3 +63,15 @@ def refunds(runtime: Runtime, workflow_id: str) -> list[int]:
             )
         )
         return list(rows.scalars())
+
+
+def run_core(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m core ARGS` as a user runs it, with `env` as its whole environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )

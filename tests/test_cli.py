@@ -3,10 +3,10 @@
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 from core.media import probe_video
+from tests.helpers import run_core
 
 
 def run_cli(
@@ -22,14 +22,7 @@ def run_cli(
     env.pop("DATABASE_URL", None)
     if database_url:
         env["DATABASE_URL"] = database_url
-    return subprocess.run(
-        [sys.executable, "-m", "core", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    return run_core(env, tmp_path, *args)
 
 
 def test_run_completes_offline_and_prints_a_playable_video(tmp_path):

@@ -4,14 +4,13 @@ repeats the key."""
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from sqlalchemy import MetaData, create_engine, select
 
 from core.config import Settings
+from tests.helpers import run_core
 from tests.local_http import Request, local_server
 
 OPENAI_SECRET = "sk-test-NEVER-PRINT-ME-0123456789"
@@ -60,14 +59,7 @@ def test_a_failing_real_run_and_health_check_never_print_or_store_the_keys(tmp_p
         env.pop("DATABASE_URL", None)
         outputs = []
         for args in (["-v", "run", "--image-prompt", "a fox", "--video-prompt", "pan"], ["health"]):
-            done = subprocess.run(
-                [sys.executable, "-m", "core", *args],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                cwd=tmp_path,
-            )
+            done = run_core(env, tmp_path, *args)
             assert done.returncode == 1
             outputs.append(done.stdout + done.stderr)
     everything = "\n".join(outputs)
