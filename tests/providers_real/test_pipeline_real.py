@@ -33,6 +33,7 @@ from core.providers.s3_storage import S3Storage
 from core.runtime import Runtime
 from core.schemas import parse_request
 from core.states import StepName, StepStatus, WorkflowStatus
+from core.ui import media
 from tests.helpers import balance, load, refunds, wait_for
 from tests.twins.fal_twin import CONTENT_POLICY_MESSAGE, FalTwin
 from tests.twins.openai_twin import CONTENT_POLICY_DALLE, CONTENT_POLICY_GPT, OpenAITwin
@@ -193,6 +194,21 @@ def test_a_run_through_all_three_real_clients_completes_with_a_real_clip(
     assert cost[("generate_video", "result")] > Decimal(0)
     assert refunds(runtime, workflow_id) == []
     assert balance(runtime, user) == 100 - view.cost_credits
+
+
+def test_presign_expiry_s_reaches_the_links_the_pipeline_and_the_pages_hand_out(
+    make_settings, engines, user, twins
+):
+    runtime = engines(make_settings(presign_expiry_s=123))
+    workflow_id, _ = runtime.start_workflow(user, RUN)
+    assert load(runtime, workflow_id).status is WorkflowStatus.COMPLETED
+
+    (submit,) = twins.fal.recorded("POST")
+    assert "X-Amz-Expires=123&" in submit.json["image_url"]  # the still handed to fal
+    with runtime.db.read() as session:
+        assets = workflows.assets_of(session, workflow_id)
+    links = [media.source_of(runtime, asset) for asset in assets]  # what the pages show
+    assert len(links) == 2 and all("X-Amz-Expires=123&" in link for link in links)
 
 
 def test_models_chosen_for_a_run_reach_the_providers_with_their_own_arguments(
