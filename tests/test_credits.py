@@ -207,3 +207,48 @@ def test_grants_racing_refunds_never_lose_an_update(db, make_user):
         refund_calls=2 * len(started),
         refunded_runs=len(set(refunded)),
     )
+
+
+def ledger_rows(db, user_id: int) -> list[tuple]:
+    with db.read() as session:
+        rows = session.execute(
+            select(
+                CreditTransaction.kind,
+                CreditTransaction.amount,
+                CreditTransaction.workflow_id,
+                CreditTransaction.reason,
+                CreditTransaction.idempotency_key,
+            )
+            .where(CreditTransaction.user_id == user_id)
+            .order_by(CreditTransaction.id)
+        )
+        return [tuple(r) for r in rows]
+
+
+def test_every_ledger_row_says_what_why_and_for_which_run(db, make_user):
+    user = make_user(credits=100)
+    workflow_id, _ = start_workflow(db, user_id=user.id, request=REQUEST, client_key="k", actor="t")
+    with db.begin() as session:
+        credits.adjust(session, user.id, -5, actor="admin@example.com", reason="goodwill fix")
+        credits.refund(session, workflow_id, reason="it failed")
+    assert ledger_rows(db, user.id)[1:] == [
+        ("reserve", -COST, workflow_id, "credits reserved at start", f"reserve:{workflow_id}"),
+        ("adjust", -5, None, "goodwill fix", None),
+        ("refund", COST, workflow_id, "it failed", f"refund:{workflow_id}"),
+    ]
+
+
+@pytest.mark.parametrize("cost", [0, 1])
+def test_a_free_run_gets_no_refund_row_and_a_one_credit_run_gets_its_credit(db, make_user, cost):
+    raw = credits.DEFAULT_CREDIT_COSTS.model_dump()
+    raw["image"]["standard"]["wide"] = cost
+    raw["video_per_second"]["720p"]["audio"] = 0
+    with db.begin() as session:
+        credits.save_costs(session, raw, actor="admin@example.com")
+    user = make_user(credits=10)
+    workflow_id, _ = start_workflow(db, user_id=user.id, request=REQUEST, client_key="k", actor="t")
+    with db.begin() as session:
+        assert credits.refund(session, workflow_id, reason="it failed") == cost
+    refunds = [row for row in ledger_rows(db, user.id) if row[0] == "refund"]
+    assert [row[1] for row in refunds] == ([cost] if cost else [])
+    assert balance_of(db, user.id) == 10

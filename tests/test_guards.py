@@ -261,6 +261,16 @@ def test_every_step_move_the_table_forbids_raises_and_writes_nothing(db, user):
 STEP_POSITION = list(StepName).index(STEP)
 
 
+def test_a_step_write_touches_only_its_own_run(db, user):
+    mine, other = new_run(db, user), new_run(db, user, "other")
+    assert claim(db, mine, "runner-a") and claim(db, other, "runner-a")
+    untouched = step_rows(db, other)
+    with db.begin() as session:
+        workflows.start_step(session, mine, STEP, "runner-a", deadline_at=utcnow())
+    assert step_rows(db, mine)[STEP_POSITION]["status"] == "processing"
+    assert step_rows(db, other) == untouched
+
+
 def test_a_step_cannot_complete_twice_so_a_resumed_run_never_overwrites_an_output(db, user):
     workflow_id = new_run(db, user)
     assert claim(db, workflow_id, "runner-a")
@@ -367,12 +377,14 @@ def test_a_queued_run_cannot_complete_without_being_run(db, user):
 
 
 def taken_over(db: Database, user: UserView) -> str:
-    """A run runner-a started a step of, then lost to runner-b after going stale."""
-    workflow_id = new_run(db, user)
+    """A run runner-a started a step of, then lost to runner-b after going stale, while it still
+    holds another run."""
+    workflow_id, still_mine = new_run(db, user), new_run(db, user, "still-mine")
     assert claim(db, workflow_id, "runner-a")
     with db.begin() as session:
         workflows.start_step(session, workflow_id, STEP, "runner-a", deadline_at=utcnow())
     assert claim(db, workflow_id, "runner-b", stale_after_s=-1)
+    assert claim(db, still_mine, "runner-a")  # holding another run must not let a write through
     return workflow_id
 
 
