@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select
 
 from core import credits
-from core.errors import InsufficientCreditsError, RequestValidationError
+from core.errors import InsufficientCreditsError, NotFoundError, RequestValidationError
 from core.models import CreditTransaction, Workflow
 from core.schemas import parse_request
 from core.workflows import start_workflow
@@ -230,10 +230,12 @@ def test_every_ledger_row_says_what_why_and_for_which_run(db, make_user):
     workflow_id, _ = start_workflow(db, user_id=user.id, request=REQUEST, client_key="k", actor="t")
     with db.begin() as session:
         credits.adjust(session, user.id, -5, actor="admin@example.com", reason="goodwill fix")
+        credits.grant(session, user.id, 7, actor="admin@example.com", reason="welcome back")
         credits.refund(session, workflow_id, reason="it failed")
     assert ledger_rows(db, user.id)[1:] == [
         ("reserve", -COST, workflow_id, "credits reserved at start", f"reserve:{workflow_id}"),
         ("adjust", -5, None, "goodwill fix", None),
+        ("grant", 7, None, "welcome back", None),
         ("refund", COST, workflow_id, "it failed", f"refund:{workflow_id}"),
     ]
 
@@ -252,3 +254,18 @@ def test_a_free_run_gets_no_refund_row_and_a_one_credit_run_gets_its_credit(db, 
     refunds = [row for row in ledger_rows(db, user.id) if row[0] == "refund"]
     assert [row[1] for row in refunds] == ([cost] if cost else [])
     assert balance_of(db, user.id) == 10
+
+
+@pytest.mark.parametrize("amount", [0, -1])
+def test_a_grant_of_nothing_or_less_is_refused_naming_the_amount(db, make_user, amount):
+    user = make_user(credits=10)
+    with pytest.raises(RequestValidationError) as caught, db.begin() as session:
+        credits.grant(session, user.id, amount, actor="admin@example.com", reason="why")
+    assert caught.value.problems == {"amount": "must be a positive number of credits"}
+    with db.begin() as session:
+        assert credits.grant(session, user.id, 1, actor="admin@example.com", reason="why") == 11
+
+
+def test_credits_for_a_user_that_does_not_exist_are_refused_by_name(db):
+    with pytest.raises(NotFoundError, match="user 999 does not exist"), db.begin() as session:
+        credits.grant(session, 999, 5, actor="admin@example.com", reason="why")
