@@ -74,7 +74,8 @@ def _db_faults(f: dict) -> str:
 
 def _process_exit(f: dict) -> str:
     return (
-        f"exits {f['exit_s']:.1f} s after being told to (asserted under {f['bound_s']:g} s; "
+        f"exits {f['exit_s']:.1f} s after its last line ran with a run mid-video (asserted under "
+        f"{f['bound_s']:g} s; "
         "the stuck video would hold it for its whole budget), its run released to recovery"
     )
 

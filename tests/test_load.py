@@ -5,6 +5,7 @@ import pytest
 from core.config import Settings
 from core.db import upgrade_schema
 from core.tools.load import run_load
+from tests.reliability import record
 
 
 @pytest.mark.slow
@@ -21,3 +22,11 @@ def test_twenty_concurrent_runs_under_faults_keep_every_invariant(primary_databa
     assert report.retried_calls > 0
     assert report.outcomes.get("completed", 0) >= 10
     assert report.refunds == report.outcomes.get("failed", 0)
+    record(
+        "load",
+        primary_database_url,
+        runs=report.workflows,
+        completed=report.outcomes.get("completed", 0),
+        failed=report.outcomes.get("failed", 0),
+        retried_calls=report.retried_calls,
+    )
