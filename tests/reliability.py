@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.states import STEP_ORDER
+
 DIRECTORY = Path(__file__).resolve().parents[1] / ".reliability"
 
 
@@ -36,7 +38,7 @@ def record(row: str, database_url: str, **figures: Any) -> None:
 
 
 def _crash(f: dict) -> str:
-    steps = ", ".join(f"{step} {n}" for step, n in f["kills_by_step"].items())
+    steps = ", ".join(f"{step} {f['kills_by_step'][step]}" for step in STEP_ORDER)
     return (
         f"{f['kills']} kills, each aimed at a step and taken while it was processing ({steps}); "
         f"{f['runs']} runs: {f['completed']} completed, {f['cancelled']} cancelled by a user "
