@@ -12,6 +12,7 @@ from sqlalchemy import select
 from core.executor import InlineExecutor
 from core.models import ApiCall
 from core.runtime import Runtime
+from core.schemas import parse_request
 from core.states import StepName, WorkflowStatus
 from tests.helpers import load
 from tests.local_http import LocalServer, local_server
@@ -43,7 +44,7 @@ def run_once(settings, make_user, receiver: LocalServer):
         executor=InlineExecutor(),
     )
     try:
-        workflow_id, _ = runtime.start_workflow(make_user(credits=100), PAYLOAD)
+        workflow_id, _ = runtime.start_workflow(make_user(credits=100), parse_request(PAYLOAD))
         view = load(runtime, workflow_id)
         with runtime.db.read() as session:
             outcomes = session.scalars(

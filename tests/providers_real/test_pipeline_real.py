@@ -200,7 +200,7 @@ def test_presign_expiry_s_reaches_the_links_the_pipeline_and_the_pages_hand_out(
     make_settings, engines, user, twins
 ):
     runtime = engines(make_settings(presign_expiry_s=123))
-    workflow_id, _ = runtime.start_workflow(user, RUN)
+    workflow_id, _ = runtime.start_workflow(user, parse_request(RUN))
     assert load(runtime, workflow_id).status is WorkflowStatus.COMPLETED
 
     (submit,) = twins.fal.recorded("POST")
