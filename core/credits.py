@@ -53,6 +53,18 @@ def checked_amount(value: object, field: str, *, maximum: int = MAX_AMOUNT) -> i
     return value
 
 
+def checked_change(value: object, field: str) -> int:
+    """`value` as a signed, non-zero change of credits (an adjustment) no larger than MAX_AMOUNT
+    either way, or a RequestValidationError naming `field`."""
+    if type(value) is not int:  # bool is refused too
+        raise RequestValidationError({field: "must be a whole number of credits"})
+    if value == 0:
+        raise RequestValidationError({field: "must not be zero"})
+    if abs(value) > MAX_AMOUNT:
+        raise RequestValidationError({field: f"must be between -{MAX_AMOUNT:,} and {MAX_AMOUNT:,}"})
+    return value
+
+
 class ImageCosts(BaseModel):
     model_config = ConfigDict(extra="forbid")
     square: int = Credits  # 1024x1024
@@ -209,7 +221,7 @@ def grant(session: Session, user_id: int, amount: int, *, actor: str, reason: st
 
 def adjust(session: Session, user_id: int, amount: int, *, actor: str, reason: str) -> int:
     """An admin correction, either sign; never takes a balance below zero."""
-    checked_amount(abs(amount) if type(amount) is int else amount, "amount")
+    checked_change(amount, "amount")
     if not reason.strip():
         raise RequestValidationError({"reason": "is required for an adjustment"})
     return _apply(

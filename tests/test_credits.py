@@ -156,6 +156,24 @@ def test_an_adjustment_of_nothing_is_refused_naming_the_amount(db, make_user):
 
 
 @pytest.mark.parametrize(
+    ("amount", "problem"),
+    [
+        (-credits.MAX_AMOUNT - 1, "must be between -1,000,000,000 and 1,000,000,000"),
+        (credits.MAX_AMOUNT + 1, "must be between -1,000,000,000 and 1,000,000,000"),
+        (True, "must be a whole number of credits"),
+    ],
+)
+def test_an_adjustment_outside_the_bound_is_refused_naming_the_amount(
+    db, make_user, amount, problem
+):
+    user = make_user(credits=10)
+    with pytest.raises(RequestValidationError) as caught, db.begin() as session:
+        credits.adjust(session, user.id, amount, actor="admin@example.com", reason="why")
+    assert caught.value.problems == {"amount": problem}
+    assert_invariant(db)
+
+
+@pytest.mark.parametrize(
     "bad", [{"image": {"standard": {"square": -1, "wide": 3}}}, {"image": "x"}]
 )
 def test_invalid_costs_are_refused(db, bad):
@@ -261,7 +279,7 @@ def test_a_grant_of_nothing_or_less_is_refused_naming_the_amount(db, make_user, 
     user = make_user(credits=10)
     with pytest.raises(RequestValidationError) as caught, db.begin() as session:
         credits.grant(session, user.id, amount, actor="admin@example.com", reason="why")
-    assert caught.value.problems == {"amount": "must be a positive number of credits"}
+    assert caught.value.problems == {"amount": "must be between 1 and 1,000,000,000"}
     with db.begin() as session:
         assert credits.grant(session, user.id, 1, actor="admin@example.com", reason="why") == 11
 
