@@ -388,3 +388,23 @@ class SignInSession(Base):
 
     def __repr__(self) -> str:
         return f"SignInSession(user={self.user_id}, revoked={self.revoked_at is not None})"
+
+
+class ApiToken(Base):
+    """A user's bearer token for the HTTP API. Only the secret's SHA-256 is stored (core.tokens);
+    the prefix is the secret's first characters, shown in lists to tell tokens apart."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(120), default="")
+    prefix: Mapped[str] = mapped_column(String(8), index=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column()
+    expires_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+    def __repr__(self) -> str:
+        return f"ApiToken(id={self.id}, user={self.user_id}, prefix={self.prefix!r})"

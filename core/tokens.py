@@ -1,0 +1,131 @@
+"""Bearer tokens for the HTTP API: created (the secret shown once), listed, revoked, and turned
+back into their user on every request. The caller owns the transaction, as in core.credits.
+
+Only the SHA-256 of a secret is stored. A fast hash is right here, unlike for passwords: the
+secrets are 256 random bits, so there is nothing to guess from a leaked hash and no reason to
+make each request pay for a slow one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from core.auth import UserView, get_user
+from core.clock import utcnow
+from core.errors import NotFoundError, RequestValidationError
+from core.models import ApiToken, view_of
+
+PREFIX_CHARS = 8
+NAME_MAX_CHARS = 120
+# last_used_at is a hint for the tokens list, not an audit trail: one write a minute is enough.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class TokenView:
+    id: int
+    user_id: int
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def is_usable(self, now: datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: TokenView
+    secret: str  # shown once; only its hash is kept
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_token(
+    session: Session, user_id: int, *, name: str = "", expires_days: int | None = None
+) -> IssuedToken:
+    name = name.strip()
+    if len(name) > NAME_MAX_CHARS:
+        raise RequestValidationError({"name": f"is too long (at most {NAME_MAX_CHARS} characters)"})
+    if expires_days is not None and expires_days < 1:
+        raise RequestValidationError({"expiresDays": "must be at least 1"})
+    if get_user(session, user_id) is None:
+        raise NotFoundError(f"user {user_id} does not exist")
+    secret = secrets.token_urlsafe(32)  # 32 bytes: 256 random bits
+    now = utcnow()
+    row = ApiToken(
+        user_id=user_id,
+        name=name,
+        prefix=secret[:PREFIX_CHARS],
+        secret_sha256=_digest(secret),
+        created_at=now,
+        expires_at=now + timedelta(days=expires_days) if expires_days else None,
+    )
+    session.add(row)
+    session.flush()
+    return IssuedToken(view_of(TokenView, row), secret)
+
+
+def list_tokens(session: Session, user_id: int) -> list[TokenView]:
+    """A user's tokens, newest first, revoked and expired ones included (marked as such)."""
+    rows = session.execute(
+        select(ApiToken)
+        .where(ApiToken.user_id == user_id)
+        .order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
+    ).scalars()
+    return [view_of(TokenView, row) for row in rows]
+
+
+def revoke_token(session: Session, prefix_or_id: str) -> TokenView:
+    """Revoke the one token with this id or prefix (revoking twice keeps the first time)."""
+    match = ApiToken.prefix == prefix_or_id
+    if prefix_or_id.isdigit():
+        match = or_(match, ApiToken.id == int(prefix_or_id))
+    rows = session.execute(select(ApiToken).where(match)).scalars().all()
+    if not rows:
+        raise NotFoundError(f"no token with id or prefix {prefix_or_id}")
+    if len(rows) > 1:
+        raise RequestValidationError({"token": f"{prefix_or_id} matches several; use the id"})
+    row = rows[0]
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.flush()
+    return view_of(TokenView, row)
+
+
+def authenticate(session: Session, secret: str) -> UserView | None:
+    """The active user a usable token belongs to, else None. Checked on every request, so a
+    revoked token or a deactivated account stops working at once."""
+    row = session.execute(
+        select(ApiToken).where(ApiToken.secret_sha256 == _digest(secret))
+    ).scalar_one_or_none()
+    now = utcnow()
+    if row is None or not view_of(TokenView, row).is_usable(now):
+        return None
+    user = get_user(session, row.user_id)
+    if user is None or not user.is_active:
+        return None
+    session.execute(
+        update(ApiToken)
+        .where(
+            ApiToken.id == row.id,
+            or_(
+                ApiToken.last_used_at.is_(None),
+                ApiToken.last_used_at < now - LAST_USED_RESOLUTION,
+            ),
+        )
+        .values(last_used_at=now),
+        execution_options={"synchronize_session": False},
+    )
+    return user
