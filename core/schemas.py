@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -150,12 +150,14 @@ def parse_request(data: dict[str, Any]) -> WorkflowRequest:
     try:
         return WorkflowRequest.model_validate(data)
     except ValidationError as exc:
-        raise RequestValidationError(_problems(exc)) from None
+        raise RequestValidationError(problems_of(exc.errors())) from None
 
 
-def _problems(exc: ValidationError) -> dict[str, str]:
+def problems_of(errors: Iterable[Any]) -> dict[str, str]:
+    """Pydantic's errors as {field: readable message}, the field as the user knows it (the
+    API's errors for a body parsed into WorkflowRequest come through here too)."""
     problems: dict[str, str] = {}
-    for error in exc.errors():
+    for error in errors:
         field = ".".join(str(part) for part in error["loc"]) or "request"
         problems.setdefault(field, _message(error))
     return problems

@@ -8,6 +8,7 @@ import logging
 import streamlit as st
 
 from core.runtime import Runtime
+from core.views.run import download_name
 from core.workflows import AssetView
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,6 @@ def source_of(runtime: Runtime, asset: AssetView) -> str | bytes | None:
     except Exception:  # noqa: BLE001 - a missing or unreadable file must not break the page
         log.exception("App - cannot read stored %s %s", asset.kind, asset.storage_key)
         return None
-
-
-def download_name(asset: AssetView) -> str:
-    extension = "mp4" if asset.kind == "video" else "png"
-    return f"reelforge-{asset.workflow_id[:8]}-{asset.kind}.{extension}"
 
 
 def download(runtime: Runtime, asset: AssetView, *, key: str, label: str) -> None:

@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.auth import UserView
@@ -144,6 +144,31 @@ def list_runs(
         query.order_by(Workflow.created_at.desc(), Workflow.id).limit(limit).offset(offset)
     )
     return RunPage([_row(r) for r in rows], _count(session, query))
+
+
+@dataclass(frozen=True)
+class RunCursor:
+    """Where a page of runs ended: the last run a client was shown."""
+
+    created_at: datetime
+    id: str
+
+
+def runs_after(
+    session: Session, viewer: UserView, flt: RunFilter, *, limit: int, after: RunCursor | None
+) -> list[RunRow]:
+    """Newest first, as list_runs, but continuing after a cursor instead of an offset, so a
+    page never repeats or skips a run when new ones start meanwhile (the API's list)."""
+    query = _filtered(_base(), viewer, flt)
+    if after is not None:
+        query = query.where(
+            or_(
+                Workflow.created_at < after.created_at,
+                and_(Workflow.created_at == after.created_at, Workflow.id > after.id),
+            )
+        )
+    rows = session.execute(query.order_by(Workflow.created_at.desc(), Workflow.id).limit(limit))
+    return [_row(r) for r in rows]
 
 
 def status_counts(session: Session, viewer: UserView, flt: RunFilter) -> dict[WorkflowStatus, int]:

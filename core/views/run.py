@@ -1,5 +1,6 @@
 """One run as the watch page and the API read it: the run with its steps, and the files a
-finished run left. (Its phase and receipt are in core.views.watch, its ETA in core.views.eta.)"""
+finished run left. (Its phase and receipt are in core.views.watch, its ETA in core.views.eta;
+`run_detail` gathers them all for the API's status.)"""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from core import workflows
 from core.auth import UserView
+from core.views.watch import LivePhase, Receipt, live_phase, receipt_for
 from core.workflows import AssetView, WorkflowView
 
 
@@ -36,3 +38,29 @@ def load_result(session: Session, workflow_id: str) -> RunResult:
 
 def _first(assets: list[AssetView], kind: str) -> AssetView | None:
     return next((a for a in assets if a.kind == kind), None)
+
+
+def download_name(asset: AssetView) -> str:
+    extension = "mp4" if asset.kind == "video" else "png"
+    return f"reelforge-{asset.workflow_id[:8]}-{asset.kind}.{extension}"
+
+
+@dataclass(frozen=True)
+class RunDetail:
+    """Everything a status answer shows, read in one transaction."""
+
+    view: WorkflowView
+    phase: LivePhase
+    receipt: Receipt | None
+    assets: list[AssetView]
+
+
+def run_detail(session: Session, workflow_id: str, viewer: UserView) -> RunDetail:
+    """Raises NotFoundError for a missing run or someone else's (they look the same)."""
+    view = load_run(session, workflow_id, viewer)
+    return RunDetail(
+        view=view,
+        phase=live_phase(view),
+        receipt=receipt_for(session, view),
+        assets=workflows.assets_of(session, workflow_id),
+    )
