@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format bench load screenshots reliability-report mutants clean
+.PHONY: install run api test lint format bench load screenshots reliability-report mutants clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -21,6 +21,11 @@ run: install
 	$(PY) -m core db upgrade
 	$(PY) -m core users bootstrap-admin
 	$(VENV)/bin/streamlit run app.py
+
+# The HTTP API on API_HOST:API_PORT (default 127.0.0.1:8000); its OpenAPI page is at /docs.
+api: install
+	$(PY) -m core db upgrade
+	$(PY) -m core api
 
 test: install
 	$(PY) -m pytest

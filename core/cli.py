@@ -17,7 +17,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from sqlalchemy.orm import Session
 
-from core import auth, credits, health, workflows
+from core import auth, credits, health, tokens, workflows
+from core.clock import utcnow
 from core.config import Settings, load_settings
 from core.db import Database, upgrade_schema
 from core.errors import ReelforgeError, RequestValidationError
@@ -94,6 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument("email")
     grant.add_argument("amount", type=int)
     grant.add_argument("--reason", default="granted from the command line")
+
+    commands.add_parser(
+        "api", help="serve the HTTP API (uvicorn on API_HOST:API_PORT, default 127.0.0.1:8000)"
+    )
+
+    token = commands.add_parser("tokens", help="manage API tokens").add_subparsers(
+        dest="tokens_command", required=True
+    )
+    token_create = token.add_parser("create", help="create a token (printed once)")
+    token_create.add_argument("--user", required=True, metavar="EMAIL")
+    token_create.add_argument("--name", default="")
+    token_create.add_argument("--expires-days", type=int, metavar="D")
+    token.add_parser("list", help="list an account's tokens").add_argument(
+        "--user", required=True, metavar="EMAIL"
+    )
+    token.add_parser("revoke", help="revoke a token").add_argument("token", metavar="PREFIX_OR_ID")
 
     db = commands.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="bring the schema to the newest version")
@@ -342,6 +359,60 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if report.broken else 0
 
 
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from core.api import create_app
+    from core.runtime import Runtime
+
+    runtime = Runtime(settings)
+    try:
+        runtime.start_background()
+        uvicorn.run(create_app(runtime), host=settings.api_host, port=settings.api_port)
+    finally:
+        runtime.shutdown()
+    return 0
+
+
+def cmd_tokens(args: argparse.Namespace, settings: Settings) -> int:
+    with _database(settings).begin() as session:
+        if args.tokens_command == "revoke":
+            revoked = tokens.revoke_token(session, args.token)
+            console.print(f"revoked token {revoked.id} ({revoked.prefix}…)")
+            return 0
+        user = auth.find_user(session, args.user)
+        if user is None:
+            raise RequestValidationError({"user": f"no account for {args.user}"})
+        if args.tokens_command == "create":
+            issued = tokens.create_token(
+                session, user.id, name=args.name, expires_days=args.expires_days
+            )
+            console.print(f"token {issued.token.id} for {user.email} (shown once):")
+            console.print(issued.secret, highlight=False, soft_wrap=True)
+            return 0
+        _print_tokens(user.email, tokens.list_tokens(session, user.id))
+    return 0
+
+
+def _print_tokens(email: str, listed: list[tokens.TokenView]) -> None:
+    table = Table(title=f"API tokens of {email}")
+    for column in ("id", "prefix", "name", "created", "last used", "expires", "state"):
+        table.add_column(column)
+    now = utcnow()
+    for t in listed:
+        state = "revoked" if t.revoked_at else "active" if t.is_usable(now) else "expired"
+        table.add_row(
+            str(t.id),
+            t.prefix,
+            t.name,
+            f"{t.created_at:%Y-%m-%d %H:%M}",
+            f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never",
+            f"{t.expires_at:%Y-%m-%d %H:%M}" if t.expires_at else "never",
+            state,
+        )
+    console.print(table)
+
+
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     upgrade_schema(settings.resolved_database_url)
     console.print("schema is up to date")
@@ -388,6 +459,8 @@ COMMANDS = {
     "load": cmd_load,
     "users": cmd_users,
     "credits": cmd_credits,
+    "api": cmd_api,
+    "tokens": cmd_tokens,
     "db": cmd_db,
     "seed-demo": cmd_seed_demo,
 }

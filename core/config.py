@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     presign_expiry_s: int = Field(3600, gt=0)
     webhook_url: str | None = None
 
+    # HTTP API (`python -m core api`)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+
     # Accounts
     session_idle_timeout_s: float = Field(3600, gt=0)
     session_max_age_s: float = Field(12 * 3600, gt=0)

@@ -1,0 +1,118 @@
+"""What the API answers, apart from the table models and the views: camelCase JSON, built from
+the read side's frozen dataclasses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class Links(ApiModel):
+    status: str
+    cancel: str
+
+
+class Started(ApiModel):
+    workflow_id: str
+    status: str
+    links: Links
+
+
+class Step(ApiModel):
+    name: str
+    state: str
+    progress: int
+    message: str
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class RunError(ApiModel):
+    code: str | None  # the failure category, e.g. moderation, timeout, provider_unavailable
+    message: str
+    step: str | None
+
+
+class Refund(ApiModel):
+    credits: int
+    ledger_entry_id: int
+
+
+class AssetLink(ApiModel):
+    kind: str
+    content_type: str
+    size_bytes: int
+    url: str
+    expires_at: datetime | None  # None: a link to this API, good while the token is
+
+
+class Run(ApiModel):
+    workflow_id: str
+    status: str
+    phase: str
+    phase_label: str
+    progress: int
+    cost_credits: int
+    cancel_requested: bool
+    # The video provider's answer to a cancel: true/false, or null when none was asked.
+    provider_cancel_confirmed: bool | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    steps: list[Step]
+    error: RunError | None
+    refund: Refund | None
+    assets: list[AssetLink]
+    links: Links
+
+
+class Cancelling(ApiModel):
+    workflow_id: str
+    status: str
+    cancel_stage: str  # cancelling (stops at the next check) or cancelled (ended at once)
+    links: Links
+
+
+class RunSummary(ApiModel):
+    workflow_id: str
+    status: str
+    project_id: int | None
+    image_prompt: str
+    video_prompt: str
+    cost_credits: int
+    created_at: datetime
+    finished_at: datetime | None
+    links: Links
+
+
+class RunList(ApiModel):
+    items: list[RunSummary]
+    next_cursor: str | None  # pass back as `cursor` for the next page; null on the last
+
+
+class Me(ApiModel):
+    id: int
+    email: str
+    display_name: str
+    role: str
+    balance: int
+    is_active: bool
+
+
+class HealthCheck(ApiModel):
+    name: str
+    ok: bool
+    latency_ms: float | None = None  # admins only
+    detail: str | None = None  # admins only
+
+
+class Health(ApiModel):
+    ok: bool
+    checks: list[HealthCheck]

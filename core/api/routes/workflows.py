@@ -1,0 +1,240 @@
+"""A user's runs: start, status, cancel, list, and the files a finished run left."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
+
+from core.api.deps import CurrentUser, RuntimeDep
+from core.api.problems import ApiProblem
+from core.api.responses import (
+    AssetLink,
+    Cancelling,
+    Links,
+    Refund,
+    Run,
+    RunError,
+    RunList,
+    RunSummary,
+    Started,
+    Step,
+)
+from core.clock import utcnow
+from core.errors import NotFoundError, RequestValidationError
+from core.runtime import Runtime
+from core.schemas import WorkflowRequest
+from core.states import WorkflowStatus
+from core.views.history import RunCursor, RunFilter, runs_after
+from core.views.run import RunDetail, download_name, load_result, load_run, run_detail
+from core.views.watch import live_phase
+from core.workflows import AssetView
+
+router = APIRouter(prefix="/api", tags=["workflows"])
+
+# Idempotency keys share the client-key column with the pages' keys; the prefix keeps them
+# apart, and the column's 100 characters bound the key.
+IDEMPOTENCY_PREFIX = "api:"
+IDEMPOTENCY_KEY_MAX_CHARS = 100 - len(IDEMPOTENCY_PREFIX)
+PAGE_MAX = 100
+
+
+def _links(app: FastAPI, workflow_id: str) -> Links:
+    return Links(
+        status=app.url_path_for("run_status", workflow_id=workflow_id),
+        cancel=app.url_path_for("cancel_run", workflow_id=workflow_id),
+    )
+
+
+@router.post("/workflow/start", status_code=202, response_model=Started)
+def start_workflow(
+    body: WorkflowRequest,
+    runtime: RuntimeDep,
+    user: CurrentUser,
+    request: Request,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None, Header(min_length=1, max_length=IDEMPOTENCY_KEY_MAX_CHARS)
+    ] = None,
+) -> Started:
+    """Reserve the run's credits and queue it. The same `Idempotency-Key` again returns the
+    run it started (one run, one charge); with a different body it is refused."""
+    client_key = f"{IDEMPOTENCY_PREFIX}{idempotency_key}" if idempotency_key else None
+    workflow_id, created = runtime.start_workflow(user, body, client_key=client_key)
+    with runtime.db.read() as session:
+        view = load_run(session, workflow_id, user)
+    if not created and view.request != body:
+        raise RequestValidationError(
+            {"Idempotency-Key": "was already used for a different request"}
+        )
+    links = _links(request.app, workflow_id)
+    response.headers["Location"] = links.status
+    return Started(workflow_id=workflow_id, status=view.status.value, links=links)
+
+
+@router.get("/workflow/{workflow_id}/status", response_model=Run, name="run_status")
+def run_status(
+    workflow_id: str, runtime: RuntimeDep, user: CurrentUser, request: Request, response: Response
+) -> Run:
+    """The run and its six steps. While it runs, `Retry-After` says when to ask again."""
+    with runtime.db.read() as session:
+        detail = run_detail(session, workflow_id, user)
+    if detail.view.status.is_active:
+        response.headers["Retry-After"] = str(max(1, math.ceil(runtime.settings.poll_interval_s)))
+    return _run(detail, runtime, request.app)
+
+
+def _run(detail: RunDetail, runtime: Runtime, app: FastAPI) -> Run:
+    view, receipt = detail.view, detail.receipt
+    return Run(
+        workflow_id=view.id,
+        status=view.status.value,
+        phase=detail.phase.phase.value,
+        phase_label=detail.phase.label,
+        progress=view.progress,
+        cost_credits=view.cost_credits,
+        cancel_requested=view.cancel_requested,
+        provider_cancel_confirmed=view.provider_cancel_confirmed,
+        created_at=view.created_at,
+        started_at=view.started_at,
+        finished_at=view.finished_at,
+        steps=[
+            Step(
+                name=s.name.value,
+                state=s.status.value,
+                progress=100 if s.status.is_done else s.progress,
+                message=s.error_message or s.message,
+                attempts=s.attempts,
+                started_at=s.started_at,
+                finished_at=s.finished_at,
+            )
+            for s in view.steps
+        ],
+        error=None
+        if receipt is None
+        else RunError(
+            code=receipt.category,
+            message=receipt.reason,
+            step=receipt.step.value if receipt.step else None,
+        ),
+        refund=None
+        if receipt is None or receipt.entry is None
+        else Refund(credits=receipt.refunded, ledger_entry_id=receipt.entry.id),
+        assets=[_asset_link(runtime, app, a) for a in detail.assets],
+        links=_links(app, view.id),
+    )
+
+
+def _asset_link(runtime: Runtime, app: FastAPI, asset: AssetView) -> AssetLink:
+    """The expiring link the pages use when the storage gives one a client can fetch (S3);
+    for a local folder, this API's own download, which checks the token."""
+    expiry_s = runtime.settings.presign_expiry_s
+    url = runtime.providers.storage.url(asset.storage_key, expires_s=expiry_s)
+    expires_at: datetime | None = utcnow() + timedelta(seconds=expiry_s)
+    if not url.startswith(("http://", "https://")):
+        url = app.url_path_for("run_asset", workflow_id=asset.workflow_id, kind=asset.kind)
+        expires_at = None
+    return AssetLink(
+        kind=asset.kind,
+        content_type=asset.content_type,
+        size_bytes=asset.size_bytes,
+        url=url,
+        expires_at=expires_at,
+    )
+
+
+@router.get(
+    "/workflow/{workflow_id}/assets/{kind}",
+    name="run_asset",
+    response_class=Response,
+    responses={200: {"content": {"video/mp4": {}, "image/png": {}}}},
+)
+def run_asset(
+    workflow_id: str, kind: Literal["image", "video"], runtime: RuntimeDep, user: CurrentUser
+) -> Response:
+    """The run's still or clip, for its owner (or an admin)."""
+    with runtime.db.read() as session:
+        load_run(session, workflow_id, user)
+        asset = getattr(load_result(session, workflow_id), kind)
+    if asset is None:
+        raise NotFoundError(f"workflow {workflow_id} has no {kind}")
+    return Response(
+        runtime.providers.storage.get(asset.storage_key),
+        media_type=asset.content_type,
+        headers={"Content-Disposition": f'attachment; filename="{download_name(asset)}"'},
+    )
+
+
+@router.post(
+    "/workflow/{workflow_id}/cancel", status_code=202, response_model=Cancelling, name="cancel_run"
+)
+def cancel_run(
+    workflow_id: str, runtime: RuntimeDep, user: CurrentUser, request: Request
+) -> Cancelling:
+    """A queued run ends at once, refunded; a running one stops at its next check."""
+    with runtime.db.read() as session:
+        before = load_run(session, workflow_id, user)
+    if before.status.is_terminal:
+        raise ApiProblem(409, "Run already ended", f"workflow {workflow_id} is {before.status}")
+    view = runtime.cancel(workflow_id, user)
+    return Cancelling(
+        workflow_id=view.id,
+        status=view.status.value,
+        cancel_stage=live_phase(view).phase.value,
+        links=_links(request.app, view.id),
+    )
+
+
+@router.get("/workflows", response_model=RunList)
+def list_workflows(
+    runtime: RuntimeDep,
+    user: CurrentUser,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 25,
+    cursor: Annotated[str | None, Query(description="nextCursor of the previous page")] = None,
+    status: Annotated[list[WorkflowStatus] | None, Query()] = None,
+) -> RunList:
+    """The caller's runs, newest first."""
+    flt = RunFilter(statuses=tuple(status or ()))
+    with runtime.db.read() as session:
+        rows = runs_after(session, user, flt, limit=limit + 1, after=_decode(cursor))
+    page = rows[:limit]
+    more = len(rows) > limit
+    return RunList(
+        items=[
+            RunSummary(
+                workflow_id=r.id,
+                status=r.status.value,
+                project_id=r.project_id,
+                image_prompt=r.image_prompt,
+                video_prompt=r.video_prompt,
+                cost_credits=r.cost_credits,
+                created_at=r.created_at,
+                finished_at=r.finished_at,
+                links=_links(request.app, r.id),
+            )
+            for r in page
+        ],
+        next_cursor=_encode(RunCursor(page[-1].created_at, page[-1].id)) if more else None,
+    )
+
+
+def _encode(cursor: RunCursor) -> str:
+    raw = json.dumps([cursor.created_at.isoformat(), cursor.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(cursor: str | None) -> RunCursor | None:
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, workflow_id = json.loads(raw)
+        return RunCursor(datetime.fromisoformat(created_at), str(workflow_id))
+    except (binascii.Error, ValueError, TypeError):
+        raise RequestValidationError({"cursor": "is not a cursor this API gave out"}) from None
