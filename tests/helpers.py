@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +33,13 @@ ENGINE_ENV = (
     "DATA_DIR",
     "DEBUG",
 )
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now, for a server a test starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:

@@ -8,7 +8,6 @@ they fail instead.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ENGINE_ENV
+from tests.helpers import ENGINE_ENV, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -57,12 +56,6 @@ def browser() -> Iterator[object]:
         launched.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @dataclass
 class Server:
     url: str
@@ -81,7 +74,7 @@ class Server:
 
 def start_server(data_dir: Path, latency_s: float) -> Server:
     """`streamlit run app.py` as `make run` does, on a free port; returns once it is healthy."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ENGINE_ENV}
     env.update(
         DATA_DIR=str(data_dir),
