@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError as BodyValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.status import HTTP_500_INTERNAL_SERVER_ERROR
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import (
     InsufficientCreditsError,
@@ -108,13 +109,37 @@ async def _on_http(_: Request, exc: HTTPException) -> JSONResponse:
     return problem(exc.status_code, detail or "Error", detail, headers=exc.headers)
 
 
-async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("API - %s %s failed", request.method, request.url.path)
-    return problem(
-        HTTP_500_INTERNAL_SERVER_ERROR,
-        "Internal server error",
-        "The server could not complete the request; it has been logged.",
-    )
+class _CatchAll:
+    """Answers an unexpected exception with a generic 500 problem and keeps it in the server.
+    (Starlette's own handler for Exception answers and then re-raises, after which uvicorn
+    drops the connection a client may be reusing.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        answered = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal answered
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception:
+            log.exception("API - %s %s failed", scope["method"], scope["path"])
+            if answered:  # too late for another answer
+                raise
+            internal = problem(
+                HTTP_500_INTERNAL_SERVER_ERROR,
+                "Internal server error",
+                "The server could not complete the request; it has been logged.",
+            )
+            await internal(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:
@@ -126,7 +151,7 @@ def install(app: FastAPI) -> None:
         PermissionDeniedError: _on_denied,
         ApiProblem: _on_api_problem,
         HTTPException: _on_http,
-        Exception: _on_unexpected,
     }
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, handler)
+    app.add_middleware(_CatchAll)

@@ -34,6 +34,7 @@ class Account:
 class Api:
     url: str
     db: Database
+    data_dir: Path
     clients: list[httpx.Client]
 
     def client(self, token: str | None = None) -> httpx.Client:
@@ -76,6 +77,7 @@ def start_api(primary_database_url: str, tmp_path: Path) -> Iterator[Callable[..
         env.update(
             DATABASE_URL=primary_database_url,
             DATA_DIR=str(tmp_path / "data"),
+            LOCAL_STORAGE_DIR=str(tmp_path / "data" / "storage"),
             OFFLINE_LATENCY_S=str(latency_s),
             POLL_INTERVAL_S="0.05",
             RETRY_INITIAL_WAIT_S="0",
@@ -92,7 +94,8 @@ def start_api(primary_database_url: str, tmp_path: Path) -> Iterator[Callable[..
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        api = Api(f"http://127.0.0.1:{port}", Database.from_url(primary_database_url), [])
+        db = Database.from_url(primary_database_url)
+        api = Api(f"http://127.0.0.1:{port}", db, tmp_path / "data", [])
         started.append((process, api))
         wait_for(_healthy(api.url, process, log), timeout_s=60)
         return api

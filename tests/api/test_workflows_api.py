@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from core import tokens
 from core.auth import Role
 from core.clock import utcnow
 from core.errors import RequestValidationError
 from core.media import probe_video
-from core.models import ApiToken, User
+from core.models import ApiToken, Asset, User
 from core.schemas import parse_request
 from core.states import StepName
 from tests.helpers import wait_for
@@ -195,6 +195,20 @@ def test_health_names_the_checks_to_anyone_and_details_them_to_admins(api):
     detailed = admin.client.get("/api/workflow/health").json()
     assert {c["name"] for c in detailed["checks"]} >= {"database", "storage probe"}
     assert all(c["detail"] for c in detailed["checks"])
+
+
+def test_a_fault_inside_the_server_is_a_generic_500_problem_that_leaks_nothing(api):
+    alice = api.account()
+    status = _ended(alice.client, _start(alice.client).json()["workflowId"])
+    video = next(a for a in status["assets"] if a["kind"] == "video")
+    with api.db.read() as session:
+        key = session.execute(select(Asset.storage_key).where(Asset.kind == "video")).scalar_one()
+    (api.data_dir / "storage" / key).unlink()  # the stored file is gone behind the API's back
+    problem = _is_problem(alice.client.get(video["url"]), 500)
+    assert problem["title"] == "Internal server error"
+    leaks = ("Traceback", "FileNotFoundError", str(api.data_dir), key)
+    assert not any(leak in str(problem) for leak in leaks)
+    assert alice.client.get("/api/me").status_code == 200  # and the server carries on
 
 
 def test_an_unknown_path_is_a_problem_too(api):
