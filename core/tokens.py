@@ -104,22 +104,40 @@ def revoke_token(session: Session, prefix_or_id: str) -> TokenView:
     return view_of(TokenView, row)
 
 
-def authenticate(session: Session, secret: str) -> UserView | None:
+@dataclass(frozen=True)
+class Bearer:
+    """Who a request's token stands for, and whether its last use is worth recording."""
+
+    user: UserView
+    token_id: int
+    last_used_at: datetime | None
+
+    def use_is_news(self, now: datetime) -> bool:
+        return self.last_used_at is None or self.last_used_at < now - LAST_USED_RESOLUTION
+
+
+def authenticate(session: Session, secret: str) -> Bearer | None:
     """The active user a usable token belongs to, else None. Checked on every request, so a
-    revoked token or a deactivated account stops working at once."""
+    revoked token or a deactivated account stops working at once. Reads only: most requests
+    need no write (see record_use), which matters on SQLite's single writer."""
     row = session.execute(
         select(ApiToken).where(ApiToken.secret_sha256 == _digest(secret))
     ).scalar_one_or_none()
-    now = utcnow()
-    if row is None or not view_of(TokenView, row).is_usable(now):
+    if row is None or not view_of(TokenView, row).is_usable(utcnow()):
         return None
     user = get_user(session, row.user_id)
     if user is None or not user.is_active:
         return None
+    return Bearer(user, row.id, row.last_used_at)
+
+
+def record_use(session: Session, bearer: Bearer) -> None:
+    """Note the token's use, at most once per LAST_USED_RESOLUTION."""
+    now = utcnow()
     session.execute(
         update(ApiToken)
         .where(
-            ApiToken.id == row.id,
+            ApiToken.id == bearer.token_id,
             or_(
                 ApiToken.last_used_at.is_(None),
                 ApiToken.last_used_at < now - LAST_USED_RESOLUTION,
@@ -128,4 +146,3 @@ def authenticate(session: Session, secret: str) -> UserView | None:
         .values(last_used_at=now),
         execution_options={"synchronize_session": False},
     )
-    return user

@@ -17,15 +17,15 @@ def test_a_token_is_created_listed_and_revoked_from_the_command_line(tmp_path):
     secret = _secret(created.stdout)
     db = Database.from_url(f"sqlite:///{tmp_path / 'data' / 'reelforge.db'}")
     try:
-        with db.begin() as session:
-            assert tokens.authenticate(session, secret).email == email
+        with db.read() as session:
+            assert tokens.authenticate(session, secret).user.email == email
         listed = run_cli(tmp_path, "tokens", "list", "--user", email)
         assert secret[:8] in listed.stdout and "nightly" in listed.stdout
         assert "active" in listed.stdout and secret not in listed.stdout
         revoked = run_cli(tmp_path, "tokens", "revoke", secret[:8])
         assert revoked.returncode == 0, revoked.stderr
         assert "revoked" in run_cli(tmp_path, "tokens", "list", "--user", email).stdout
-        with db.begin() as session:
+        with db.read() as session:
             assert tokens.authenticate(session, secret) is None
     finally:
         db.dispose()

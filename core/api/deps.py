@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from core import tokens
 from core.api.problems import ApiProblem
 from core.auth import UserView
+from core.clock import utcnow
 from core.runtime import Runtime
 
 _bearer = HTTPBearer(
@@ -27,18 +28,21 @@ RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 
 
 def _current_user(runtime: RuntimeDep, credentials: Credentials) -> UserView:
-    user = None
+    bearer = None
     if credentials is not None:
+        with runtime.db.read() as session:
+            bearer = tokens.authenticate(session, credentials.credentials)
+    if bearer is not None and bearer.use_is_news(utcnow()):
         with runtime.db.begin() as session:
-            user = tokens.authenticate(session, credentials.credentials)
-    if user is None:
+            tokens.record_use(session, bearer)
+    if bearer is None:
         raise ApiProblem(
             401,
             "Unauthorized",
             "A valid bearer token of an active account is required.",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    return user
+    return bearer.user
 
 
 def _optional_user(runtime: RuntimeDep, credentials: Credentials) -> UserView | None:

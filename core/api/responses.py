@@ -4,6 +4,7 @@ the read side's frozen dataclasses."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -116,3 +117,28 @@ class HealthCheck(ApiModel):
 class Health(ApiModel):
     ok: bool
     checks: list[HealthCheck]
+
+
+class FieldProblem(ApiModel):
+    field: str  # as the dashboard names it, e.g. imageConfig.size
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, served as application/problem+json."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldProblem] | None = None  # validation problems only
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problems a route may answer ("model" registers the schema,
+    which FastAPI files under application/json; the content names the real media type)."""
+    schema = {"$ref": "#/components/schemas/Problem"}
+    return {
+        status: {"model": Problem, "content": {"application/problem+json": {"schema": schema}}}
+        for status in statuses
+    }

@@ -213,3 +213,22 @@ def test_a_fault_inside_the_server_is_a_generic_500_problem_that_leaks_nothing(a
 
 def test_an_unknown_path_is_a_problem_too(api):
     _is_problem(api.client().get("/api/nothing-here"), 404)
+
+
+def test_the_served_openapi_document_gives_every_error_the_problem_shape(api):
+    anonymous = api.client()
+    document = anonymous.get("/openapi.json").json()
+    errors = [
+        answer
+        for operations in document["paths"].values()
+        for operation in operations.values()
+        for code, answer in operation["responses"].items()
+        if code.startswith("4")
+    ]
+    assert errors
+    for answer in errors:
+        schema = answer["content"]["application/problem+json"]["schema"]
+        assert schema["$ref"] == "#/components/schemas/Problem"
+    start = document["paths"]["/api/workflow/start"]["post"]
+    assert "idempotency-key" in {p["name"].lower() for p in start["parameters"]}
+    assert anonymous.get("/docs").status_code == 200

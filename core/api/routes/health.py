@@ -6,9 +6,9 @@ from fastapi import APIRouter, Response
 
 from core import health
 from core.api.deps import OptionalUser, RuntimeDep
-from core.api.responses import Health, HealthCheck
+from core.api.responses import Health, HealthCheck, problems
 
-router = APIRouter(prefix="/api", tags=["health"])
+router = APIRouter(prefix="/api", tags=["health"], responses=problems(401))
 
 
 @router.get("/workflow/health", response_model=Health, responses={503: {"model": Health}})

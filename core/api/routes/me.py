@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from core.api.deps import CurrentUser
-from core.api.responses import Me
+from core.api.responses import Me, problems
 
-router = APIRouter(prefix="/api", tags=["account"])
+router = APIRouter(prefix="/api", tags=["account"], responses=problems(401))
 
 
 @router.get("/me", response_model=Me)

@@ -24,6 +24,7 @@ from core.api.responses import (
     RunSummary,
     Started,
     Step,
+    problems,
 )
 from core.clock import utcnow
 from core.errors import NotFoundError, RequestValidationError
@@ -35,7 +36,7 @@ from core.views.run import RunDetail, download_name, load_result, load_run, run_
 from core.views.watch import live_phase
 from core.workflows import AssetView
 
-router = APIRouter(prefix="/api", tags=["workflows"])
+router = APIRouter(prefix="/api", tags=["workflows"], responses=problems(401, 404, 422))
 
 # Idempotency keys share the client-key column with the pages' keys; the prefix keeps them
 # apart, and the column's 100 characters bound the key.
@@ -51,7 +52,7 @@ def _links(app: FastAPI, workflow_id: str) -> Links:
     )
 
 
-@router.post("/workflow/start", status_code=202, response_model=Started)
+@router.post("/workflow/start", status_code=202, response_model=Started, responses=problems(402))
 def start_workflow(
     body: WorkflowRequest,
     runtime: RuntimeDep,
@@ -171,7 +172,11 @@ def run_asset(
 
 
 @router.post(
-    "/workflow/{workflow_id}/cancel", status_code=202, response_model=Cancelling, name="cancel_run"
+    "/workflow/{workflow_id}/cancel",
+    status_code=202,
+    response_model=Cancelling,
+    name="cancel_run",
+    responses=problems(409),
 )
 def cancel_run(
     workflow_id: str, runtime: RuntimeDep, user: CurrentUser, request: Request
