@@ -59,6 +59,7 @@ class Run(ApiModel):
     status: str
     phase: str
     phase_label: str
+    queue_position: int | None  # jobs ahead in the video provider's queue, while it waits there
     progress: int
     cost_credits: int
     cancel_requested: bool

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import pytest
 from sqlalchemy import select, update
@@ -11,7 +13,7 @@ from core.auth import Role
 from core.clock import utcnow
 from core.errors import RequestValidationError
 from core.media import probe_video
-from core.models import ApiToken, Asset, User
+from core.models import ApiToken, Asset, CreditTransaction, User
 from core.schemas import parse_request
 from core.states import StepName
 from tests.helpers import wait_for
@@ -166,6 +168,22 @@ def test_the_same_idempotency_key_twice_is_one_run_and_one_charge(api):
     reused = _start(alice.client, other_body, **{"Idempotency-Key": "nightly-42"})
     problem = _is_problem(reused, 422)
     assert problem["errors"][0]["field"] == "Idempotency-Key"
+
+
+def test_the_same_idempotency_key_sent_at_once_from_ten_clients_is_one_run_and_one_charge(api):
+    alice = api.account(credits=100)
+    clients = [api.client(alice.token) for _ in range(10)]
+    with ThreadPoolExecutor(len(clients)) as pool:
+        answers = list(pool.map(lambda c: _start(c, **{"Idempotency-Key": "burst"}), clients))
+    assert {a.status_code for a in answers} == {202}
+    assert len({a.json()["workflowId"] for a in answers}) == 1
+    with api.db.read() as session:
+        reserves = session.execute(
+            select(CreditTransaction.amount).where(
+                CreditTransaction.user_id == alice.user.id, CreditTransaction.kind == "reserve"
+            )
+        ).all()
+    assert len(reserves) == 1
 
 
 def test_the_run_list_pages_by_cursor_newest_first_and_filters_by_status(api):

@@ -97,6 +97,7 @@ def _run(detail: RunDetail, runtime: Runtime, app: FastAPI) -> Run:
         status=view.status.value,
         phase=detail.phase.phase.value,
         phase_label=detail.phase.label,
+        queue_position=detail.phase.queue_position,
         progress=view.progress,
         cost_credits=view.cost_credits,
         cancel_requested=view.cancel_requested,
