@@ -54,7 +54,8 @@ def test_a_started_run_completes_with_six_steps_and_a_playable_video(api):
     started = _start(alice.client)
     assert started.status_code == 202
     run = started.json()
-    assert run["status"] == "queued"
+    # As it stood when answered: an instant offline run may already be running or done.
+    assert run["status"] in ("queued", "running", "completed")
     assert started.headers["location"] == run["links"]["status"]
     status = _ended(alice.client, run["workflowId"])
     assert status["status"] == "completed" and status["progress"] == 100
