@@ -4,7 +4,7 @@ searched and paged, and the finished runs with their image and video."""
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import Select, and_, func, or_, select
@@ -173,23 +173,12 @@ def runs_after(
 
 def status_counts(session: Session, viewer: UserView, flt: RunFilter) -> dict[WorkflowStatus, int]:
     """How many of the filtered runs are in each state (the filter's own statuses ignored)."""
-    inner = _filtered(select(Workflow.status), viewer, _without_statuses(flt)).subquery()
+    inner = _filtered(select(Workflow.status), viewer, replace(flt, statuses=())).subquery()
     rows = session.execute(select(inner.c.status, func.count()).group_by(inner.c.status))
     counts = dict.fromkeys(WorkflowStatus, 0)
     for status, count in rows:
         counts[WorkflowStatus(status)] = count
     return counts
-
-
-def _without_statuses(flt: RunFilter) -> RunFilter:
-    return RunFilter(
-        project_id=flt.project_id,
-        search=flt.search,
-        since=flt.since,
-        everyone=flt.everyone,
-        batch=flt.batch,
-        ids=flt.ids,
-    )
 
 
 def active_runs(session: Session, viewer: UserView, *, limit: int = 10) -> list[RunRow]:
