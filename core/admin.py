@@ -19,8 +19,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core import auth, credits, sessions
+from core import auth, budgets, credits, sessions
 from core.auth import Role, UserView
+from core.budgets import BudgetStatus, Scope
 from core.credits import CreditCosts, LedgerEntry, TransactionKind
 from core.errors import (
     InsufficientCreditsError,
@@ -259,6 +260,31 @@ def refund_run(session: Session, actor: UserView, workflow_id: str, *, reason: s
     if not refunded:
         raise RequestValidationError({"workflow": "cost nothing, there is nothing to refund"})
     return refunded
+
+
+# ---------------------------------------------------------------------------------------------
+# Monthly budgets
+
+
+def budget_statuses(session: Session, actor: UserView) -> list[BudgetStatus]:
+    require_admin(session, actor)
+    return budgets.statuses(session)
+
+
+def budget_projects(session: Session, actor: UserView) -> dict[int, str]:
+    require_admin(session, actor)
+    return budgets.project_choices(session)
+
+
+def set_budget(session: Session, actor: UserView, scope: Scope, monthly: int) -> BudgetStatus:
+    """Cap a user's, a project's or the team's spend per calendar month (UTC)."""
+    require_admin(session, actor)
+    return budgets.set_budget(session, scope, monthly, actor=actor.email)
+
+
+def clear_budget(session: Session, actor: UserView, scope: Scope) -> bool:
+    require_admin(session, actor)
+    return budgets.clear_budget(session, scope, actor=actor.email)
 
 
 # ---------------------------------------------------------------------------------------------

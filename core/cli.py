@@ -17,7 +17,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from sqlalchemy.orm import Session
 
-from core import auth, credits, health, tokens, workflows
+from core import auth, budgets, credits, health, tokens, workflows
 from core.clock import utcnow
 from core.config import Settings, load_settings
 from core.db import Database, upgrade_schema
@@ -96,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument("amount", type=int)
     grant.add_argument("--reason", default="granted from the command line")
 
+    budget = commands.add_parser(
+        "budgets", help="monthly credit budgets (calendar months in UTC)"
+    ).add_subparsers(dest="budgets_command", required=True)
+    budget_set = budget.add_parser("set", help="set a user's, a project's or the team's budget")
+    _budget_scope(budget_set)
+    budget_set.add_argument("--monthly", type=int, required=True, metavar="N", help="credits")
+    _budget_scope(budget.add_parser("clear", help="remove a budget"))
+    budget.add_parser("list", help="every budget with what it spent this month")
+
     commands.add_parser(
         "api", help="serve the HTTP API (uvicorn on API_HOST:API_PORT, default 127.0.0.1:8000)"
     )
@@ -122,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--days", type=int, default=365, help="spread them over this many days")
     demo.add_argument("--seed", type=int, default=0, help="random seed (and demo user domain)")
     return parser
+
+
+def _budget_scope(parser: argparse.ArgumentParser) -> None:
+    scope = parser.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--user", metavar="EMAIL")
+    scope.add_argument("--project", metavar="NAME")
+    scope.add_argument("--team", action="store_true", help="the whole team's budget")
+    parser.add_argument(
+        "--owner", metavar="EMAIL", help="the project's owner, when several share its name"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -304,6 +323,52 @@ def cmd_credits(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_budgets(args: argparse.Namespace, settings: Settings) -> int:
+    if args.budgets_command == "set":
+        credits.checked_amount(args.monthly, "--monthly")  # before the database is touched
+    with _database(settings).begin() as session:
+        if args.budgets_command == "list":
+            _print_budgets(budgets.statuses(session))
+            return 0
+        scope = budgets.find_scope(
+            session, user=args.user, project=args.project, owner=args.owner, team=args.team
+        )
+        if args.budgets_command == "set":
+            status = budgets.set_budget(session, scope, args.monthly, actor="cli")
+            console.print(
+                f"{status.name}: {status.limit:,} credits a month; {status.spent:,} spent and "
+                f"{status.left:,} left this month (resets {status.resets_at:%Y-%m-%d} 00:00 UTC)",
+                highlight=False,
+            )
+            return 0
+        name = budgets.scope_name(session, scope)
+        if not budgets.clear_budget(session, scope, actor="cli"):
+            console.print(f"{name} had no budget", highlight=False)
+            return 1
+    console.print(f"cleared the monthly budget of {name}", highlight=False)
+    return 0
+
+
+def _print_budgets(listed: list[budgets.BudgetStatus]) -> None:
+    if not listed:
+        console.print("no budgets set")
+        return
+    month = listed[0].period.start
+    table = Table(title=f"Monthly budgets, {month:%B %Y} (calendar months in UTC)")
+    for column in ("scope", "budget", "limit", "spent this month", "left", "resets"):
+        table.add_column(column, justify="right" if column in ("limit", "left") else "left")
+    for b in listed:
+        table.add_row(
+            b.scope.kind.value,
+            b.name,
+            f"{b.limit:,}",
+            f"{b.spent:,} ({b.spent * 100 // b.limit}%)",
+            f"{b.left:,}",
+            f"{b.resets_at:%Y-%m-%d} 00:00 UTC",
+        )
+    console.print(table)
+
+
 def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
     from core.runtime import Runtime
 
@@ -459,6 +524,7 @@ COMMANDS = {
     "load": cmd_load,
     "users": cmd_users,
     "credits": cmd_credits,
+    "budgets": cmd_budgets,
     "api": cmd_api,
     "tokens": cmd_tokens,
     "db": cmd_db,

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     step_timeouts_s: dict[str, float] = Field(default_factory=dict)
     presign_expiry_s: int = Field(3600, gt=0)
     webhook_url: str | None = None
+    # Budget alerts by email too: smtp://[user:password@]host:port (smtps:// for TLS).
+    smtp_url: SecretStr | None = None
+    alert_email_from: str = "reelforge@localhost"
+    alert_email_interval_s: float = Field(10.0, gt=0)
 
     # HTTP API (`python -m core api`)
     api_host: str = "127.0.0.1"

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from core import inbox
 from core.clock import utcnow
 from core.errors import InsufficientCreditsError, NotFoundError, RequestValidationError
 from core.models import AuditEvent, CreditTransaction, Setting, User, Workflow, view_of
@@ -167,9 +168,10 @@ def _apply(
     reason: str,
     workflow_id: str | None = None,
     idempotency_key: str | None = None,
-) -> int:
-    """Move `amount` (signed) in one conditional UPDATE and append its ledger row. The same
-    condition keeps the new balance within 0..MAX_BALANCE, so no race can push it past either."""
+) -> CreditTransaction:
+    """Move `amount` (signed) in one conditional UPDATE and append its ledger row (returned).
+    The same condition keeps the new balance within 0..MAX_BALANCE, so no race can push it
+    past either."""
     if abs(amount) > MAX_AMOUNT:
         raise RequestValidationError({"amount": f"must be at most {MAX_AMOUNT:,} credits"})
     new_balance = session.execute(
@@ -191,25 +193,24 @@ def _apply(
                 {"amount": f"would take the balance ({current:,}) above {MAX_BALANCE:,}"}
             )
         raise InsufficientCreditsError(needed=-amount, balance=current)
-    session.add(
-        CreditTransaction(
-            user_id=user_id,
-            kind=kind.value,
-            amount=amount,
-            balance_after=new_balance,
-            workflow_id=workflow_id,
-            actor=actor,
-            reason=reason,
-            idempotency_key=idempotency_key,
-        )
+    entry = CreditTransaction(
+        user_id=user_id,
+        kind=kind.value,
+        amount=amount,
+        balance_after=new_balance,
+        workflow_id=workflow_id,
+        actor=actor,
+        reason=reason,
+        idempotency_key=idempotency_key,
     )
-    return new_balance
+    session.add(entry)
+    return entry
 
 
 def grant(session: Session, user_id: int, amount: int, *, actor: str, reason: str) -> int:
     """Add credits (amount > 0) and return the new balance."""
     checked_amount(amount, "amount")
-    return _apply(
+    entry = _apply(
         session,
         user_id=user_id,
         amount=amount,
@@ -217,6 +218,8 @@ def grant(session: Session, user_id: int, amount: int, *, actor: str, reason: st
         actor=actor,
         reason=reason,
     )
+    inbox.ledger_moved(session, entry)
+    return entry.balance_after
 
 
 def adjust(session: Session, user_id: int, amount: int, *, actor: str, reason: str) -> int:
@@ -224,7 +227,7 @@ def adjust(session: Session, user_id: int, amount: int, *, actor: str, reason: s
     checked_change(amount, "amount")
     if not reason.strip():
         raise RequestValidationError({"reason": "is required for an adjustment"})
-    return _apply(
+    entry = _apply(
         session,
         user_id=user_id,
         amount=amount,
@@ -232,6 +235,8 @@ def adjust(session: Session, user_id: int, amount: int, *, actor: str, reason: s
         actor=actor,
         reason=reason,
     )
+    inbox.ledger_moved(session, entry)
+    return entry.balance_after
 
 
 def reserve(session: Session, user_id: int, amount: int, *, workflow_id: str, actor: str) -> int:
@@ -245,7 +250,7 @@ def reserve(session: Session, user_id: int, amount: int, *, workflow_id: str, ac
         reason="credits reserved at start",
         workflow_id=workflow_id,
         idempotency_key=f"reserve:{workflow_id}",
-    )
+    ).balance_after
 
 
 def refund(session: Session, workflow_id: str, *, reason: str, actor: str = SYSTEM_ACTOR) -> int:
@@ -253,7 +258,8 @@ def refund(session: Session, workflow_id: str, *, reason: str, actor: str = SYST
 
     The workflow row is locked first (a no-op on SQLite, whose write transactions are already
     serial), so two concurrent refunds queue and the second finds the first's ledger row; the
-    unique idempotency key is the last line of defence.
+    unique idempotency key is the last line of defence. A refund an admin gives (not the
+    system's, which the run's own end reports) goes into the owner's inbox.
     """
     workflow = session.execute(
         select(Workflow.user_id, Workflow.cost_credits)
@@ -266,7 +272,7 @@ def refund(session: Session, workflow_id: str, *, reason: str, actor: str = SYST
     ).first()
     if already or workflow.cost_credits == 0:
         return 0
-    _apply(
+    entry = _apply(
         session,
         user_id=workflow.user_id,
         amount=workflow.cost_credits,
@@ -276,6 +282,8 @@ def refund(session: Session, workflow_id: str, *, reason: str, actor: str = SYST
         workflow_id=workflow_id,
         idempotency_key=key,
     )
+    if actor != SYSTEM_ACTOR:
+        inbox.ledger_moved(session, entry)
     return workflow.cost_credits
 
 
@@ -284,6 +292,16 @@ def refund_entry(session: Session, workflow_id: str) -> LedgerEntry | None:
     row = session.execute(
         select(CreditTransaction).where(
             CreditTransaction.idempotency_key == f"refund:{workflow_id}"
+        )
+    ).scalar_one_or_none()
+    return None if row is None else view_of(LedgerEntry, row)
+
+
+def entry_of(session: Session, user_id: int, entry_id: int) -> LedgerEntry | None:
+    """One of the user's own ledger rows (an inbox entry links to it); None for anyone else's."""
+    row = session.execute(
+        select(CreditTransaction).where(
+            CreditTransaction.id == entry_id, CreditTransaction.user_id == user_id
         )
     ).scalar_one_or_none()
     return None if row is None else view_of(LedgerEntry, row)

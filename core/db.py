@@ -13,10 +13,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -91,6 +93,21 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def insert_once(session: Session, model: Any, values: dict[str, Any]) -> int | None:
+    """INSERT ... ON CONFLICT (idempotency_key) DO NOTHING: the new row's id, or None when a
+    row with the same key exists (or a concurrent transaction holding it commits first, on
+    Postgres, where the insert waits for it). Never raises on the duplicate, so it needs no
+    savepoint and cannot abort the caller's transaction."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(model)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(model.id)
+    )
+    return session.execute(statement).scalar_one_or_none()
 
 
 @contextmanager

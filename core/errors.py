@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 
 
@@ -38,6 +39,23 @@ class InsufficientCreditsError(ReelforgeError):
         self.needed = needed
         self.balance = balance
         super().__init__(f"This run costs {needed} credits but the balance is {balance}.")
+
+
+class BudgetExceededError(ReelforgeError):
+    """A start would take a monthly budget (a user's, a project's or the team's) past its limit.
+    `budget` names it for people ("the monthly budget of alice@example.com"); budgets follow
+    calendar months in UTC, so `resets_at` is the first instant of the next month, UTC."""
+
+    def __init__(
+        self, *, budget: str, scope: str, limit: int, left: int, needed: int, resets_at: datetime
+    ) -> None:
+        self.budget, self.scope = budget, scope
+        self.limit, self.left, self.needed, self.resets_at = limit, left, needed, resets_at
+        super().__init__(
+            f"This run costs {needed:,} credits but {budget} has {left:,} of {limit:,} credits "
+            f"left this month. It resets on {resets_at:%d %B %Y} at 00:00 UTC "
+            "(budgets follow calendar months in UTC)."
+        )
 
 
 class NotFoundError(ReelforgeError):

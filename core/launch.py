@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from core import credits, prompts
 from core.auth import UserView
-from core.errors import InsufficientCreditsError, RequestValidationError
+from core.errors import BudgetExceededError, InsufficientCreditsError, RequestValidationError
 from core.providers import catalog
 from core.schemas import ImageConfig, VideoConfig, WorkflowRequest, parse_request
 
@@ -221,7 +221,8 @@ def client_key_for(base: str, index: int, count: int) -> str:
 @dataclass(frozen=True)
 class BatchOutcome:
     workflow_ids: tuple[str, ...]
-    shortfall: InsufficientCreditsError | None = None  # the batch stopped when credits ran out
+    # Why the batch stopped early: the credits or a monthly budget ran out.
+    shortfall: InsufficientCreditsError | BudgetExceededError | None = None
 
 
 class WorkflowStarter(Protocol):
@@ -236,7 +237,7 @@ def start_batch(
     starter: WorkflowStarter, user: UserView, variants: Sequence[FormFields], client_key: str
 ) -> BatchOutcome:
     """Start every run, all parsed up front. Raises RequestValidationError (nothing started) or
-    InsufficientCreditsError when not even the first run could start."""
+    InsufficientCreditsError or BudgetExceededError when not even the first run could start."""
     requests = validate_all(variants)
     started: list[str] = []
     for index, request in enumerate(requests):
@@ -244,7 +245,7 @@ def start_batch(
             workflow_id, _ = starter.start_workflow(
                 user, request, client_key=client_key_for(client_key, index, len(requests))
             )
-        except InsufficientCreditsError as exc:
+        except (InsufficientCreditsError, BudgetExceededError) as exc:
             if not started:
                 raise
             return BatchOutcome(tuple(started), shortfall=exc)

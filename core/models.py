@@ -408,3 +408,66 @@ class ApiToken(Base):
 
     def __repr__(self) -> str:
         return f"ApiToken(id={self.id}, user={self.user_id}, prefix={self.prefix!r})"
+
+
+class Budget(Base):
+    """A monthly credit cap on one scope: a user, a project, or the whole team. The row holds
+    only the limit: what was spent is read from the ledger (core.budgets)."""
+
+    __tablename__ = "budgets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # "user:<id>", "project:<id>" or "team": one budget per scope, with no NULL in the key so
+    # the unique constraint holds on both databases.
+    scope_key: Mapped[str] = mapped_column(String(40), unique=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"))
+    monthly_limit: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(320))
+
+    def __repr__(self) -> str:
+        return f"Budget({self.scope_key}: {self.monthly_limit}/month)"
+
+
+class BudgetAlert(Base):
+    """Spending crossed a threshold of a budget in a period: one row per (scope, period,
+    threshold, limit), enforced by the unique key, written in the transaction of the
+    reservation that crossed it. `emailed_at` is the email outbox's mark."""
+
+    __tablename__ = "budget_alerts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(120), unique=True)
+    scope_key: Mapped[str] = mapped_column(String(40))
+    period: Mapped[str] = mapped_column(String(7))  # "2026-11": a calendar month in UTC
+    threshold: Mapped[int] = mapped_column(Integer)  # percent of the limit
+    monthly_limit: Mapped[int] = mapped_column(Integer)
+    spent: Mapped[int] = mapped_column(Integer)  # right after the crossing reservation
+    workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    emailed_at: Mapped[datetime | None] = mapped_column(index=True)
+
+    def __repr__(self) -> str:
+        return f"BudgetAlert({self.scope_key} {self.period} {self.threshold}%)"
+
+
+class Notification(Base):
+    """One entry of a user's inbox, written in the transaction of the event it reports; the
+    unique key makes a retried event write it once."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_user_read", "user_id", "read_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    kind: Mapped[str] = mapped_column(String(24))
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text, default="")
+    link: Mapped[str] = mapped_column(String(100), default="")  # "run:<id>" or "ledger:<id>"
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    read_at: Mapped[datetime | None] = mapped_column()
+
+    def __repr__(self) -> str:
+        return f"Notification(id={self.id}, user={self.user_id}, {self.kind})"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core import credits, workflows
+from core.alert_mail import AlertMailer
 from core.auth import UserView
 from core.config import Settings
 from core.db import Database, upgrade_schema
@@ -72,11 +73,23 @@ class Runtime:
         self.providers = providers or build_providers(settings)  # may refuse the settings
         self.db = Database.from_url(url)
         self.orchestrator = Orchestrator(self.db, self.providers, settings, executor=executor)
+        self.mailer = (
+            None
+            if settings.smtp_url is None
+            else AlertMailer(
+                self.db,
+                settings.smtp_url.get_secret_value(),
+                sender=settings.alert_email_from,
+                interval_s=settings.alert_email_interval_s,
+            )
+        )
 
     def start_background(self) -> None:
         """Resume what a previous process left behind and start heartbeats and recovery."""
         _before_thread_join(self.orchestrator.shutdown)
         report = self.orchestrator.start()
+        if self.mailer is not None:
+            self.mailer.start()
         if report.resubmitted:
             log.info("Recovery resubmitted %d interrupted runs", len(report.resubmitted))
 
@@ -86,8 +99,8 @@ class Runtime:
         """Reserve credits and queue a run of a request its entry already parsed (page, CLI,
         API: each parses at its own edge). Returns (workflow id, newly created).
 
-        Raises RequestValidationError (a project the user does not own) or
-        InsufficientCreditsError with nothing written.
+        Raises RequestValidationError (a project the user does not own),
+        InsufficientCreditsError or BudgetExceededError with nothing written.
         """
         workflow_id, created = workflows.start_workflow(
             self.db,
@@ -97,6 +110,8 @@ class Runtime:
             actor=user.email,
         )
         if created:
+            if self.mailer is not None:
+                self.mailer.nudge()  # the start may have crossed a budget threshold
             self.orchestrator.submit(workflow_id)
         return workflow_id, created
 
@@ -119,5 +134,7 @@ class Runtime:
             return [_recovered(session, wid) for wid in resumed]
 
     def shutdown(self) -> None:
+        if self.mailer is not None:
+            self.mailer.stop()
         self.orchestrator.shutdown()
         self.db.dispose()

@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, and_, case, exists, func, insert, or_, sel
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core import credits
+from core import budgets, credits, inbox
 from core.auth import UserView
 from core.db import Database
 from core.errors import (
@@ -220,6 +220,14 @@ def _create(
             for i, name in enumerate(STEP_ORDER)
         ],
     )
+    budgets.charge(
+        session,
+        workflow_id=workflow.id,
+        user_id=user_id,
+        project_id=request.project_id,
+        cost=workflow.cost_credits,
+        at=workflow.created_at,
+    )
     credits.reserve(session, user_id, workflow.cost_credits, workflow_id=workflow.id, actor=actor)
     return workflow.id, True
 
@@ -328,6 +336,7 @@ def request_cancel(db: Database, workflow_id: str, viewer: UserView) -> Workflow
         if moved:
             _close_steps(session, workflow_id, StepStatus.CANCELLED, "cancelled before it started")
             credits.refund(session, workflow_id, reason="cancelled by the user")
+            inbox.run_ended(session, workflow_id)
         return load_workflow(session, workflow_id)
 
 
@@ -468,6 +477,7 @@ def complete_step(
 
 def complete_run(session: Session, workflow_id: str, runner_id: str) -> None:
     _move_run(session, workflow_id, runner_id, WorkflowStatus.COMPLETED)
+    inbox.run_ended(session, workflow_id)
 
 
 def end_run(
@@ -500,7 +510,9 @@ def end_run(
     )
     _close_steps(session, workflow_id, StepStatus.SKIPPED, "skipped")
     reason = "cancelled by the user" if target is WorkflowStatus.CANCELLED else message
-    return credits.refund(session, workflow_id, reason=reason)
+    refunded = credits.refund(session, workflow_id, reason=reason)
+    inbox.run_ended(session, workflow_id)
+    return refunded
 
 
 def _move_run(

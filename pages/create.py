@@ -6,8 +6,9 @@ import logging
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import launch, projects, prompts, templates
+from core import budgets, launch, projects, prompts, templates
 from core.errors import (
+    BudgetExceededError,
     InsufficientCreditsError,
     NotFoundError,
     PermissionDeniedError,
@@ -240,19 +241,33 @@ with side:
         try:
             with runtime.db.read() as session:
                 unit_cost = launch.estimate_cost(session, form)
+                budget = budgets.tightest(session, user.id, form.project_id)
         except SQLAlchemyError:
-            unit_cost = None
+            unit_cost, budget = None, None
         total = None if unit_cost is None else unit_cost * batch_count
-        cost_col, balance_col = st.columns(2)
+        cost_col, balance_col, budget_col = st.columns(3)
         cost_col.metric("Cost", "–" if total is None else f"{total:,} cr")
         balance_col.metric("Balance", f"{user.balance:,} cr")
+        if budget is not None:
+            budget_col.metric(
+                "Budget left",
+                f"{budget.left:,} cr",
+                help=cf.budget_help(budget),
+            )
         short = total is not None and total > user.balance
+        over_budget = budget is not None and total is not None and total > budget.left
         if short:
             st.warning(
                 f"Not enough credits: this needs {total:,} and your balance is {user.balance:,}. "
                 "Start fewer runs, pick cheaper settings (standard quality, 720p, no audio) "
                 "or ask an admin for credits.",
                 icon=":material/account_balance_wallet:",
+            )
+        elif over_budget:
+            st.warning(
+                f"Over budget: this needs {total:,} credits and the monthly budget has "
+                f"{budget.left:,} left. {cf.budget_help(budget)}",
+                icon=":material/savings:",
             )
         elif total is None:
             st.caption("Pick valid settings to see the cost.")
@@ -265,8 +280,12 @@ with side:
             type="primary",
             icon=":material/play_arrow:",
             width="stretch",
-            disabled=short or total is None,
-            help="Your balance does not cover this." if short else None,
+            disabled=short or over_budget or total is None,
+            help="Your balance does not cover this."
+            if short
+            else "Your monthly budget does not cover this."
+            if over_budget
+            else None,
         )
 
 if started:
@@ -276,7 +295,7 @@ if started:
         outcome = launch.start_batch(runtime, user, variants, client_key)
     except RequestValidationError:
         st.rerun()  # the fields show their problems inline on the next run
-    except InsufficientCreditsError as exc:
+    except (InsufficientCreditsError, BudgetExceededError) as exc:
         text.alert("error", "Not started, nothing charged:", str(exc))
     except (NotFoundError, PermissionDeniedError) as exc:
         text.alert("error", "Not started, nothing charged:", str(exc))
@@ -289,7 +308,7 @@ if started:
         ids = outcome.workflow_ids
         if outcome.shortfall is not None:
             flash(
-                f"Started {len(ids)} of {batch_count} runs: then the credits ran out "
+                f"Started {len(ids)} of {batch_count} runs: then the credits or a budget ran out "
                 f"({outcome.shortfall}).",
                 "warning",
             )

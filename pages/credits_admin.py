@@ -1,6 +1,7 @@
 """Credits (admins): balances with low-balance highlighting, grants and deductions with a reason,
-each user's ledger, refunds, the CREDIT_COSTS editor and user management. Every change goes
-through core.admin, which re-checks the actor and leaves a ledger row or an audit event."""
+each user's ledger, refunds, monthly budgets, the CREDIT_COSTS editor and user management.
+Every change goes through core.admin, which re-checks the actor and leaves a ledger row or an
+audit event."""
 
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session
 from core import admin
 from core.admin import UserRow
 from core.auth import Role
+from core.budgets import TEAM, Scope, ScopeKind
 from core.errors import (
     InsufficientCreditsError,
     NotFoundError,
@@ -92,8 +94,8 @@ def label(user_id: int) -> str:
     return f"{u.email} · {u.balance:,} cr" + ("" if u.is_active else " · inactive")
 
 
-balances, ledger, refunds_tab, costs_tab, users_tab = st.tabs(
-    ["Balances", "Ledger", "Refunds", "Credit costs", "Users"]
+balances, ledger, refunds_tab, budgets_tab, costs_tab, users_tab = st.tabs(
+    ["Balances", "Ledger", "Refunds", "Budgets", "Credit costs", "Users"]
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -235,6 +237,82 @@ with refunds_tab:
         )
         if ok:
             flash(f"Refunded {given:,} credits for the run.", detail=run_id.strip())
+            st.rerun()
+
+# ---------------------------------------------------------------------------------------------
+with budgets_tab:
+    st.caption(
+        "Monthly credit caps. A start that would take a user, a project or the team past its "
+        "budget is refused; refunds give budget back. Months are calendar months in UTC: every "
+        "budget resets on the 1st at 00:00 UTC. Users and admins are told at 80% and 100%."
+    )
+    listed = read(lambda s: admin.budget_statuses(s, actor))
+    if listed:
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "scope": b.scope.kind.value,
+                        "budget": b.name,
+                        "limit": b.limit,
+                        "spent this month": b.spent,
+                        "left": b.left,
+                        "resets (UTC)": f"{b.resets_at:%Y-%m-%d %H:%M}",
+                    }
+                    for b in listed
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+            key="credits_budgets_table",
+        )
+    else:
+        st.info("No budgets set: spending is limited only by each balance.")
+    all_projects = read(lambda s: admin.budget_projects(s, actor))
+    kinds = {ScopeKind.USER: "A user", ScopeKind.PROJECT: "A project", ScopeKind.TEAM: "The team"}
+    kind = st.radio(
+        "Budget for", list(kinds), format_func=kinds.get, horizontal=True, key="credits_budget_kind"
+    )
+    scope: Scope | None = TEAM
+    if kind is ScopeKind.USER:
+        chosen = st.selectbox(
+            "User", list(by_id), index=None, format_func=label, key="credits_budget_user"
+        )
+        scope = None if chosen is None else Scope(ScopeKind.USER, chosen)
+    elif kind is ScopeKind.PROJECT:
+        chosen = st.selectbox(
+            "Project",
+            list(all_projects),
+            index=None,
+            format_func=all_projects.get,
+            key="credits_budget_project",
+        )
+        scope = None if chosen is None else Scope(ScopeKind.PROJECT, chosen)
+    monthly = st.number_input(
+        "Credits per month",
+        min_value=1,
+        max_value=admin.MAX_CREDITS_PER_MOVE,
+        value=100,
+        step=1,
+        key="credits_budget_monthly",
+    )
+    set_col, clear_col = st.columns(2)
+    set_now = set_col.button("Set budget", type="primary", key="credits_budget_set")
+    clear_now = clear_col.button("Clear budget", key="credits_budget_clear")
+    if (set_now or clear_now) and scope is None:
+        st.error("Choose who the budget is for.")
+    elif set_now:
+        ok, status = change(lambda s: admin.set_budget(s, actor, scope, int(monthly)))
+        if ok:
+            flash(
+                f"Budget set: {status.limit:,} credits a month, {status.left:,} left this month.",
+                detail=status.name,
+            )
+            st.rerun()
+    elif clear_now:
+        ok, cleared = change(lambda s: admin.clear_budget(s, actor, scope))
+        if ok:
+            flash("Budget cleared." if cleared else "There was no budget to clear.")
             st.rerun()
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from starlette.status import HTTP_500_INTERNAL_SERVER_ERROR
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import (
+    BudgetExceededError,
     InsufficientCreditsError,
     NotFoundError,
     PermissionDeniedError,
@@ -91,6 +92,23 @@ async def _on_credits(_: Request, exc: InsufficientCreditsError) -> JSONResponse
     )
 
 
+async def _on_budget(_: Request, exc: BudgetExceededError) -> JSONResponse:
+    # 403, not 402: the caller can pay (the balance covers the run), and granting credits would
+    # not help; a spending policy an admin set refuses it until the month ends or the admin
+    # raises the budget. The extensions say which budget, what is left and when it resets.
+    return problem(
+        403,
+        "Monthly budget exceeded",
+        str(exc),
+        kind="urn:reelforge:problem:budget-exceeded",
+        budget=exc.scope,
+        limit=exc.limit,
+        left=exc.left,
+        needed=exc.needed,
+        resetsAt=exc.resets_at.isoformat(),
+    )
+
+
 async def _on_not_found(_: Request, exc: NotFoundError) -> JSONResponse:
     return problem(404, "Not found", str(exc))
 
@@ -147,6 +165,7 @@ def install(app: FastAPI) -> None:
         BodyValidationError: _on_body,
         RequestValidationError: _on_request,
         InsufficientCreditsError: _on_credits,
+        BudgetExceededError: _on_budget,
         NotFoundError: _on_not_found,
         PermissionDeniedError: _on_denied,
         ApiProblem: _on_api_problem,

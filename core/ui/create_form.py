@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core import launch, projects, prompts, templates, workflows
 from core.auth import UserView
+from core.budgets import BudgetStatus, ScopeKind
 from core.errors import NotFoundError, RequestValidationError
 from core.launch import FormFields
 from core.runtime import Runtime
@@ -113,6 +114,22 @@ def snapped_duration_s(runtime: Runtime) -> int | None:
     if runtime.providers.labels.get("video") == "offline":
         return None  # the offline provider renders exactly what was asked
     return launch.snapped_duration_s(form(), runtime.settings.video_model)
+
+
+BUDGET_OWNERS = {
+    ScopeKind.USER: "Your monthly budget",
+    ScopeKind.PROJECT: "This project's monthly budget",
+    ScopeKind.TEAM: "The team's monthly budget",
+}
+
+
+def budget_help(budget: BudgetStatus) -> str:
+    """Which budget the "Budget left" figure is, and when it resets (in our words only: the
+    budget's name may hold a project name, which is user text)."""
+    return (
+        f"{BUDGET_OWNERS[budget.scope.kind]}: {budget.spent:,} of {budget.limit:,} credits "
+        f"spent; it resets on {budget.resets_at:%d %B %Y} at 00:00 UTC (calendar months, UTC)."
+    )
 
 
 def message(kind: str, text: str, detail: str | None = None) -> None:

@@ -11,11 +11,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core import launch
 from core.auth import UserView
-from core.errors import InsufficientCreditsError, NotFoundError, RequestValidationError
+from core.errors import (
+    BudgetExceededError,
+    InsufficientCreditsError,
+    NotFoundError,
+    RequestValidationError,
+)
 from core.runtime import Runtime
 from core.schemas import parse_request
 from core.states import WorkflowStatus
-from core.ui import nav
+from core.ui import nav, text
 from core.ui.session import flash
 from core.workflows import WorkflowView
 
@@ -109,8 +114,8 @@ def _retry(runtime: Runtime, user: UserView, view: WorkflowView) -> None:
     payload = launch.rerun_payload(view.request, same_owner=view.user_id == user.id)
     try:
         new_id, _ = runtime.start_workflow(user, parse_request(payload), client_key=key)
-    except (InsufficientCreditsError, RequestValidationError) as exc:
-        st.error(f"Not started, nothing charged: {exc}")
+    except (InsufficientCreditsError, BudgetExceededError, RequestValidationError) as exc:
+        text.alert("error", "Not started, nothing charged:", str(exc))
         return
     except SQLAlchemyError:
         log.exception("App - retry of %s failed on the database", view.id)

@@ -52,7 +52,9 @@ def _links(app: FastAPI, workflow_id: str) -> Links:
     )
 
 
-@router.post("/workflow/start", status_code=202, response_model=Started, responses=problems(402))
+@router.post(
+    "/workflow/start", status_code=202, response_model=Started, responses=problems(402, 403)
+)
 def start_workflow(
     body: WorkflowRequest,
     runtime: RuntimeDep,
