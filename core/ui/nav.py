@@ -28,6 +28,7 @@ class PageSpec:
 
 CREATE = PageSpec("pages/create.py", "Create", ":material/movie_edit:", "create", "Studio")
 WATCH = PageSpec("pages/watch.py", "Watch", ":material/live_tv:", "watch", "Studio")
+INBOX = PageSpec("pages/inbox.py", "Inbox", ":material/notifications:", "inbox", "Studio")
 HISTORY = PageSpec("pages/history.py", "History", ":material/history:", "history", "Library")
 GALLERY = PageSpec("pages/gallery.py", "Gallery", ":material/video_library:", "gallery", "Library")
 MONITORING = PageSpec(
@@ -45,7 +46,7 @@ HEALTH = PageSpec(
     "pages/health.py", "System health", ":material/health_and_safety:", "health", "Admin", True
 )
 
-USER_PAGES = (CREATE, WATCH, HISTORY, GALLERY)
+USER_PAGES = (CREATE, WATCH, INBOX, HISTORY, GALLERY)
 ADMIN_PAGES = (MONITORING, CREDITS_ADMIN, HEALTH)
 
 

@@ -15,7 +15,7 @@ import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 from streamlit.delta_generator import DeltaGenerator
 
-from core import accounts, auth, sessions
+from core import accounts, auth, inbox, sessions
 from core.auth import UserView
 from core.ui import nav, text
 from core.ui.database import guarded
@@ -333,16 +333,24 @@ def sidebar(user: UserView) -> DeltaGenerator:
 
 
 def account_status(slot: DeltaGenerator, user: UserView) -> None:
-    """The balance and the runs in flight, read after the page's own reads: a run the page
-    shows ended (refunded) is never still "in progress" here beside the old balance."""
+    """The balance, the inbox's bell and the runs in flight, read after the page's own reads
+    (and again whenever a page's poll sees a run end and reruns the app): a run the page shows
+    ended (refunded) is never still "in progress" here beside the old balance and count."""
+    unread = 0
     try:
         with get_services().runtime.db.read() as session:
             user = auth.get_user(session, user.id) or user
             active = history.active_runs(session, user, limit=5)
+            unread = inbox.unread_count(session, user.id)
     except SQLAlchemyError:
         active = []
     with slot:
         st.metric("Credit balance", f"{user.balance:,}")
+        st.page_link(
+            nav.INBOX.path,
+            label=f"Inbox · {unread:,} unread" if unread else "Inbox",
+            icon=":material/notifications_active:" if unread else ":material/notifications:",
+        )
         if active:
             st.caption(f"{len(active)} run{'s' if len(active) > 1 else ''} in progress")
             for run in active:
