@@ -160,14 +160,11 @@ def charge(
         .with_for_update()
     ).all()
     period = period_of(at)
-    before = [
-        (Scope.from_key(key), limit, spent(session, Scope.from_key(key), period))
-        for key, limit in rows
-    ]
-    over = [(limit - used, scope) for scope, limit, used in before if used + cost > limit]
+    scopes = [(Scope.from_key(key), limit) for key, limit in rows]
+    before = [(scope, limit, spent(session, scope, period)) for scope, limit in scopes]
+    over = [(scope, limit, used) for scope, limit, used in before if used + cost > limit]
     if over:
-        _, scope = min(over, key=lambda item: item[0])
-        limit, used = next((lim, u) for s, lim, u in before if s == scope)
+        scope, limit, used = min(over, key=lambda item: item[1] - item[2])
         raise BudgetStatus(scope, scope_name(session, scope), limit, used, period).refusal(cost)
     for scope, limit, used in before:
         for threshold in THRESHOLDS:
@@ -203,6 +200,7 @@ def _alert(
     )
     if alert_id is None:
         return
+    # Webhooks (issue 12's durable outbox) can enqueue the alert here, in this transaction.
     name = scope_name(session, scope)
     inbox.notify(
         session,
