@@ -55,10 +55,13 @@ def start(db, user, key: str, request=REQUEST) -> str:
     return workflow_id
 
 
-def race(db, user, starts: int, request=REQUEST) -> tuple[list[str], float]:
+def race(db, users, starts: int, request=REQUEST) -> tuple[list[str], float]:
+    """`starts` concurrent starts, taking turns among `users` (one user or several)."""
+    users = users if isinstance(users, list) else [users]
+
     def attempt(i: int) -> str:
         try:
-            start(db, user, f"k{i}", request)
+            start(db, users[i % len(users)], f"k{i}", request)
             return "started"
         except BudgetExceededError:
             return "refused"
@@ -95,6 +98,19 @@ def test_50_concurrent_starts_against_a_budget_covering_10_start_exactly_10(db, 
     assert (status.spent, status.left) == (COST * 10, 0)
     assert_invariant(db)
     print(f"\nbudget race on {db.dialect}: 50 starts, 10 started, 40 refused in {seconds:.2f} s")
+
+
+def test_a_team_budget_holds_against_50_concurrent_starts_by_5_users(db, make_user):
+    # Five users: no user row serialises these starts, only the team budget's lock does.
+    team = [make_user(credits=COST * 20) for _ in range(5)]
+    set_budget(db, TEAM, COST * 10)
+
+    outcomes, _ = race(db, team, 50)
+
+    assert outcomes.count("started") == 10
+    assert status_of(db, TEAM).spent == COST * 10
+    assert [t for _, t in alerts(db)] == [80, 100]
+    assert_invariant(db)
 
 
 def test_one_alert_per_threshold_under_50_concurrent_starts_crossing_both(db, make_user):
