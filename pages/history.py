@@ -16,7 +16,7 @@ from core.ui import format as fmt
 from core.ui import nav, text
 from core.ui.database import guarded
 from core.ui.runtime import get_runtime
-from core.ui.session import require_user, show_flashes
+from core.ui.session import inbox_changed, require_user, show_flashes
 from core.views import history
 from core.views.history import RunFilter, RunRow
 
@@ -127,6 +127,8 @@ def run_list() -> None:
         return
     if polling and not any(r.status.is_active for r in runs.rows):
         st.rerun()  # everything on this page has ended: redraw once without polling
+    if inbox_changed(user):
+        st.rerun()  # the sidebar's bell catches up on this poll
     metrics = st.columns(len(WorkflowStatus))
     for column, status in zip(metrics, WorkflowStatus, strict=True):
         column.metric(f"{fmt.STATUS_EMOJI[status]} {status.value}", counts[status])

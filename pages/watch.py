@@ -18,7 +18,7 @@ from core.ui.database import guarded
 from core.ui.receipt import receipt
 from core.ui.result import result_preview
 from core.ui.runtime import get_runtime
-from core.ui.session import require_user, show_flashes
+from core.ui.session import inbox_changed, require_user, show_flashes
 from core.ui.steps import overall, step_list
 from core.ui.timeline import timeline
 from core.views import eta, history
@@ -167,6 +167,8 @@ def live_panel() -> None:
     if polling and current.status.is_terminal:
         st.session_state["watch_toast"] = current.status
         st.rerun()
+    if inbox_changed(user):
+        st.rerun()  # the sidebar's bell catches up on this poll
     overall(current, live_phase(current), eta.eta_s(current, timings))
     steps, chart = st.columns([3, 2], gap="medium")
     with steps:

@@ -34,6 +34,8 @@ TOKEN_KEY = "auth_session_token"
 COOKIE_WRITE_KEY = "auth_cookie_write"
 # Set by signing out: the connection still carries the old cookie, which must not sign back in.
 SIGNED_OUT_KEY = "auth_signed_out"
+# The unread count the sidebar's bell shows, for the pages' polls to compare with.
+INBOX_SHOWN_KEY = "inbox_unread_shown"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,6 +346,7 @@ def account_status(slot: DeltaGenerator, user: UserView) -> None:
             unread = inbox.unread_count(session, user.id)
     except SQLAlchemyError:
         active = []
+    st.session_state[INBOX_SHOWN_KEY] = unread
     with slot:
         st.metric("Credit balance", f"{user.balance:,}")
         st.page_link(
@@ -360,6 +363,20 @@ def account_status(slot: DeltaGenerator, user: UserView) -> None:
                     icon=":material/play_circle:",
                     query_params={"id": run.id},
                 )
+
+
+def inbox_changed(user: UserView) -> bool:
+    """For a page's polling fragment: True once when the unread count has moved from what the
+    bell shows. A fragment cannot draw into the sidebar, so on True it reruns the app and the
+    bell catches up on that same poll."""
+    try:
+        with get_services().runtime.db.read() as session:
+            count = inbox.unread_count(session, user.id)
+    except SQLAlchemyError:
+        return False
+    shown = st.session_state.get(INBOX_SHOWN_KEY)
+    st.session_state[INBOX_SHOWN_KEY] = count  # once per change, even where no sidebar is drawn
+    return shown is not None and shown != count
 
 
 def flash(message: str, kind: str = "success", detail: str | None = None) -> None:

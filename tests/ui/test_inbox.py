@@ -9,7 +9,9 @@ from streamlit.testing.v1 import AppTest
 
 from core import admin, inbox
 from core.auth import Role
-from tests.ui.conftest import ROOT, app_for, queued_run, texts
+from core.states import WorkflowStatus
+from core.ui import nav
+from tests.ui.conftest import ROOT, app_for, end_running, queued_run, running_run, texts
 
 PAGE = "pages/inbox.py"
 
@@ -93,3 +95,18 @@ def test_another_users_ledger_entry_is_not_shown(engine, make_user, runtime):
     at.run()
     assert not at.exception
     assert "There is no such ledger entry in your account." in texts(at)
+
+
+def test_the_watch_pages_poll_notices_a_new_entry_for_the_bell(engine, make_user, runtime):
+    boss, user = make_user(role=Role.ADMIN), make_user(credits=100)
+    workflow_id = running_run(runtime, user, {})
+    at = app_for(user, page=nav.WATCH.path, id=workflow_id)
+    assert at.session_state["inbox_unread_shown"] == 1  # the starting grant, as the bell shows
+    with runtime.db.begin() as session:
+        admin.grant_credits(session, boss, user.id, 5, reason="bonus")
+
+    at.run()  # the live panel's poll: it sees the new entry and reruns the app for the bell
+
+    assert not at.exception
+    assert at.session_state["inbox_unread_shown"] == 2
+    end_running(runtime, workflow_id, WorkflowStatus.CANCELLED, "done looking")
