@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -18,8 +19,14 @@ from core.models import User
 OPERATOR_EMAIL = "operator@localhost"
 _EMAIL = re.compile(r"[^@\s]+@[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?")
 _hasher = PasswordHasher()
-# Verifying against this when the email is unknown keeps the timing of both failures alike.
-_DUMMY_HASH = _hasher.hash("not a real password")
+
+
+@cache
+def _dummy_hash() -> str:
+    """Verified against when the email is unknown, so both failures take alike. Made on first
+    use, not at import: hashing costs every `python -m core` start a noticeable fraction of a
+    second, and most commands never sign anyone in."""
+    return _hasher.hash("not a real password")
 
 
 class Role(StrEnum):
@@ -115,7 +122,7 @@ def ensure_user(session: Session, email: str, *, starting_credits: int) -> UserV
 def authenticate(session: Session, email: str, password: str) -> UserView | None:
     """The active user whose password matches, else None (same work either way)."""
     user = session.execute(select(User).where(User.email == email.strip().lower())).scalar()
-    stored = user.password_hash if user and user.password_hash else _DUMMY_HASH
+    stored = user.password_hash if user and user.password_hash else _dummy_hash()
     try:
         _hasher.verify(stored, password)
     except (VerificationError, InvalidHashError):
