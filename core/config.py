@@ -7,6 +7,7 @@ unless forced with IMAGE_PROVIDER / VIDEO_PROVIDER / MODERATION_PROVIDER / STORA
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,7 +75,19 @@ class Settings(BaseSettings):
     max_recoveries: int = Field(3, ge=0)
     step_timeouts_s: dict[str, float] = Field(default_factory=dict)
     presign_expiry_s: int = Field(3600, gt=0)
+
+    # Webhooks (core.webhooks): WEBHOOK_URL hears every event of every run, signed with
+    # WEBHOOK_SECRET (whsec_...; generated once and kept in the database when not set).
     webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    # A run's own webhookUrl must reach a public address; tests and closed networks allow more.
+    allow_private_webhooks: bool = False
+    webhook_max_age_s: float = Field(86400, gt=0)  # retried this long after the event, then failed
+    webhook_retry_initial_wait_s: float = Field(5.0, ge=0)
+    webhook_retry_max_wait_s: float = Field(7200.0, ge=0)
+    webhook_poll_interval_s: float = Field(1.0, gt=0)
+    webhook_timeout_s: float = Field(10.0, gt=0)
+
     # Budget alerts by email too: smtp://[user:password@]host:port (smtps:// for TLS).
     smtp_url: SecretStr | None = None
     alert_email_from: str = "reelforge@localhost"
@@ -94,6 +107,13 @@ class Settings(BaseSettings):
 
     # `DEBUG=workflow:*` turns on debug logging for the engine, as in the original system.
     debug: str = ""
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _is_whsec(value.get_secret_value()):
+            raise ValueError("must be whsec_ followed by base64 (24 to 64 random bytes)")
+        return value
 
     @field_validator("step_timeouts_s")
     @classmethod
@@ -126,6 +146,14 @@ class Settings(BaseSettings):
     @property
     def debug_workflow(self) -> bool:
         return any(p.strip() in ("workflow:*", "*", "workflow") for p in self.debug.split(","))
+
+
+def _is_whsec(secret: str) -> bool:
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        return False
+    return secret.startswith("whsec_") and 24 <= len(key) <= 64
 
 
 def load_settings(**overrides: Any) -> Settings:

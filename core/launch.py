@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, get_args
 
 from sqlalchemy.orm import Session
@@ -15,7 +15,13 @@ from core import credits, prompts
 from core.auth import UserView
 from core.errors import BudgetExceededError, InsufficientCreditsError, RequestValidationError
 from core.providers import catalog
-from core.schemas import ImageConfig, VideoConfig, WorkflowRequest, parse_request
+from core.schemas import (
+    WEBHOOK_EVENTS,
+    ImageConfig,
+    VideoConfig,
+    WorkflowRequest,
+    parse_request,
+)
 
 STYLES: tuple[str, ...] = get_args(ImageConfig.model_fields["style"].annotation)
 QUALITIES: tuple[str, ...] = get_args(ImageConfig.model_fields["quality"].annotation)
@@ -47,6 +53,8 @@ class FormFields:
     project_id: int | None = None
     image_model: str | None = None  # None: the installation's default (IMAGE_MODEL)
     video_model: str | None = None  # None: the installation's default (VIDEO_MODEL)
+    webhook_url: str = ""  # empty: no webhook of the run's own
+    webhook_events: list[str] = field(default_factory=lambda: list(WEBHOOK_EVENTS))
 
     def payload(self) -> dict[str, Any]:
         """The request in the seed's shape, as `parse_request` and the engine take it."""
@@ -69,6 +77,9 @@ class FormFields:
             payload["imageModel"] = self.image_model
         if self.video_model is not None:
             payload["videoModel"] = self.video_model
+        if self.webhook_url.strip():
+            payload["webhookUrl"] = self.webhook_url
+            payload["webhookEvents"] = list(self.webhook_events)
         return payload
 
 
@@ -111,6 +122,11 @@ def fields_from_request(raw: Mapping[str, Any]) -> tuple[FormFields, list[str]]:
     for name, key in (("image_prompt", "imagePrompt"), ("video_prompt", "videoPrompt")):
         if isinstance(raw.get(key), str):
             values[name] = raw[key]
+    if isinstance(raw.get("webhookUrl"), str):
+        values["webhook_url"] = raw["webhookUrl"]
+        events = raw.get("webhookEvents")
+        if isinstance(events, list):
+            values["webhook_events"] = [e for e in WEBHOOK_EVENTS if e in events]
     project_id = raw.get("projectId")
     if isinstance(project_id, int) and not isinstance(project_id, bool):
         values["project_id"] = project_id
@@ -254,9 +270,10 @@ def start_batch(
 
 
 def rerun_payload(request: WorkflowRequest, *, same_owner: bool) -> dict[str, Any]:
-    """A finished run's request, to start again as is (Retry). Someone else's project (an admin
-    retrying a user's run) is left out: the new run is the admin's own."""
+    """A finished run's request, to start again as is (Retry). Someone else's project and
+    webhook (an admin retrying a user's run) are left out: the new run is the admin's own."""
     payload = request.to_json()
     if not same_owner:
         payload["projectId"] = None
+        payload["webhookUrl"] = None  # their receiver trusts their secret, not the admin's
     return payload

@@ -166,6 +166,9 @@ class Workflow(Base):
     recoveries: Mapped[int] = mapped_column(Integer, default=0)
     error_message: Mapped[str | None] = mapped_column(Text)
     error_category: Mapped[str | None] = mapped_column(String(32))
+    # The installation's WEBHOOK_URL when the run was created: it hears every event of the run
+    # (the run's own webhookUrl is in its request).
+    global_webhook_url: Mapped[str | None] = mapped_column(String(2000))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
@@ -471,3 +474,49 @@ class Notification(Base):
 
     def __repr__(self) -> str:
         return f"Notification(id={self.id}, user={self.user_id}, {self.kind})"
+
+
+class WebhookDelivery(Base):
+    """One webhook message in the durable outbox (core.webhooks): written in the transaction of
+    the state change it tells of, then sent (and retried) by the delivery loop. The id is the
+    message's stable `webhook-id`."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    url: Mapped[str] = mapped_column(String(2000))
+    scope: Mapped[str] = mapped_column(String(8))  # run (the run's webhookUrl) | global
+    event: Mapped[str] = mapped_column(String(16))  # started | step | completed
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(300))
+    # When the loop may take it next; a claim moves it forward by the lease, so a sender that
+    # dies mid-attempt leaves the row due again once its lease runs out.
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_attempt_at: Mapped[datetime | None] = mapped_column()
+    delivered_at: Mapped[datetime | None] = mapped_column()
+
+    def __repr__(self) -> str:
+        return f"WebhookDelivery({self.id}, {self.event} {self.status})"
+
+
+class WebhookSecret(Base):
+    """A user's Standard Webhooks signing secret (`whsec_...`). Kept in clear: signing needs it.
+    After a rotation the previous one still signs for a while, so receivers can switch over."""
+
+    __tablename__ = "webhook_secrets"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    rotated_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"WebhookSecret(user={self.user_id})"

@@ -10,13 +10,10 @@ A step returns its output dict, which is persisted on the step row so a resumed 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, Protocol, TypeVar
-
-import httpx
 
 from core import media, prompts
 from core.config import Settings
@@ -25,7 +22,6 @@ from core.errors import (
     PermanentProviderError,
     StepFailedError,
     StepTimeoutError,
-    TransientProviderError,
     WorkflowCancelledError,
 )
 from core.progress import VideoJobProgress
@@ -432,10 +428,10 @@ def finalize(ctx: StepContext) -> dict[str, Any]:
     # The staged copy goes only now: until upload_image is committed, a resumed run needs it.
     staged = ctx.output_of(StepName.GENERATE_IMAGE)["staging_key"]
     ctx.call("delete", lambda: storage.delete(staged), provider=storage.name)
-    notified = _notify(ctx) if ctx.settings.webhook_url else False
+    # Webhooks leave through the outbox, written with the run's completion (core.webhooks):
+    # the run's success never waits on a receiver.
     return {
         "verified": {"image_sha256": image["sha256"], "video_sha256": video["sha256"]},
-        "webhook_notified": notified,
         "storage": storage.name,
     }
 
@@ -471,33 +467,13 @@ def _read_back(ctx: StepContext, uploaded: dict[str, Any]) -> bytes:
     return data
 
 
-def _notify(ctx: StepContext) -> bool:
-    """Best-effort webhook, retried like a provider call; a failing webhook never fails a
-    finished video."""
-    body = {"workflowId": ctx.workflow.id, "status": WorkflowStatus.COMPLETED.value}
-
-    def post() -> None:
-        try:
-            httpx.post(
-                ctx.settings.webhook_url or "", content=json.dumps(body), timeout=10
-            ).raise_for_status()
-        except httpx.HTTPError as exc:
-            raise TransientProviderError(f"webhook: {exc}", provider="webhook") from exc
-
-    try:
-        ctx.call("notify", post, provider="webhook")
-    except Exception:  # noqa: BLE001 - reported in api_calls; the run is done regardless
-        return False
-    return True
-
-
 StepFunction = Callable[[StepContext], dict[str, Any]]
 
 Capability = Literal["moderator", "image", "video", "storage"]
 
 # The provider calls each step makes when all goes well, in order, as api_calls records them:
 # (the capability whose provider is called, the operation). "status" repeats until the video
-# job is done; a configured webhook adds a "notify" to finalize. Tests hold the step functions
+# job is done. Tests hold the step functions
 # to this list, and the demo history is written from it.
 STEP_CALLS: dict[StepName, tuple[tuple[Capability, str], ...]] = {
     StepName.VALIDATE: (("moderator", "moderate"),),

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core import credits, workflows
+from core import credits, webhooks, workflows
 from core.alert_mail import AlertMailer
 from core.auth import UserView
 from core.config import Settings
@@ -24,6 +24,7 @@ from core.orchestrator import Orchestrator
 from core.providers import build_providers
 from core.providers.base import Providers
 from core.schemas import WorkflowRequest
+from core.webhook_sender import WebhookSender
 from core.workflows import WorkflowView
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Runtime:
                 interval_s=settings.alert_email_interval_s,
             )
         )
+        self.webhooks = WebhookSender(self.db, settings)
 
     def start_background(self) -> None:
         """Resume what a previous process left behind and start heartbeats and recovery."""
@@ -90,6 +92,7 @@ class Runtime:
         report = self.orchestrator.start()
         if self.mailer is not None:
             self.mailer.start()
+        self.webhooks.start()
         if report.resubmitted:
             log.info("Recovery resubmitted %d interrupted runs", len(report.resubmitted))
 
@@ -99,15 +102,20 @@ class Runtime:
         """Reserve credits and queue a run of a request its entry already parsed (page, CLI,
         API: each parses at its own edge). Returns (workflow id, newly created).
 
-        Raises RequestValidationError (a project the user does not own),
-        InsufficientCreditsError or BudgetExceededError with nothing written.
+        Raises RequestValidationError (a project the user does not own, a webhook to a private
+        address), InsufficientCreditsError or BudgetExceededError with nothing written.
         """
+        if request.webhook_url:
+            webhooks.check_webhook_url(
+                request.webhook_url, allow_private=self.settings.allow_private_webhooks
+            )
         workflow_id, created = workflows.start_workflow(
             self.db,
             user_id=user.id,
             request=request,
             client_key=client_key or uuid.uuid4().hex,
             actor=user.email,
+            global_webhook_url=self.settings.webhook_url,
         )
         if created:
             if self.mailer is not None:
@@ -137,4 +145,5 @@ class Runtime:
         if self.mailer is not None:
             self.mailer.stop()
         self.orchestrator.shutdown()
+        self.webhooks.stop()
         self.db.dispose()

@@ -11,6 +11,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.errors import RequestValidationError
@@ -19,8 +20,11 @@ from core.providers import catalog
 # 4,000 characters is the smallest image-model limit in our registry (dall-e-3); safe for all.
 IMAGE_PROMPT_MAX_CHARS = 4000
 VIDEO_PROMPT_MAX_CHARS = 2000
+WEBHOOK_URL_MAX_CHARS = 2000
 DISPLAY_NAME_MAX_CHARS = 120
 
+WebhookEvent = Literal["started", "step", "completed"]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("started", "step", "completed")
 ImageSize = Literal["1024x1024", "1792x1024", "1024x1792"]
 VIDEO_DIMENSIONS = {
     ("720p", "16:9"): (1280, 720),
@@ -99,6 +103,10 @@ class WorkflowRequest(_Strict):
     # Not in the seed: a model from the registries; None means the installation's default.
     image_model: str | None = Field(None, alias="imageModel")
     video_model: str | None = Field(None, alias="videoModel")
+    # Where this run's events go (signed with the owner's secret), and which: "completed" is
+    # the run's end, whatever its status. Whether the address is public is checked at start.
+    webhook_url: str | None = Field(None, alias="webhookUrl", max_length=WEBHOOK_URL_MAX_CHARS)
+    webhook_events: tuple[WebhookEvent, ...] = Field(WEBHOOK_EVENTS, alias="webhookEvents")
 
     @field_validator("image_prompt", "video_prompt", mode="before")
     @classmethod
@@ -112,6 +120,26 @@ class WorkflowRequest(_Strict):
         if problem:
             raise ValueError(problem)
         return value
+
+    @field_validator("webhook_url", mode="before")
+    @classmethod
+    def _webhook_url(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        value = value.strip()
+        if not value:
+            return None
+        problem = webhook_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _webhook_events(cls, value: tuple[WebhookEvent, ...]) -> tuple[WebhookEvent, ...]:
+        if not value:
+            raise ValueError("needs at least one event (started, step, completed)")
+        return tuple(e for e in WEBHOOK_EVENTS if e in value)  # one order, no repeats
 
     @field_validator("image_model")
     @classmethod
@@ -137,6 +165,22 @@ class WorkflowRequest(_Strict):
     def to_json(self) -> dict[str, Any]:
         """The request as stored on the workflow row, with the seed's field names."""
         return self.model_dump(mode="json", by_alias=True)
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a webhook address by its shape alone (the address it resolves to is
+    core.webhooks' business), or None."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "is not a valid URL"
+    if parsed.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parsed.host:
+        return "needs a host name"
+    if parsed.userinfo:
+        return "must not carry a user name or password"
+    return None
 
 
 def _registered(value: str | None, registry: Mapping[str, Any]) -> str | None:

@@ -13,11 +13,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, exists, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core import budgets, credits, inbox
+from core import budgets, credits, inbox, webhooks
 from core.auth import UserView
 from core.db import Database
 from core.errors import (
@@ -166,16 +166,23 @@ class ApiCallRecord:
 
 
 def start_workflow(
-    db: Database, *, user_id: int, request: WorkflowRequest, client_key: str, actor: str
+    db: Database,
+    *,
+    user_id: int,
+    request: WorkflowRequest,
+    client_key: str,
+    actor: str,
+    global_webhook_url: str | None = None,
 ) -> tuple[str, bool]:
     """Create a workflow and reserve its credits in one transaction. Returns (id, created).
 
     The same (user, client_key) always yields the same workflow: a double click or a retried
-    call creates one run and one charge, even when both requests race.
+    call creates one run and one charge, even when both requests race. `global_webhook_url`
+    (the installation's WEBHOOK_URL) will hear every event of the run.
     """
     try:
         with db.begin() as session:
-            return _create(session, user_id, request, client_key, actor)
+            return _create(session, user_id, request, client_key, actor, global_webhook_url)
     except IntegrityError:
         with db.read() as session:
             existing = _by_client_key(session, user_id, client_key)
@@ -191,7 +198,12 @@ def _by_client_key(session: Session, user_id: int, client_key: str) -> str | Non
 
 
 def _create(
-    session: Session, user_id: int, request: WorkflowRequest, client_key: str, actor: str
+    session: Session,
+    user_id: int,
+    request: WorkflowRequest,
+    client_key: str,
+    actor: str,
+    global_webhook_url: str | None,
 ) -> tuple[str, bool]:
     existing = _by_client_key(session, user_id, client_key)
     if existing is not None:
@@ -210,6 +222,7 @@ def _create(
         video_prompt=request.video_prompt,
         request=request.to_json(),
         cost_credits=credits.cost_of(request, credits.load_costs(session)),
+        global_webhook_url=global_webhook_url,
     )
     session.add(workflow)
     session.flush()
@@ -337,6 +350,9 @@ def request_cancel(db: Database, workflow_id: str, viewer: UserView) -> Workflow
             _close_steps(session, workflow_id, StepStatus.CANCELLED, "cancelled before it started")
             credits.refund(session, workflow_id, reason="cancelled by the user")
             inbox.run_ended(session, workflow_id)
+            webhooks.enqueue(
+                session, workflow_id, "completed", {"status": WorkflowStatus.CANCELLED.value}
+            )
         return load_workflow(session, workflow_id)
 
 
@@ -353,30 +369,33 @@ def _owned_by(workflow_id: str, runner_id: str) -> ColumnElement[bool]:
 
 
 def claim(session: Session, workflow_id: str, runner_id: str, *, stale_before: datetime) -> bool:
-    """Take a queued run, or a running one whose runner stopped beating. True when we won."""
+    """Take a queued run (its start), or a running one whose runner stopped beating (a
+    recovery). True when we won."""
     now = utcnow()
+    started = _update(
+        session,
+        update(Workflow)
+        .where(Workflow.id == workflow_id, Workflow.status == WorkflowStatus.QUEUED.value)
+        .values(
+            status=WorkflowStatus.RUNNING.value,
+            runner_id=runner_id,
+            heartbeat_at=now,
+            started_at=now,
+        ),
+    )
+    if started:
+        webhooks.enqueue(session, workflow_id, "started", {"status": WorkflowStatus.RUNNING.value})
+        return True
     return bool(
         _update(
             session,
             update(Workflow)
             .where(
                 Workflow.id == workflow_id,
-                or_(
-                    Workflow.status == WorkflowStatus.QUEUED.value,
-                    and_(
-                        Workflow.status == WorkflowStatus.RUNNING.value,
-                        or_(Workflow.heartbeat_at.is_(None), Workflow.heartbeat_at < stale_before),
-                    ),
-                ),
+                Workflow.status == WorkflowStatus.RUNNING.value,
+                or_(Workflow.heartbeat_at.is_(None), Workflow.heartbeat_at < stale_before),
             )
-            .values(
-                status=WorkflowStatus.RUNNING.value,
-                runner_id=runner_id,
-                heartbeat_at=now,
-                started_at=func.coalesce(Workflow.started_at, now),
-                recoveries=Workflow.recoveries
-                + case((Workflow.status == WorkflowStatus.RUNNING.value, 1), else_=0),
-            ),
+            .values(runner_id=runner_id, heartbeat_at=now, recoveries=Workflow.recoveries + 1),
         )
     )
 
@@ -457,6 +476,9 @@ def start_step(
         deadline_at=func.coalesce(WorkflowStep.deadline_at, deadline_at),
         message="started",
     )
+    webhooks.enqueue(
+        session, workflow_id, "step", {"step": step.value, "state": StepStatus.PROCESSING.value}
+    )
 
 
 def complete_step(
@@ -473,11 +495,15 @@ def complete_step(
         message="done",
         finished_at=utcnow(),
     )
+    webhooks.enqueue(
+        session, workflow_id, "step", {"step": step.value, "state": StepStatus.COMPLETED.value}
+    )
 
 
 def complete_run(session: Session, workflow_id: str, runner_id: str) -> None:
     _move_run(session, workflow_id, runner_id, WorkflowStatus.COMPLETED)
     inbox.run_ended(session, workflow_id)
+    webhooks.enqueue(session, workflow_id, "completed", {"status": WorkflowStatus.COMPLETED.value})
 
 
 def end_run(
@@ -493,6 +519,12 @@ def end_run(
     are skipped, and the credits come back exactly once. Returns the credits refunded."""
     _move_run(session, workflow_id, runner_id, target, message=message, category=category)
     step_end = StepStatus.FAILED if target is WorkflowStatus.FAILED else StepStatus.CANCELLED
+    in_flight = session.execute(
+        select(WorkflowStep.name).where(
+            WorkflowStep.workflow_id == workflow_id,
+            WorkflowStep.status == StepStatus.PROCESSING.value,
+        )
+    ).scalar()
     _update(
         session,
         update(WorkflowStep)
@@ -512,6 +544,15 @@ def end_run(
     reason = "cancelled by the user" if target is WorkflowStatus.CANCELLED else message
     refunded = credits.refund(session, workflow_id, reason=reason)
     inbox.run_ended(session, workflow_id)
+    error = {"code": category.value if category else None, "message": message, "step": in_flight}
+    if in_flight is not None:
+        webhooks.enqueue(session, workflow_id, "step", {"step": in_flight, "state": step_end.value})
+    webhooks.enqueue(
+        session,
+        workflow_id,
+        "completed",
+        {"status": target.value, "error": error, "refundedCredits": refunded},
+    )
     return refunded
 
 

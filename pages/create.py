@@ -14,7 +14,7 @@ from core.errors import (
     PermissionDeniedError,
     RequestValidationError,
 )
-from core.schemas import IMAGE_PROMPT_MAX_CHARS, VIDEO_PROMPT_MAX_CHARS
+from core.schemas import IMAGE_PROMPT_MAX_CHARS, VIDEO_PROMPT_MAX_CHARS, WEBHOOK_EVENTS
 from core.ui import create_form as cf
 from core.ui import labels, nav, text
 from core.ui.database import guarded
@@ -61,6 +61,10 @@ if st.session_state.get("create_tried"):
         launch.validate_all(variants)
     except RequestValidationError as exc:
         problems = exc.problems
+# Refused only at start (the address is looked up then); shown while the URL is unchanged.
+refused = st.session_state.get("create_webhook_refused")
+if refused and refused[0] == form.webhook_url:
+    problems.setdefault("webhookUrl", refused[1])
 
 main, side = st.columns([2, 1], gap="large")
 
@@ -206,6 +210,23 @@ with main:
         st.caption(f"This model renders {snapped} s clips: the run gets {snapped} s.")
     field_errors(problems, "videoConfig", "videoModel")
 
+    with st.expander("Advanced: webhook", icon=":material/webhook:"):
+        st.text_input(
+            "Webhook URL",
+            key="create_webhook_url",
+            max_chars=2000,
+            placeholder="https://example.com/hooks/reelforge (optional)",
+            help="Each event of the run is POSTed here, signed with your secret (Standard "
+            "Webhooks). The address must be public.",
+        )
+        st.multiselect(
+            "Webhook events",
+            list(WEBHOOK_EVENTS),
+            key="create_webhook_events",
+            format_func=labels.WEBHOOK_EVENT_LABELS.get,
+        )
+        field_errors(problems, "webhookUrl", "webhookEvents")
+
     with st.expander("Prompts that will be sent", icon=":material/visibility:"):
         first = variants[0]
         st.caption("To the image model (written as the first frame of a shot):")
@@ -293,7 +314,12 @@ if started:
     client_key = st.session_state[cf.CLIENT_KEY]
     try:
         outcome = launch.start_batch(runtime, user, variants, client_key)
-    except RequestValidationError:
+    except RequestValidationError as exc:
+        if "webhookUrl" in exc.problems:
+            st.session_state["create_webhook_refused"] = (
+                form.webhook_url,
+                exc.problems["webhookUrl"],
+            )
         st.rerun()  # the fields show their problems inline on the next run
     except (InsufficientCreditsError, BudgetExceededError) as exc:
         text.alert("error", "Not started, nothing charged:", str(exc))

@@ -21,6 +21,7 @@ from core.ui.runtime import get_runtime
 from core.ui.session import inbox_changed, require_user, show_flashes
 from core.ui.steps import overall, step_list
 from core.ui.timeline import timeline
+from core.ui.webhooks import webhooks_panel
 from core.views import eta, history
 from core.views.run import load_result, load_run
 from core.views.watch import live_phase, receipt_for
@@ -121,6 +122,9 @@ if view is not None:
             f"{request.video_config.duration} · {request.video_config.resolution} · "
             f"{request.aspect_ratio} · {audio}"
         )
+
+if view is not None:
+    webhooks_panel(runtime, user, view, tz)
 
 # -- the outcome ---------------------------------------------------------------------------------
 if view is not None and view.status is WorkflowStatus.COMPLETED:

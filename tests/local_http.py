@@ -29,7 +29,8 @@ class LocalServer:
 
 
 @contextmanager
-def local_server(answer: Answer) -> Iterator[LocalServer]:
+def local_server(answer: Answer, *, port: int = 0) -> Iterator[LocalServer]:
+    """Serve on `port` (0: any free one)."""
     class Handler(BaseHTTPRequestHandler):
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -48,7 +49,7 @@ def local_server(answer: Answer) -> Iterator[LocalServer]:
         def log_message(self, *_args) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     served = LocalServer(url=f"http://127.0.0.1:{server.server_address[1]}")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -54,6 +54,21 @@ class AssetLink(ApiModel):
     expires_at: datetime | None  # None: a link to this API, good while the token is
 
 
+class Delivery(ApiModel):
+    """One webhook message of the run, as its outbox row stands."""
+
+    id: str  # the message's webhook-id, the same on every attempt
+    event: str  # started | step | completed
+    url: str
+    status: str  # pending | delivered | failed
+    attempts: int
+    last_status_code: int | None  # the receiver's answer to the last attempt
+    last_error: str | None  # why the last attempt got no answer
+    next_attempt_at: datetime | None  # while pending
+    created_at: datetime
+    delivered_at: datetime | None
+
+
 class Run(ApiModel):
     workflow_id: str
     status: str
@@ -72,6 +87,7 @@ class Run(ApiModel):
     error: RunError | None
     refund: Refund | None
     assets: list[AssetLink]
+    deliveries: list[Delivery]  # the run's webhook messages
     links: Links
 
 

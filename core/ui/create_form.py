@@ -41,6 +41,8 @@ FIELD_KEYS: dict[str, str] = {
     "project_id": "create_project",
     "image_model": "create_image_model",
     "video_model": "create_video_model",
+    "webhook_url": "create_webhook_url",
+    "webhook_events": "create_webhook_events",
 }
 # ShotChoices field -> widget key
 BUILDER_KEYS: dict[str, str] = {
@@ -250,8 +252,9 @@ def prefill_from_run(runtime: Runtime, user: UserView, workflow_id: str) -> None
         message("error", "There is no such run in your account to copy from:", workflow_id[:64])
         return
     fields, notices = launch.fields_from_request(view.request.to_json())
-    own_project = view.user_id == user.id
-    apply_fields(fields if own_project else FormFields(**{**asdict(fields), "project_id": None}))
+    own_run = view.user_id == user.id
+    theirs = {"project_id": None, "webhook_url": ""}  # an admin's copy of a user's run
+    apply_fields(fields if own_run else FormFields(**{**asdict(fields), **theirs}))
     message(
         "info",
         f"Copied the prompts and settings of run {view.id[:8]}. Nothing starts "

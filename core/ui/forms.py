@@ -36,6 +36,8 @@ def _label(field: str) -> str:
         "imagePrompt": "The image prompt",
         "videoPrompt": "The video prompt",
         "projectId": "The project",
+        "webhookUrl": "The webhook URL",
+        "webhookEvents": "The webhook events",
     }
     if field in labels:
         return labels[field]

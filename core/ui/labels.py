@@ -20,3 +20,8 @@ VARIATION_LABELS: dict[str, str] = {
     "lighting": "Vary the lighting",
     "mood": "Vary the mood",
 }
+WEBHOOK_EVENT_LABELS: dict[str, str] = {
+    "started": "Run started",
+    "step": "Each step's start and end",
+    "completed": "Run ended (completed, failed or cancelled)",
+}

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from core import workflows
+from core import webhooks, workflows
 from core.auth import UserView
 from core.views.watch import LivePhase, Receipt, live_phase, receipt_for
+from core.webhooks import DeliveryView
 from core.workflows import AssetView, WorkflowView
 
 
@@ -53,6 +54,7 @@ class RunDetail:
     phase: LivePhase
     receipt: Receipt | None
     assets: list[AssetView]
+    deliveries: list[DeliveryView]
 
 
 def run_detail(session: Session, workflow_id: str, viewer: UserView) -> RunDetail:
@@ -63,4 +65,11 @@ def run_detail(session: Session, workflow_id: str, viewer: UserView) -> RunDetai
         phase=live_phase(view),
         receipt=receipt_for(session, view),
         assets=workflows.assets_of(session, workflow_id),
+        deliveries=webhooks.deliveries_for(session, workflow_id, viewer),
     )
+
+
+def run_deliveries(session: Session, workflow_id: str, viewer: UserView) -> list[DeliveryView]:
+    """The webhook deliveries of a run the viewer may see (NotFoundError otherwise)."""
+    load_run(session, workflow_id, viewer)
+    return webhooks.deliveries_for(session, workflow_id, viewer)

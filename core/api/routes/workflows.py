@@ -11,11 +11,13 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 
+from core import webhooks
 from core.api.deps import CurrentUser, RuntimeDep
 from core.api.problems import ApiProblem
 from core.api.responses import (
     AssetLink,
     Cancelling,
+    Delivery,
     Links,
     Refund,
     Run,
@@ -34,6 +36,7 @@ from core.states import WorkflowStatus
 from core.views.history import RunCursor, RunFilter, runs_after
 from core.views.run import RunDetail, download_name, load_result, load_run, run_detail
 from core.views.watch import live_phase
+from core.webhooks import DeliveryView
 from core.workflows import AssetView
 
 router = APIRouter(prefix="/api", tags=["workflows"], responses=problems(401, 404, 422))
@@ -130,7 +133,24 @@ def _run(detail: RunDetail, runtime: Runtime, app: FastAPI) -> Run:
         if receipt is None or receipt.entry is None
         else Refund(credits=receipt.refunded, ledger_entry_id=receipt.entry.id),
         assets=[_asset_link(runtime, app, a) for a in detail.assets],
+        deliveries=[_delivery(d) for d in detail.deliveries],
         links=_links(app, view.id),
+    )
+
+
+def _delivery(delivery: DeliveryView) -> Delivery:
+    pending = delivery.status == webhooks.DeliveryStatus.PENDING
+    return Delivery(
+        id=delivery.id,
+        event=delivery.event,
+        url=delivery.url,
+        status=delivery.status,
+        attempts=delivery.attempts,
+        last_status_code=delivery.last_status_code,
+        last_error=delivery.last_error,
+        next_attempt_at=delivery.next_attempt_at if pending else None,
+        created_at=delivery.created_at,
+        delivered_at=delivery.delivered_at,
     )
 
 
@@ -196,6 +216,20 @@ def cancel_run(
         cancel_stage=live_phase(view).phase.value,
         links=_links(request.app, view.id),
     )
+
+
+@router.post(
+    "/workflow/{workflow_id}/webhooks/{delivery_id}/redeliver",
+    status_code=202,
+    response_model=Delivery,
+)
+def redeliver_webhook(
+    workflow_id: str, delivery_id: str, runtime: RuntimeDep, user: CurrentUser
+) -> Delivery:
+    """Send one of the run's webhook messages again, soon, with the same `webhook-id`."""
+    with runtime.db.begin() as session:
+        load_run(session, workflow_id, user)
+        return _delivery(webhooks.redeliver(session, workflow_id, delivery_id, user))
 
 
 @router.get("/workflows", response_model=RunList)
