@@ -31,6 +31,7 @@ class LocalServer:
 @contextmanager
 def local_server(answer: Answer, *, port: int = 0) -> Iterator[LocalServer]:
     """Serve on `port` (0: any free one)."""
+
     class Handler(BaseHTTPRequestHandler):
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)

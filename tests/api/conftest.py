@@ -83,6 +83,8 @@ def start_api(primary_database_url: str, tmp_path: Path) -> Iterator[Callable[..
             RETRY_INITIAL_WAIT_S="0",
             RETRY_MAX_WAIT_S="0",
             API_PORT=str(port),
+            ALLOW_PRIVATE_WEBHOOKS="1",  # the tests' receivers listen on 127.0.0.1
+            WEBHOOK_POLL_INTERVAL_S="0.05",
         )
         log = tmp_path / "api.log"
         with log.open("wb") as out:

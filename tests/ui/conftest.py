@@ -38,6 +38,8 @@ ENGINE_ENV = {
     "WORKER_THREADS": "2",
     "ADMIN_EMAIL": ADMIN_EMAIL,
     "ADMIN_PASSWORD": ADMIN_PASSWORD,
+    "ALLOW_PRIVATE_WEBHOOKS": "1",  # the tests' receivers listen on 127.0.0.1
+    "WEBHOOK_POLL_INTERVAL_S": "0.05",
 }
 PAYLOAD = {
     "imagePrompt": "a red fox in fresh snow",
