@@ -220,9 +220,7 @@ def validate_all(variants: Sequence[FormFields]) -> list[WorkflowRequest]:
 def estimate_cost(session: Session, form: FormFields) -> int | None:
     """Credits one run of this form costs, or None while its config is invalid. Prompts (and
     the webhook) don't change the price, so an unfinished prompt still gets an estimate."""
-    placeholder = replace(
-        form, image_prompt="x", video_prompt="x", project_id=None, webhook_url=""
-    )
+    placeholder = replace(form, image_prompt="x", video_prompt="x", project_id=None, webhook_url="")
     # The ledger prices runs by settings, not by model: models change the provider's bill only.
     try:
         request = parse_request(placeholder.payload())

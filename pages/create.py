@@ -21,6 +21,7 @@ from core.ui.database import guarded
 from core.ui.forms import char_counter, field_errors
 from core.ui.runtime import get_runtime
 from core.ui.session import flash, require_user, show_flashes
+from core.ui.webhook_secret import webhook_secret
 
 log = logging.getLogger("core.pages.create")
 
@@ -226,6 +227,7 @@ with main:
             format_func=labels.WEBHOOK_EVENT_LABELS.get,
         )
         field_errors(problems, "webhookUrl", "webhookEvents")
+        webhook_secret(runtime, user, key="create_webhook_secret")
 
     with st.expander("Prompts that will be sent", icon=":material/visibility:"):
         first = variants[0]
