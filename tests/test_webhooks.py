@@ -11,12 +11,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from standardwebhooks.webhooks import Webhook
 
 from core import webhooks, workflows
+from core.auth import create_user
 from core.clock import utcnow
 from core.config import Settings
+from core.db import Database
 from core.errors import FailureCategory, RequestValidationError
 from core.models import WebhookDelivery, Workflow
 from core.runtime import Runtime
@@ -186,16 +188,16 @@ class Parked:
         pass
 
 
-def complete_by_hand(runtime: Runtime, workflow_id: str, runner: str = "runner-a") -> None:
+def complete_by_hand(db: Database, workflow_id: str, runner: str = "runner-a") -> None:
     """Every state change of a run that completes, through the write paths the orchestrator
     uses (without making a video: that is the orchestrator tests' business)."""
-    with runtime.db.begin() as session:
+    with db.begin() as session:
         assert workflows.claim(session, workflow_id, runner, stale_before=utcnow())
     for step in STEP_ORDER:
-        with runtime.db.begin() as session:
+        with db.begin() as session:
             workflows.start_step(session, workflow_id, step, runner, deadline_at=utcnow())
             workflows.complete_step(session, workflow_id, step, runner, {})
-    with runtime.db.begin() as session:
+    with db.begin() as session:
         workflows.complete_run(session, workflow_id, runner)
 
 
@@ -243,6 +245,31 @@ def test_a_crashed_senders_claim_expires_and_its_late_result_is_ignored(runtime,
     assert (row.status, row.attempts, row.last_status_code) == ("delivered", 2, 200)
 
 
+def test_two_senders_claiming_at_once_on_postgres_take_different_messages(postgres_only_url):
+    db = Database.from_url(postgres_only_url)
+    try:
+        with db.begin() as session:
+            user = create_user(session, "senders@example.com", starting_credits=100)
+        workflow_id, _ = workflows.start_workflow(
+            db,
+            user_id=user.id,
+            request=request("http://receiver.test/hook", ["step"]),
+            client_key="k",
+            actor=user.email,
+        )
+        complete_by_hand(db, workflow_id)
+        with db.begin() as first:
+            mine = webhooks.claim_due(first, lease_s=60, limit=5)  # locked until this commits
+            with db.begin() as second:
+                # Without SKIP LOCKED this would wait on the first claim's rows: fail instead.
+                second.execute(text("SET LOCAL lock_timeout = '2s'"))
+                theirs = webhooks.claim_due(second, lease_s=60, limit=100)
+    finally:
+        db.dispose()
+    assert (len(mine), len(theirs)) == (5, 7)  # twelve step events in all
+    assert not {c.id for c in mine} & {c.id for c in theirs}
+
+
 def test_the_event_filter_picks_the_runs_events_and_the_global_url_hears_all(hooked, make_user):
     """A real run through the orchestrator: its state changes are the ones that enqueue."""
     settings = hooked.model_copy(update={"webhook_url": "http://operators.test/all"})
@@ -252,7 +279,7 @@ def test_the_event_filter_picks_the_runs_events_and_the_global_url_hears_all(hoo
         only_end, _ = runtime.start_workflow(
             user, request("http://receiver.test/end", ["completed"])
         )
-        complete_by_hand(runtime, only_end)
+        complete_by_hand(runtime.db, only_end)
         rows = deliveries(runtime, only_end)
     finally:
         runtime.shutdown()
@@ -304,7 +331,7 @@ def test_a_receiver_down_for_a_while_then_up_gets_each_event_once_signed(hooked,
     try:
         user = make_user()
         workflow_id, _ = runtime.start_workflow(user, request(f"http://127.0.0.1:{port}/run"))
-        complete_by_hand(runtime, workflow_id)
+        complete_by_hand(runtime.db, workflow_id)
         runtime.webhooks.start()
         # Down: nothing listens on the port, so every attempt fails and is tried again.
         wait_for(lambda: min(r.attempts for r in deliveries(runtime, workflow_id)) >= 2)
