@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from sqlalchemy import select, text, update
 from standardwebhooks.webhooks import Webhook
 
-from core import webhooks, workflows
+from core import launch, webhooks, workflows
 from core.auth import create_user
 from core.clock import utcnow
 from core.config import Settings
@@ -355,3 +355,26 @@ def test_a_receiver_down_for_a_while_then_up_gets_each_event_once_signed(hooked,
     ordered = sorted(EVENTS_OF_A_COMPLETED_RUN)
     assert sorted(by_path["/run"]) == sorted(by_path["/all"]) == ordered
     assert all(r.attempts >= 2 for r in rows)  # refused while down, taken when up
+
+
+# -- the create page's fields -----------------------------------------------------------------
+
+
+def test_the_create_forms_webhook_fields_make_the_request_and_come_back_from_it():
+    form = launch.FormFields(
+        image_prompt="a kite",
+        video_prompt="tilt up",
+        webhook_url="https://hooks.example.com/reelforge",
+        webhook_events=["completed", "started"],
+    )
+    req = parse_request(form.payload())
+    assert (req.webhook_url, req.webhook_events) == (form.webhook_url, ("started", "completed"))
+    copied, notices = launch.fields_from_request(req.to_json())
+    assert (copied.webhook_url, copied.webhook_events, notices) == (
+        form.webhook_url,
+        ["started", "completed"],
+        [],
+    )
+    assert launch.rerun_payload(req, same_owner=True)["webhookUrl"] == form.webhook_url
+    assert launch.rerun_payload(req, same_owner=False)["webhookUrl"] is None
+    assert "webhookUrl" not in launch.FormFields(image_prompt="a", video_prompt="b").payload()

@@ -21,29 +21,43 @@ from core.webhooks import DeliveryStatus, DeliveryView
 from core.workflows import WorkflowView
 
 log = logging.getLogger(__name__)
+POLL_S = 2.0
 
 
 def webhooks_panel(
     runtime: Runtime, user: UserView, view: WorkflowView, tz: ZoneInfo | None
 ) -> None:
-    try:
-        with runtime.db.read() as session:
-            deliveries = run_deliveries(session, view.id, user)
-    except SQLAlchemyError:
-        log.exception("App - could not read the webhook deliveries of %s", view.id)
-        deliveries = []
+    """The panel, for a run with a webhook of its own (or, for an admin, any delivery). While
+    the run is active or a message is still pending, the list refreshes itself."""
+    deliveries = _read(runtime, view.id, user)
     if not deliveries and not view.request.webhook_url:
         return
-    with st.expander(
-        f"Webhooks · {fmt.plural(len(deliveries), 'message')}", icon=":material/webhook:"
-    ):
-        if not deliveries:
-            st.caption("No event has been sent yet.")
-        else:
-            st.dataframe(_table(deliveries, tz), hide_index=True, width="stretch")
-            _redeliver(runtime, user, view.id, deliveries)
+    pending = any(d.status == DeliveryStatus.PENDING for d in deliveries)
+    live = view.status.is_active or pending
+    with st.expander("Webhooks", icon=":material/webhook:"):
+        st.fragment(run_every=POLL_S if live else None)(_messages)(runtime, user, view.id, tz)
         if view.user_id == user.id:
             webhook_secret(runtime, user, key="watch_webhook_secret")
+
+
+def _read(runtime: Runtime, workflow_id: str, user: UserView) -> list[DeliveryView]:
+    try:
+        with runtime.db.read() as session:
+            return run_deliveries(session, workflow_id, user)
+    except (SQLAlchemyError, NotFoundError):
+        log.exception("App - could not read the webhook deliveries of %s", workflow_id)
+        return []
+
+
+def _messages(runtime: Runtime, user: UserView, workflow_id: str, tz: ZoneInfo | None) -> None:
+    deliveries = _read(runtime, workflow_id, user)
+    if not deliveries:
+        st.caption("No event has been sent yet.")
+        return
+    delivered = sum(d.status == DeliveryStatus.DELIVERED for d in deliveries)
+    st.caption(f"{fmt.plural(len(deliveries), 'message')}, {delivered} delivered")
+    st.dataframe(_table(deliveries, tz), hide_index=True, width="stretch")
+    _redeliver(runtime, user, workflow_id, deliveries)
 
 
 def _table(deliveries: list[DeliveryView], tz: ZoneInfo | None) -> pd.DataFrame:
