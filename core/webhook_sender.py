@@ -115,13 +115,14 @@ class WebhookSender:
         return self._wait(state)
 
     def _send(self, claimed: Claimed, signing: list[str]) -> Attempt:
-        """POST the message to the address its host resolves to now, checked by the same rule
-        as at start (a run's URL only: WEBHOOK_URL is the operators' own)."""
+        """POST the message to an address its host resolves to now, checked by the same rule
+        as at start (a run's URL only: WEBHOOK_URL is the operators' own), and connect to that
+        very address: the Host header and TLS name stay the URL's."""
         url = httpx.URL(claimed.url)
         port = url.port or (443 if url.scheme == "https" else 80)
         allow_private = self.settings.allow_private_webhooks or claimed.scope is Scope.GLOBAL
         try:
-            address = webhooks.resolve_destination(url.host, port, allow_private=allow_private)[0]
+            addresses = webhooks.resolve_destination(url.host, port, allow_private=allow_private)
         except UnsafeDestinationError as exc:
             return Attempt(None, f"not sent: {exc}")
         body = json.dumps(claimed.payload, separators=(",", ":")).encode()
@@ -132,13 +133,19 @@ class WebhookSender:
             "user-agent": "Reelforge-Webhooks/1",
             "host": url.netloc.decode(),
         }
-        try:
-            response = self._client.post(
-                url.copy_with(host=address),
-                content=body,
-                headers=headers,
-                extensions={"sni_hostname": url.host},
-            )
-        except httpx.HTTPError as exc:
-            return Attempt(None, f"{type(exc).__name__}: {exc}")
-        return Attempt(response.status_code, retry_after_s=retry_after_s(response.headers))
+        error = "no address"
+        for address in addresses:  # e.g. localhost: ::1, then 127.0.0.1
+            try:
+                response = self._client.post(
+                    url.copy_with(host=address),
+                    content=body,
+                    headers=headers,
+                    extensions={"sni_hostname": url.host},
+                )
+            except httpx.ConnectError as exc:
+                error = f"ConnectError: {exc}"
+                continue
+            except httpx.HTTPError as exc:
+                return Attempt(None, f"{type(exc).__name__}: {exc}")
+            return Attempt(response.status_code, retry_after_s=retry_after_s(response.headers))
+        return Attempt(None, error)

@@ -24,6 +24,7 @@ from core.models import WebhookDelivery, Workflow
 from core.runtime import Runtime
 from core.schemas import parse_request
 from core.states import STEP_ORDER, StepName, WorkflowStatus
+from core.webhook_sender import WebhookSender
 from core.webhooks import Attempt, DeliveryStatus
 from tests.helpers import balance, free_port, load, wait_for
 from tests.local_http import local_server
@@ -355,6 +356,40 @@ def test_a_receiver_down_for_a_while_then_up_gets_each_event_once_signed(hooked,
     ordered = sorted(EVENTS_OF_A_COMPLETED_RUN)
     assert sorted(by_path["/run"]) == sorted(by_path["/all"]) == ordered
     assert all(r.attempts >= 2 for r in rows)  # refused while down, taken when up
+
+
+def test_the_address_is_checked_again_at_delivery_and_the_host_kept(hooked, make_user):
+    """A run's URL that reaches a private address by the time it is sent (DNS rebinding, or a
+    rule tightened since) is not sent; an allowed one is sent to the very address checked,
+    under its own Host name."""
+    with local_server(lambda _: (200, {})) as receiver:
+        port = receiver.url.rsplit(":", 1)[1]
+        runtime = Runtime(hooked, upgrade=False, executor=Parked())
+        try:
+            user = make_user()
+            workflow_id, _ = runtime.start_workflow(
+                user, request(f"http://localhost:{port}/run", ["started"])
+            )
+            with runtime.db.begin() as session:
+                workflows.claim(session, workflow_id, "runner-a", stale_before=utcnow())
+            strict = WebhookSender(
+                runtime.db, hooked.model_copy(update={"allow_private_webhooks": False})
+            )
+            assert strict.deliver_due() == 1
+            strict.stop()
+            [refused] = deliveries(runtime, workflow_id)
+            assert refused.status == "pending" and receiver.requests == []
+            assert refused.last_error.startswith("not sent: points at ")
+            assert "loopback address" in refused.last_error
+            with runtime.db.begin() as session:
+                session.execute(update(WebhookDelivery).values(next_attempt_at=utcnow()))
+            assert runtime.webhooks.deliver_due() == 1
+        finally:
+            runtime.shutdown()
+    [sent] = deliveries(runtime, workflow_id)
+    assert (sent.status, sent.attempts, sent.last_status_code) == ("delivered", 2, 200)
+    [received] = receiver.requests
+    assert {k.lower(): v for k, v in received.headers.items()}["host"] == f"localhost:{port}"
 
 
 # -- the create page's fields -----------------------------------------------------------------
