@@ -47,10 +47,6 @@ class DeliveryStatus(StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"
 
-    @property
-    def is_final(self) -> bool:
-        return self is not DeliveryStatus.PENDING
-
 
 class Scope(StrEnum):
     """Whose destination a delivery goes to, and so whose secret signs it."""
