@@ -89,7 +89,11 @@ class WebhookSender:
                 configured = self.settings.webhook_secret
                 secret = configured.get_secret_value() if configured else None
                 signing = [webhooks.global_signing_secret(session, secret)]
-        attempt = self._send(claimed, signing)
+        try:
+            attempt = self._send(claimed, signing)
+        except Exception as exc:  # noqa: BLE001 - recorded, so the message still ages out
+            log.exception("Webhook %s - attempt failed inside the sender", claimed.id)
+            attempt = Attempt(None, f"not sent: {type(exc).__name__}")
         now = utcnow()
         status, next_at = webhooks.after_attempt(
             attempt,
