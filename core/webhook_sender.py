@@ -76,6 +76,9 @@ class WebhookSender:
     def deliver_due(self) -> int:
         """One pass: claim a batch of due messages, send them, record each attempt. Returns
         how many were claimed."""
+        with self.db.read() as session:
+            if not webhooks.any_due(session):
+                return 0
         with self.db.begin() as session:
             claimed = webhooks.claim_due(session, lease_s=self._lease_s, limit=BATCH)
         list(self._pool.map(self._deliver, claimed))

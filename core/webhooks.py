@@ -144,6 +144,15 @@ class Claimed:
     created_at: datetime
 
 
+def any_due(session: Session) -> bool:
+    """Whether some delivery is due: a read, so an idle loop never takes SQLite's write lock."""
+    due = select(WebhookDelivery.id).where(
+        WebhookDelivery.status == DeliveryStatus.PENDING.value,
+        WebhookDelivery.next_attempt_at <= utcnow(),
+    )
+    return session.execute(due.limit(1)).first() is not None
+
+
 def claim_due(session: Session, *, lease_s: float, limit: int) -> list[Claimed]:
     """Take up to `limit` due deliveries for one attempt each. The claim pushes next_attempt_at
     out by the lease: a sender that dies before recording the result leaves the row due again
