@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import select, text, update
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from core import launch, webhooks, workflows
 from core.auth import create_user
@@ -110,7 +110,7 @@ def test_signatures_verify_with_the_reference_implementation_during_a_rotation()
     assert headers["webhook-signature"].count("v1,") == 2
     for secret in (new, old):
         assert Webhook(secret).verify(body, headers)["data"] == {"workflowId": "abc"}
-    with pytest.raises(Exception, match="No matching signature"):
+    with pytest.raises(WebhookVerificationError, match="No matching signature"):
         Webhook(webhooks.new_secret()).verify(body, headers)
 
 
