@@ -126,8 +126,13 @@ def spent(session: Session, scope: Scope, period: Period) -> int:
         select(func.coalesce(func.sum(CreditTransaction.amount), 0))
         .join(Workflow, Workflow.id == CreditTransaction.workflow_id)
         .where(
+            # A reused still's release gives its credits back to the budget, as a refund does.
             CreditTransaction.kind.in_(
-                (credits.TransactionKind.RESERVE.value, credits.TransactionKind.REFUND.value)
+                (
+                    credits.TransactionKind.RESERVE.value,
+                    credits.TransactionKind.REFUND.value,
+                    credits.TransactionKind.RELEASE.value,
+                )
             ),
             Workflow.created_at >= period.start,
             Workflow.created_at < period.end,

@@ -32,6 +32,9 @@ class TransactionKind(StrEnum):
     RESERVE = "reserve"
     REFUND = "refund"
     ADJUST = "adjust"
+    # The still's share of a reservation, given back when a run reuses a still already paid
+    # for (core.reuse). Not a refund: the run goes on, and delivers.
+    RELEASE = "release"
 
 
 # One bound for every amount from every entry (CLI, pages, API): grants, adjustments, costs and
@@ -97,11 +100,15 @@ DEFAULT_CREDIT_COSTS = CreditCosts(
 
 def cost_of(request: WorkflowRequest, costs: CreditCosts) -> int:
     """Credits one run of `request` costs (pure)."""
-    image = costs.image[request.image_config.quality]
-    image_cost = image.square if request.image_config.size == "1024x1024" else image.wide
     per_second = costs.video_per_second[request.video_config.resolution]
     rate = per_second.audio if request.video_config.generate_audio else per_second.silent
-    return image_cost + rate * request.video_config.duration_s
+    return image_cost_of(request, costs) + rate * request.video_config.duration_s
+
+
+def image_cost_of(request: WorkflowRequest, costs: CreditCosts) -> int:
+    """The still's share of `cost_of` (pure): what reusing a still saves."""
+    image = costs.image[request.image_config.quality]
+    return image.square if request.image_config.size == "1024x1024" else image.wide
 
 
 def load_costs(session: Session) -> CreditCosts:
@@ -287,12 +294,57 @@ def refund(session: Session, workflow_id: str, *, reason: str, actor: str = SYST
     return workflow.cost_credits
 
 
+def release_reused_still(session: Session, workflow_id: str, *, source_id: str) -> int:
+    """Give back the still's share of a run's reservation when it reused the still of run
+    `source_id`, exactly once; returns the credits given back.
+
+    The run's cost_credits drops by the same amount in the same transaction, so a later
+    failure refunds only what is still held: reserve + release + refund always nets to zero
+    for a run that delivers nothing, and to the video's price for one that delivers.
+    """
+    workflow = session.execute(
+        select(Workflow.user_id, Workflow.image_credits)
+        .where(Workflow.id == workflow_id)
+        .with_for_update()
+    ).one()
+    key = f"release:{workflow_id}"
+    already = session.execute(
+        select(CreditTransaction.id).where(CreditTransaction.idempotency_key == key)
+    ).first()
+    if already or workflow.image_credits == 0:
+        return 0
+    _apply(
+        session,
+        user_id=workflow.user_id,
+        amount=workflow.image_credits,
+        kind=TransactionKind.RELEASE,
+        actor=SYSTEM_ACTOR,
+        reason=f"still reused from run {source_id}",
+        workflow_id=workflow_id,
+        idempotency_key=key,
+    )
+    session.execute(
+        update(Workflow)
+        .where(Workflow.id == workflow_id)
+        .values(cost_credits=Workflow.cost_credits - workflow.image_credits),
+        execution_options={"synchronize_session": False},
+    )
+    return workflow.image_credits
+
+
+def release_entry(session: Session, workflow_id: str) -> LedgerEntry | None:
+    """The ledger row of a reused still's release, for the receipt."""
+    return _entry_by_key(session, f"release:{workflow_id}")
+
+
 def refund_entry(session: Session, workflow_id: str) -> LedgerEntry | None:
     """The refund ledger row of a workflow, for the receipt shown on failed/cancelled runs."""
+    return _entry_by_key(session, f"refund:{workflow_id}")
+
+
+def _entry_by_key(session: Session, key: str) -> LedgerEntry | None:
     row = session.execute(
-        select(CreditTransaction).where(
-            CreditTransaction.idempotency_key == f"refund:{workflow_id}"
-        )
+        select(CreditTransaction).where(CreditTransaction.idempotency_key == key)
     ).scalar_one_or_none()
     return None if row is None else view_of(LedgerEntry, row)
 

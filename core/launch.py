@@ -229,6 +229,43 @@ def estimate_cost(session: Session, form: FormFields) -> int | None:
     return credits.cost_of(request, credits.load_costs(session))
 
 
+@dataclass(frozen=True)
+class StillReuse:
+    """What reusing a still saves a start of the form (the create page's offer)."""
+
+    source: str | None  # an earlier run whose still is reused; None: the batch's first run's
+    saved: int  # credits the whole start saves
+
+
+class StillFinder(Protocol):
+    """What the offer needs of the engine (core.runtime.Runtime is one)."""
+
+    db: Any
+
+    def reuse_offer(self, user: UserView, request: WorkflowRequest) -> Any: ...
+
+
+def still_reuse(
+    finder: StillFinder, user: UserView, form: FormFields, count: int
+) -> StillReuse | None:
+    """The still a start of `count` runs of `form` would reuse: an earlier run's (every run
+    saves its still), or, for a batch, its first run's (the others save theirs); None when
+    nothing would be reused or the form is not valid yet. Batch variations differ only in the
+    video prompt, so every run of a batch has the same image request."""
+    try:
+        request = parse_request(form.payload())
+    except RequestValidationError:
+        return None
+    offer = finder.reuse_offer(user, request)
+    if offer is not None:
+        return StillReuse(offer.workflow_id, offer.credits * count)
+    if count < 2:
+        return None
+    with finder.db.read() as session:
+        each = credits.image_cost_of(request, credits.load_costs(session))
+    return StillReuse(None, each * (count - 1))
+
+
 def client_key_for(base: str, index: int, count: int) -> str:
     """One key per run of a batch, so a double click starts each run once."""
     return base if count == 1 else f"{base}-{index + 1}"
@@ -245,21 +282,36 @@ class WorkflowStarter(Protocol):
     """What a batch needs of the engine (core.runtime.Runtime is one)."""
 
     def start_workflow(
-        self, user: UserView, request: WorkflowRequest, *, client_key: str | None = None
+        self,
+        user: UserView,
+        request: WorkflowRequest,
+        *,
+        client_key: str | None = None,
+        reuse_still: bool = False,
     ) -> tuple[str, bool]: ...
 
 
 def start_batch(
-    starter: WorkflowStarter, user: UserView, variants: Sequence[FormFields], client_key: str
+    starter: WorkflowStarter,
+    user: UserView,
+    variants: Sequence[FormFields],
+    client_key: str,
+    *,
+    reuse_still: bool = False,
 ) -> BatchOutcome:
     """Start every run, all parsed up front. Raises RequestValidationError (nothing started) or
-    InsufficientCreditsError or BudgetExceededError when not even the first run could start."""
+    InsufficientCreditsError or BudgetExceededError when not even the first run could start.
+    With `reuse_still`, runs that share an image request share one still: the first makes (or
+    reuses) it, the rest reuse it."""
     requests = validate_all(variants)
     started: list[str] = []
     for index, request in enumerate(requests):
         try:
             workflow_id, _ = starter.start_workflow(
-                user, request, client_key=client_key_for(client_key, index, len(requests))
+                user,
+                request,
+                client_key=client_key_for(client_key, index, len(requests)),
+                reuse_still=reuse_still,
             )
         except (InsufficientCreditsError, BudgetExceededError) as exc:
             if not started:

@@ -146,6 +146,9 @@ class Workflow(Base):
             "created_at",
             postgresql_include=["status", "started_at", "finished_at"],
         ),
+        # Still reuse (core.reuse): a user's runs with the same image request, newest first,
+        # in one index probe.
+        Index("ix_workflows_user_fingerprint", "user_id", "image_fingerprint", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_workflow_id)
@@ -158,6 +161,13 @@ class Workflow(Base):
     video_prompt: Mapped[str] = mapped_column(Text)
     request: Mapped[dict[str, Any]] = mapped_column()  # the validated request, seed field names
     cost_credits: Mapped[int] = mapped_column(Integer)
+    # The still's share of cost_credits as priced at start: what a reused still gives back.
+    image_credits: Mapped[int] = mapped_column(Integer, server_default="0")
+    # SHA-256 of the image request as the provider would get it (core.reuse.fingerprint).
+    image_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # The run whose still this one reuses instead of paying for its own (chosen at start). A
+    # run id without a foreign key: adding one would make SQLite rebuild this table.
+    reuse_image_from: Mapped[str | None] = mapped_column(String(32))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # The video provider's answer to a cancel (user or deadline): None when no job was stopped.
     provider_cancel_confirmed: Mapped[bool | None] = mapped_column(Boolean)
@@ -275,6 +285,15 @@ class ApiCall(Base):
             "duration_ms",
             "started_at",
             postgresql_include=["attempt", "outcome", "cost_usd"],
+        ),
+        # Monitoring (cost of a delivered video): the list price per run, from the few priced
+        # calls only.
+        Index(
+            "ix_api_calls_priced",
+            "workflow_id",
+            "cost_usd",
+            postgresql_where=text("cost_usd > 0"),
+            sqlite_where=text("cost_usd > 0"),
         ),
         Index(
             "ix_api_calls_not_ok_started_at",

@@ -10,12 +10,13 @@ A step returns its output dict, which is persisted on the step row so a resumed 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, Protocol, TypeVar
 
-from core import media, prompts
+from core import media, prompts, reuse
 from core.config import Settings
 from core.errors import (
     FailureCategory,
@@ -33,6 +34,7 @@ from core.states import StepName, StepStatus, WorkflowStatus
 from core.workflows import StepView, WorkflowView
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # Finished files may differ from the asked duration by a frame or two of container rounding.
 DURATION_TOLERANCE_S = 0.25
@@ -77,6 +79,13 @@ class StepContext(Protocol):
         """Record an asset row (written with the step's completion)."""
 
     def output_of(self, step: StepName) -> dict[str, Any]: ...
+
+    def source_still(self, workflow_id: str) -> reuse.StillSource:
+        """The run whose still this one reuses, as it stands now."""
+        ...
+
+    def release_reused_still(self, source_id: str) -> None:
+        """Give the still's credits back, with the step's completion."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,39 +219,75 @@ def validate(ctx: StepContext) -> dict[str, Any]:
 
 
 def generate_image(ctx: StepContext) -> dict[str, Any]:
-    """Ask the image model for the first frame and park the bytes in storage (no second bill)."""
+    """Ask the image model for the first frame and park the bytes in storage (no second bill).
+    A run started to reuse another run's still copies that still instead, when it is still
+    stored intact; otherwise it generates one, already paid for by its reservation."""
     request, providers = ctx.workflow.request, ctx.providers
-    config = request.image_config
-    spec = ImageSpec(
-        prompt=prompts.first_frame_prompt(request.image_prompt, config.style),
-        width=config.width,
-        height=config.height,
-        quality=config.quality,
-        style=config.style,
-        model=request.image_model or ctx.settings.image_model,
-    )
-    ctx.report(10, f"generating a {config.size} image")
+    spec = reuse.image_spec(request, ctx.settings.image_model)
+    source = ctx.workflow.reuse_image_from
+    reused = _reuse_still(ctx, source, spec) if source else None
+    if reused is not None:
+        return reused
+    ctx.report(10, f"generating a {request.image_config.size} image")
     image = ctx.call(
         "generate",
         lambda: providers.image.generate(spec, timeout_s=max(1.0, ctx.remaining_s)),
         provider=providers.image.name,
         cost_usd=image_list_price(providers.image.name, spec),
     )
-    key = storage_key(ctx.workflow, "staging/image.png")
-    ctx.report(80, "keeping the generated image")
-    ctx.call(
-        "put",
-        lambda: providers.storage.put(key, image.data, image.content_type),
-        provider=providers.storage.name,
-    )
+    output = _stage_image(ctx, image.data, image.content_type)
+    return {**output, "model": image.model, "revised_prompt": image.revised_prompt}
+
+
+def _stage_image(ctx: StepContext, data: bytes, content_type: str) -> dict[str, Any]:
+    """Park the still under the run's staging key (upload_image stores it for good)."""
+    storage, key = ctx.providers.storage, storage_key(ctx.workflow, "staging/image.png")
+    ctx.report(80, "keeping the image")
+    ctx.call("put", lambda: storage.put(key, data, content_type), provider=storage.name)
+    prompt = reuse.image_spec(ctx.workflow.request, ctx.settings.image_model).prompt
     return {
         "staging_key": key,
-        "content_type": image.content_type,
-        "model": image.model,
-        "prompt_sent": spec.prompt,
-        "revised_prompt": image.revised_prompt,
-        "size_bytes": len(image.data),
+        "content_type": content_type,
+        "prompt_sent": prompt,
+        "size_bytes": len(data),
     }
+
+
+def _reuse_still(ctx: StepContext, source_id: str, spec: ImageSpec) -> dict[str, Any] | None:
+    """Copy the source run's still into this run, recorded as a free "reuse" call, or None
+    when it is gone, corrupt, or never came (the source failed first or took too long).
+
+    A source still in flight (a batch's first run) is waited for, for at most half of this
+    step's budget: the other half is left for generating the still after all.
+    """
+    give_up_below_s = ctx.settings.step_timeout_s(StepName.GENERATE_IMAGE) / 2
+    found = ctx.source_still(source_id)
+    while found.may_still_come and ctx.remaining_s > give_up_below_s:
+        ctx.report(5, f"waiting for the still of run {source_id}")
+        ctx.wait(ctx.settings.poll_interval_s)
+        ctx.check()
+        found = ctx.source_still(source_id)
+    still = found.still
+    data = None if still is None else _intact(ctx, still)
+    if still is None or data is None:
+        why = "is no longer stored intact" if still else "never came"
+        log.warning("Workflow %s: the still of run %s %s", ctx.workflow.id, source_id, why)
+        ctx.report(8, f"the still of run {source_id} {why}; generating a fresh one")
+        return None
+    ctx.call("reuse", lambda: data, provider=reuse.CACHE_PROVIDER)
+    output = _stage_image(ctx, data, still.content_type)
+    ctx.release_reused_still(source_id)
+    return {**output, "model": spec.model, "revised_prompt": None, "reused_from": source_id}
+
+
+def _intact(ctx: StepContext, still: reuse.StoredStill) -> bytes | None:
+    """The stored still's bytes when they exist and match their size and checksum."""
+    storage, key = ctx.providers.storage, still.storage_key
+    found = ctx.call("head", lambda: storage.head(key), provider=storage.name)
+    if found is None or found.size != still.size_bytes:
+        return None
+    data = ctx.call("get", lambda: storage.get(key), provider=storage.name)
+    return data if sha256(data) == still.sha256 else None
 
 
 def upload_image(ctx: StepContext) -> dict[str, Any]:

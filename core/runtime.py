@@ -14,18 +14,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core import credits, webhooks, workflows
+from core import credits, reuse, webhooks, workflows
 from core.alert_mail import AlertMailer
 from core.auth import UserView
 from core.config import Settings
 from core.db import Database, upgrade_schema
+from core.errors import ProviderError
 from core.executor import Executor
 from core.orchestrator import Orchestrator
 from core.providers import build_providers
 from core.providers.base import Providers
 from core.schemas import WorkflowRequest
 from core.webhook_sender import WebhookSender
-from core.workflows import WorkflowView
+from core.workflows import StillChoice, WorkflowView
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +98,17 @@ class Runtime:
             log.info("Recovery resubmitted %d interrupted runs", len(report.resubmitted))
 
     def start_workflow(
-        self, user: UserView, request: WorkflowRequest, *, client_key: str | None = None
+        self,
+        user: UserView,
+        request: WorkflowRequest,
+        *,
+        client_key: str | None = None,
+        reuse_still: bool = False,
     ) -> tuple[str, bool]:
         """Reserve credits and queue a run of a request its entry already parsed (page, CLI,
-        API: each parses at its own edge). Returns (workflow id, newly created).
+        API: each parses at its own edge). Returns (workflow id, newly created). With
+        `reuse_still`, the run takes the still of an earlier run with the same image request
+        when there is one (core.reuse).
 
         Raises RequestValidationError (a project the user does not own, a webhook to a private
         address), InsufficientCreditsError or BudgetExceededError with nothing written.
@@ -116,12 +124,36 @@ class Runtime:
             client_key=client_key or uuid.uuid4().hex,
             actor=user.email,
             global_webhook_url=self.settings.webhook_url,
+            still=StillChoice(self.still_fingerprint(request), reuse_still),
         )
         if created:
             if self.mailer is not None:
                 self.mailer.nudge()  # the start may have crossed a budget threshold
             self.orchestrator.submit(workflow_id)
         return workflow_id, created
+
+    def still_fingerprint(self, request: WorkflowRequest) -> str:
+        spec = reuse.image_spec(request, self.settings.image_model)
+        return reuse.fingerprint(self.providers.image.name, spec)
+
+    def reuse_offer(self, user: UserView, request: WorkflowRequest) -> reuse.ReuseOffer | None:
+        """The still a start of `request` would reuse, and the credits that saves; None when
+        there is none, or when the source's still is no longer in storage."""
+        with self.db.read() as session:
+            source = reuse.find_source(session, user.id, self.still_fingerprint(request))
+            if source is None:
+                return None
+            found = reuse.source_still(session, source)
+            saved = credits.image_cost_of(request, credits.load_costs(session))
+        still = found.still
+        if still is not None:
+            try:
+                stored = self.providers.storage.head(still.storage_key)
+            except ProviderError:  # storage not answering: offer nothing rather than fail
+                return None
+            if stored is None or stored.size != still.size_bytes:
+                return None
+        return reuse.ReuseOffer(source, saved)
 
     def cancel(self, workflow_id: str, user: UserView) -> WorkflowView:
         return workflows.request_cancel(self.db, workflow_id, user)

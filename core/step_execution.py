@@ -27,7 +27,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
-from core import workflows
+from core import credits, reuse, workflows
 from core.clock import utcnow
 from core.config import Settings
 from core.db import Database
@@ -94,6 +94,7 @@ class StepExecution:
         self._deadline = deadline
         self._calls: list[ApiCallRecord] = []
         self._assets: list[dict[str, Any]] = []
+        self._reused_from: str | None = None
         self._pending_progress: tuple[int, str, VideoJobProgress | None] | None = None
         self._last_write = time.monotonic()  # the step's start was just written
         self.last_progress = step.progress
@@ -180,6 +181,9 @@ class StepExecution:
                 with self._db.begin() as own:
                     self.flush(own)
             return
+        if final and self._reused_from is not None:
+            credits.release_reused_still(session, self.workflow.id, source_id=self._reused_from)
+            self._reused_from = None
         workflows.record_calls(session, self._calls)
         self._calls = []
         for fields in self._assets:
@@ -227,6 +231,15 @@ class StepExecution:
 
     def output_of(self, step: StepName) -> dict[str, Any]:
         return self.workflow.step(step).output
+
+    def source_still(self, workflow_id: str) -> reuse.StillSource:
+        with self._db.read() as session:
+            return reuse.source_still(session, workflow_id)
+
+    def release_reused_still(self, source_id: str) -> None:
+        """Buffered into the step's completion transaction: the still's credits come back
+        only together with the step that reused it."""
+        self._reused_from = source_id
 
     # -- provider calls -------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, and_, exists, func, insert, or_, select, u
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core import budgets, credits, inbox, webhooks
+from core import budgets, credits, inbox, reuse, webhooks
 from core.auth import UserView
 from core.db import Database
 from core.errors import (
@@ -89,6 +89,7 @@ class WorkflowView:
     steps: tuple[StepView, ...]
     # The video provider's answer to a cancel (by the user or the deadline); None: none was asked.
     provider_cancel_confirmed: bool | None = None
+    reuse_image_from: str | None = None  # the run whose still this one reuses (core.reuse)
 
     def step(self, name: StepName) -> StepView:
         return next(s for s in self.steps if s.name == name)
@@ -165,6 +166,15 @@ class ApiCallRecord:
 # Creating and reading
 
 
+@dataclass(frozen=True)
+class StillChoice:
+    """How a new run gets its still: its image request's fingerprint (core.reuse), and whether
+    it may reuse a still already paid for with the same one."""
+
+    fingerprint: str | None = None
+    reuse: bool = False
+
+
 def start_workflow(
     db: Database,
     *,
@@ -173,6 +183,7 @@ def start_workflow(
     client_key: str,
     actor: str,
     global_webhook_url: str | None = None,
+    still: StillChoice = StillChoice(),  # noqa: B008 - frozen, so one shared default is safe
 ) -> tuple[str, bool]:
     """Create a workflow and reserve its credits in one transaction. Returns (id, created).
 
@@ -182,7 +193,7 @@ def start_workflow(
     """
     try:
         with db.begin() as session:
-            return _create(session, user_id, request, client_key, actor, global_webhook_url)
+            return _create(session, user_id, request, client_key, actor, global_webhook_url, still)
     except IntegrityError:
         with db.read() as session:
             existing = _by_client_key(session, user_id, client_key)
@@ -204,6 +215,7 @@ def _create(
     client_key: str,
     actor: str,
     global_webhook_url: str | None,
+    still: StillChoice,
 ) -> tuple[str, bool]:
     existing = _by_client_key(session, user_id, client_key)
     if existing is not None:
@@ -213,6 +225,7 @@ def _create(
     active = session.execute(select(User.is_active).where(User.id == user_id)).scalar()
     if not active:
         raise PermissionDeniedError("this account is deactivated")
+    costs = credits.load_costs(session)
     workflow = Workflow(
         user_id=user_id,
         project_id=request.project_id,
@@ -221,7 +234,12 @@ def _create(
         image_prompt=request.image_prompt,
         video_prompt=request.video_prompt,
         request=request.to_json(),
-        cost_credits=credits.cost_of(request, credits.load_costs(session)),
+        cost_credits=credits.cost_of(request, costs),
+        image_credits=credits.image_cost_of(request, costs),
+        image_fingerprint=still.fingerprint,
+        reuse_image_from=reuse.find_source(session, user_id, still.fingerprint)
+        if still.reuse and still.fingerprint
+        else None,
         global_webhook_url=global_webhook_url,
     )
     session.add(workflow)
@@ -289,6 +307,7 @@ def _workflow_view(w: Workflow, steps: Sequence[StepView]) -> WorkflowView:
         finished_at=w.finished_at,
         steps=tuple(steps),
         provider_cancel_confirmed=w.provider_cancel_confirmed,
+        reuse_image_from=w.reuse_image_from,
     )
 
 

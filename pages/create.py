@@ -297,6 +297,21 @@ with side:
         else:
             each = f"{batch_count} runs × {unit_cost} credits · " if batch_count > 1 else ""
             st.caption(f"{each}{user.balance - total:,} credits left after starting")
+        still = None
+        with guarded("create page could not look for a still to reuse", stop=False):
+            still = launch.still_reuse(runtime, user, form, batch_count)
+        if still is not None:
+            saves = f"(saves {still.saved} credits)"
+            if still.source is not None:
+                offer = f"Reuse the still from run {still.source[:8]} {saves}"
+            else:
+                offer = f"Share one still across the {batch_count} runs {saves}"
+            st.toggle(
+                offer,
+                key="create_reuse_still",
+                help="Off: generate a fresh still. The full cost is held at start; the still's "
+                "credits come back once the reused still is found intact in storage.",
+            )
         started = st.button(
             "Start" if batch_count == 1 else f"Start {batch_count} runs",
             key="create_start",
@@ -315,7 +330,13 @@ if started:
     st.session_state["create_tried"] = True
     client_key = st.session_state[cf.CLIENT_KEY]
     try:
-        outcome = launch.start_batch(runtime, user, variants, client_key)
+        outcome = launch.start_batch(
+            runtime,
+            user,
+            variants,
+            client_key,
+            reuse_still=bool(st.session_state["create_reuse_still"]),
+        )
     except RequestValidationError as exc:
         if "webhookUrl" in exc.problems:
             st.session_state["create_webhook_refused"] = (

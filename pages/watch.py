@@ -15,7 +15,7 @@ from core.states import WorkflowStatus
 from core.ui import format as fmt
 from core.ui import live, nav, run_actions, text
 from core.ui.database import guarded
-from core.ui.receipt import receipt
+from core.ui.receipt import receipt, reused_still
 from core.ui.result import result_preview
 from core.ui.runtime import get_runtime
 from core.ui.session import inbox_changed, require_user, show_flashes
@@ -24,7 +24,7 @@ from core.ui.timeline import timeline
 from core.ui.webhooks import webhooks_panel
 from core.views import eta, history
 from core.views.run import load_result, load_run
-from core.views.watch import live_phase, receipt_for
+from core.views.watch import live_phase, receipt_for, still_reused
 from core.workflows import WorkflowView
 
 log = logging.getLogger("core.pages.watch")
@@ -131,7 +131,10 @@ if view is not None and view.status is WorkflowStatus.COMPLETED:
     try:
         with runtime.db.read() as session:
             result = load_result(session, workflow_id)
+            reused = still_reused(session, view)
         result_preview(runtime, result)
+        if reused is not None:
+            reused_still(reused, tz)
     except SQLAlchemyError:
         log.exception("App - could not read the assets of %s", workflow_id)
         st.warning("The result could not be read right now. Reload the page in a moment.")

@@ -57,6 +57,7 @@ OTHER_DEFAULTS: dict[str, Any] = {
     "create_batch_count": 1,
     "create_batch_mode": "takes",
     "create_template": None,
+    "create_reuse_still": True,
 }
 BUILDER_OPTIONS: dict[str, tuple[str, ...]] = {
     "camera": prompts.CAMERA_MOVEMENTS,

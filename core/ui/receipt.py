@@ -1,5 +1,6 @@
 """The receipt of a run that ended failed or cancelled: why, which step, whether the video
-provider confirmed stopping, and the refund with its ledger entry."""
+provider confirmed stopping, and the refund with its ledger entry; and, on any run, the still it
+reused instead of paying for."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import streamlit as st
 from core.states import WorkflowStatus
 from core.ui import format as fmt
 from core.ui import text
-from core.views.watch import Receipt
+from core.views.watch import Receipt, StillReused
 
 
 def receipt(rec: Receipt, tz: ZoneInfo | None) -> None:
@@ -45,5 +46,19 @@ def receipt(rec: Receipt, tz: ZoneInfo | None) -> None:
             text.literal(entry.reason)
         else:
             st.caption("No refund was recorded for this run (it cost nothing).")
+        if rec.still_reused is not None:
+            reused_still(rec.still_reused, tz)
         if rec.category:
             st.caption(f"Failure category: `{rec.category}`")
+
+
+def reused_still(reused: StillReused, tz: ZoneInfo | None) -> None:
+    entry = reused.entry
+    st.info(
+        f"Still reused from run {reused.source_id}, saved {reused.saved} credits.",
+        icon=":material/recycling:",
+    )
+    st.caption(
+        f"Ledger entry #{entry.id} · {entry.kind} +{entry.amount} · balance after "
+        f"{entry.balance_after} · {fmt.local_time(entry.created_at, tz, with_date=True)}"
+    )

@@ -1,6 +1,6 @@
 """What the watch page reads beyond the raw workflow view: the phase a run is in right now (the
-provider's queue kept apart from generating and uploading) and the receipt of a run that ended
-failed or cancelled."""
+provider's queue kept apart from generating and uploading), the receipt of a run that ended
+failed or cancelled, and the still a run reused instead of paying for it."""
 
 from __future__ import annotations
 
@@ -82,6 +82,24 @@ def live_phase(view: WorkflowView) -> LivePhase:
 
 
 @dataclass(frozen=True)
+class StillReused:
+    """A run that took its still from an earlier run, and the credits that gave back."""
+
+    source_id: str
+    saved: int
+    entry: LedgerEntry
+
+
+def still_reused(session: Session, view: WorkflowView) -> StillReused | None:
+    """None unless the run really reused a still (not while it waits for one, nor when it
+    generated its own after all)."""
+    if view.reuse_image_from is None:
+        return None
+    entry = credits.release_entry(session, view.id)
+    return None if entry is None else StillReused(view.reuse_image_from, entry.amount, entry)
+
+
+@dataclass(frozen=True)
 class Receipt:
     """Why a run ended without a video, and what came back to the user's balance."""
 
@@ -92,6 +110,7 @@ class Receipt:
     refunded: int
     entry: LedgerEntry | None
     provider_cancel: bool | None  # True/False: the provider did/didn't confirm; None: not asked
+    still_reused: StillReused | None = None
 
 
 def receipt_for(session: Session, view: WorkflowView) -> Receipt | None:
@@ -112,4 +131,5 @@ def receipt_for(session: Session, view: WorkflowView) -> Receipt | None:
         refunded=entry.amount if entry else 0,
         entry=entry,
         provider_cancel=view.provider_cancel_confirmed,
+        still_reused=still_reused(session, view),
     )

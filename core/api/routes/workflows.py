@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
+from pydantic import Field
 
 from core import webhooks
 from core.api.deps import CurrentUser, RuntimeDep
@@ -55,11 +56,27 @@ def _links(app: FastAPI, workflow_id: str) -> Links:
     )
 
 
+class StartRequest(WorkflowRequest):
+    """The run's request, and how to pay for its still."""
+
+    reuse_still: bool = Field(
+        True,
+        alias="reuseStill",
+        description="Reuse the still of an earlier run of yours with the same image request "
+        "(model, prompt, style, quality, size) instead of paying for a new one.",
+    )
+
+    def workflow_request(self) -> WorkflowRequest:
+        return WorkflowRequest.model_validate(
+            self.model_dump(by_alias=True, exclude={"reuse_still"})
+        )
+
+
 @router.post(
     "/workflow/start", status_code=202, response_model=Started, responses=problems(402, 403)
 )
 def start_workflow(
-    body: WorkflowRequest,
+    body: StartRequest,
     runtime: RuntimeDep,
     user: CurrentUser,
     request: Request,
@@ -71,10 +88,13 @@ def start_workflow(
     """Reserve the run's credits and queue it. The same `Idempotency-Key` again returns the
     run it started (one run, one charge); with a different body it is refused."""
     client_key = f"{IDEMPOTENCY_PREFIX}{idempotency_key}" if idempotency_key else None
-    workflow_id, created = runtime.start_workflow(user, body, client_key=client_key)
+    run = body.workflow_request()
+    workflow_id, created = runtime.start_workflow(
+        user, run, client_key=client_key, reuse_still=body.reuse_still
+    )
     with runtime.db.read() as session:
         view = load_run(session, workflow_id, user)
-    if not created and view.request != body:
+    if not created and view.request != run:
         raise RequestValidationError(
             {"Idempotency-Key": "was already used for a different request"}
         )
