@@ -1,6 +1,7 @@
-"""Monitoring (admins): KPIs, outcomes over time, step durations, failures, provider performance
-and credit usage for a time range, narrowed by user, project and provider. Every number comes
-aggregated from core.views.monitoring; each panel exports what it shows as CSV."""
+"""Monitoring (admins): KPIs, outcomes over time, step durations, failures, provider performance,
+credit usage and the true cost of a delivered video (stills reused included) for a time range,
+narrowed by user, project and provider. Every number comes aggregated from
+core.views.monitoring; each panel exports what it shows as CSV."""
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +26,7 @@ RANGES = {
     "365d": ("Last year", timedelta(days=365)),
 }
 REFRESH_S = 15
+DELIVERED_BY: tuple[monitoring.DeliveredBy, ...] = ("time", "model", "user", "project")
 
 runtime = get_runtime()
 require_admin()
@@ -50,6 +52,11 @@ def load_panels(flt: MonitoringFilter) -> dict[str, Any]:
             "totals": monitoring.provider_totals(stats),
             "usage_user": monitoring.credit_usage(session, flt, by="user"),
             "usage_project": monitoring.credit_usage(session, flt, by="project"),
+            "reuse": monitoring.reuse_stats(session, flt),
+            **{
+                f"delivered_{by}": monitoring.delivered_cost(session, flt, by=by)
+                for by in DELIVERED_BY
+            },
         }
 
 
@@ -282,6 +289,81 @@ def draw_usage(flt: MonitoringFilter, panels: dict[str, Any]) -> None:
     )
 
 
+def usd(value: float | None) -> str:
+    return "–" if value is None else f"${value:,.2f}"
+
+
+def per_video(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.1f} cr"
+
+
+def draw_delivered(flt: MonitoringFilter, panels: dict[str, Any]) -> None:
+    over_time = panels["delivered_time"]
+    total = monitoring.delivered_total(over_time)
+    header("What a delivered video really costs", [total], "delivered_cost")
+    st.caption(
+        "Everything spent on the finished runs created in the range (failed, retried and "
+        "cancelled attempts included) divided by the videos delivered. Credits are net of "
+        "refunds and of reused stills; list price is what the providers bill. Waste: what "
+        "went to runs that delivered nothing."
+    )
+    columns = st.columns(6)
+    columns[0].metric("Videos delivered", f"{total.delivered:,} of {total.runs:,}")
+    columns[1].metric("Credits per video", per_video(total.credits_per_video))
+    columns[2].metric("List price per video", usd(total.usd_per_video))
+    columns[3].metric("Waste (list price)", usd(total.waste_usd))
+    columns[4].metric("Refunded share", percent(total.refunded_share))
+    reuse = panels["reuse"]
+    columns[5].metric(
+        "Stills reused",
+        f"{reuse.hits:,}",
+        f"{reuse.credits_saved:,} credits saved",
+        delta_color="off",
+    )
+    if not over_time:
+        st.info("No run finished in this range.")
+        return
+    charts.chart(charts.delivered_cost_figure(over_time, flt), "monitoring_chart_delivered")
+    by = st.segmented_control(
+        "Cost per delivered video by",
+        ["model", "user", "project"],
+        default="model",
+        key="monitoring_delivered_by",
+    )
+    rows = panels[f"delivered_{by or 'model'}"]
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    by or "model": c.label,
+                    "runs": c.runs,
+                    "delivered": c.delivered,
+                    "credits spent": c.credits_spent,
+                    "credits / video": c.credits_per_video,
+                    "USD": c.list_usd,
+                    "USD / video": c.usd_per_video,
+                    "waste USD": c.waste_usd,
+                    "refunded": c.refunded_share,
+                    "saved by reuse": c.credits_saved,
+                }
+                for c in rows
+            ]
+        ),
+        column_config={
+            name: st.column_config.NumberColumn(format="dollar")
+            for name in ("USD", "USD / video", "waste USD")
+        }
+        | {
+            "refunded": st.column_config.NumberColumn(format="percent"),
+            "credits / video": st.column_config.NumberColumn(format="%.1f"),
+        },
+        hide_index=True,
+        width="stretch",
+        key="monitoring_table_delivered",
+    )
+    download(rows, f"delivered_cost_{by or 'model'}")
+
+
 @st.fragment(run_every=REFRESH_S if auto_refresh else None)
 def dashboard() -> None:
     flt = current_filter()
@@ -300,6 +382,7 @@ def dashboard() -> None:
     draw_failures(panels)
     draw_providers(panels)
     draw_usage(flt, panels)
+    draw_delivered(flt, panels)
 
 
 dashboard()

@@ -12,6 +12,7 @@ import streamlit as st
 from core.ui import format as fmt
 from core.views.monitoring import (
     CreditUsage,
+    DeliveredCost,
     Granularity,
     HistogramBin,
     MonitoringFilter,
@@ -183,6 +184,49 @@ def credit_usage_figure(usage: Sequence[CreditUsage], flt: MonitoringFilter) -> 
     )
     figure = _time_axis(figure, flt, flt.usage_granularity)
     return _layout(figure, barmode="stack", xaxis_title="UTC", yaxis_title="credits spent")
+
+
+def delivered_cost_figure(costs: Sequence[DeliveredCost], flt: MonitoringFilter) -> go.Figure:
+    """List-price USD per bucket, split into what went to delivered videos and the waste (runs
+    that delivered nothing), with the USD per delivered video as a line on its own axis."""
+    starts = [c.key for c in costs]
+    figure = go.Figure(
+        [
+            go.Bar(
+                x=starts,
+                y=[c.delivered_list_usd for c in costs],
+                name="delivered",
+                marker_color=OUTCOME_COLOURS["completed"],
+            ),
+            go.Bar(
+                x=starts,
+                y=[c.waste_usd for c in costs],
+                name="waste",
+                marker_color=OUTCOME_COLOURS["failed"],
+            ),
+            go.Scatter(
+                x=starts,
+                y=[c.usd_per_video for c in costs],
+                name="USD per delivered video",
+                mode="lines+markers",
+                yaxis="y2",
+                marker_color=P95_COLOUR,
+            ),
+        ]
+    )
+    figure = _time_axis(figure, flt, flt.usage_granularity)
+    return _layout(
+        figure,
+        barmode="stack",
+        xaxis_title="UTC",
+        yaxis_title="list price (USD)",
+        yaxis2={
+            "title": "USD per video",
+            "overlaying": "y",
+            "side": "right",
+            "rangemode": "tozero",
+        },
+    )
 
 
 def chart(figure: go.Figure, key: str) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
@@ -48,6 +48,8 @@ from sqlalchemy.sql.expression import Subquery
 
 from core.errors import RequestValidationError
 from core.models import ApiCall, CreditTransaction, Project, User, Workflow, WorkflowStep
+from core.reuse import CACHE_PROVIDER as REUSE_PROVIDER
+from core.reuse import REUSE_OPERATION
 from core.states import STEP_ORDER, StepStatus, WorkflowStatus
 
 HOURLY_MAX_RANGE = timedelta(days=2)  # longer ranges are bucketed by day
@@ -57,6 +59,7 @@ SORT_WORK_MEM = "64MB"
 HISTOGRAM_EDGES_S: tuple[float, ...] = (0.5, 1, 2, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600)
 IN_FLIGHT = (WorkflowStatus.QUEUED.value, WorkflowStatus.RUNNING.value)
 _NOT_OK = text("api_calls.outcome <> 'ok'")  # a literal: SQLite matches partial indexes by text
+_PRICED = text("api_calls.cost_usd > 0")  # ix_api_calls_priced, the same way
 
 
 class Granularity(StrEnum):
@@ -124,10 +127,11 @@ class Kpis:
     p95_duration_s: float | None
     credits_reserved: int
     credits_refunded: int
+    credits_released: int = 0  # given back for reused stills (core.reuse)
 
     @property
     def credits_spent(self) -> int:
-        return self.credits_reserved - self.credits_refunded
+        return self.credits_reserved - self.credits_refunded - self.credits_released
 
 
 @dataclass(frozen=True)
@@ -245,10 +249,72 @@ class CreditUsage:
     label: str  # email or project name
     reserved: int
     refunded: int
+    released: int = 0  # given back for reused stills
 
     @property
     def spent(self) -> int:
-        return self.reserved - self.refunded
+        return self.reserved - self.refunded - self.released
+
+
+@dataclass(frozen=True)
+class ReuseStats:
+    """Stills reused instead of generated: cache hits (api_calls "reuse" rows started in the
+    range) and the credits their runs got back (ledger "release" rows written in it)."""
+
+    hits: int
+    credits_saved: int
+
+
+@dataclass(frozen=True)
+class DeliveredCost:
+    """What delivered videos really cost, over the finished runs (completed, failed, cancelled)
+    created in the range, grouped by `key` (a bucket start, model, user id or project id).
+
+    Credits come from the ledger: reserved at start, minus refunds (failed and cancelled runs),
+    minus releases (reused stills). List price is the provider's price of every priced call of
+    those runs, including the calls of runs that then failed or were cancelled (an image made
+    for a run whose video failed is paid to the provider all the same); failed attempts are
+    priced 0, as providers bill only what they deliver. Per delivered video, everything spent
+    is divided by the completed runs alone; "waste" is what went to runs that delivered nothing.
+    Runs still in flight are left out: their cost is not known yet.
+    """
+
+    key: Any
+    label: str
+    runs: int
+    delivered: int
+    credits_reserved: int
+    credits_refunded: int
+    credits_saved: int
+    delivered_credits: int  # net credits of the completed runs
+    list_usd: float
+    delivered_list_usd: float  # list price of the completed runs' calls
+
+    @property
+    def credits_spent(self) -> int:
+        return self.credits_reserved - self.credits_refunded - self.credits_saved
+
+    @property
+    def credits_per_video(self) -> float | None:
+        return _ratio(self.credits_spent, self.delivered)
+
+    @property
+    def usd_per_video(self) -> float | None:
+        return _ratio(self.list_usd, self.delivered)
+
+    @property
+    def waste_credits(self) -> int:
+        """Credits kept for runs that delivered nothing: 0 while every failure is refunded."""
+        return self.credits_spent - self.delivered_credits
+
+    @property
+    def waste_usd(self) -> float:
+        return round(self.list_usd - self.delivered_list_usd, 4)
+
+    @property
+    def refunded_share(self) -> float | None:
+        """Refunded credits / credits reserved at start."""
+        return _ratio(self.credits_refunded, self.credits_reserved)
 
 
 @dataclass(frozen=True)
@@ -302,22 +368,25 @@ def kpis(session: Session, flt: MonitoringFilter) -> Kpis:
         p95_duration_s=_seconds(row["p1"]),
         credits_reserved=spent[0],
         credits_refunded=spent[1],
+        credits_released=spent[2],
     )
 
 
 _FINISHED = (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED)
+_RUN_MOVES = ("reserve", "refund", "release")  # the ledger rows a run writes
 
 
-def credit_totals(session: Session, flt: MonitoringFilter) -> tuple[int, int]:
-    """(reserved, refunded) credits in the range, from the ledger."""
-    amount = CreditTransaction.amount
+def credit_totals(session: Session, flt: MonitoringFilter) -> tuple[int, int, int]:
+    """(reserved, refunded, released for reused stills) credits in the range, from the ledger."""
+    amount, kind = CreditTransaction.amount, CreditTransaction.kind
     row = session.execute(
         select(
-            func.coalesce(func.sum(case((CreditTransaction.kind == "reserve", -amount))), 0),
-            func.coalesce(func.sum(case((CreditTransaction.kind == "refund", amount))), 0),
+            func.coalesce(func.sum(case((kind == "reserve", -amount))), 0),
+            func.coalesce(func.sum(case((kind == "refund", amount))), 0),
+            func.coalesce(func.sum(case((kind == "release", amount))), 0),
         ).where(*_ledger_scope(flt))
     ).one()
-    return int(row[0]), int(row[1])
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def outcomes_over_time(session: Session, flt: MonitoringFilter) -> list[OutcomeBucket]:
@@ -588,6 +657,7 @@ def credit_usage(
         key.label("key"),
         case((CreditTransaction.kind == "reserve", -amount), else_=0).label("reserved"),
         case((CreditTransaction.kind == "refund", amount), else_=0).label("refunded"),
+        case((CreditTransaction.kind == "release", amount), else_=0).label("released"),
     ).select_from(CreditTransaction)
     if by == "project":
         moves = moves.join(Workflow, Workflow.id == CreditTransaction.workflow_id)
@@ -598,6 +668,7 @@ def credit_usage(
             moves.c.key,
             func.sum(moves.c.reserved).label("reserved"),
             func.sum(moves.c.refunded).label("refunded"),
+            func.sum(moves.c.released).label("released"),
         )
         .group_by(moves.c.bucket, moves.c.key)
         .subquery()
@@ -615,11 +686,156 @@ def credit_usage(
             label=r.label or "(no project)",
             reserved=int(r.reserved),
             refunded=int(r.refunded),
+            released=int(r.released),
         )
         for r in rows
     ]
     # Sorted here (runs without a project last): the databases disagree on where NULLs sort.
     return sorted(usage, key=lambda u: (u.start, u.key is None, u.key or 0))
+
+
+def reuse_stats(session: Session, flt: MonitoringFilter) -> ReuseStats:
+    """Cache hits through ix_api_calls_provider_operation_duration, credits saved through
+    ix_credit_transactions_kind_created."""
+    hits = session.execute(
+        select(func.count()).where(
+            ApiCall.provider == REUSE_PROVIDER,
+            ApiCall.operation == REUSE_OPERATION,
+            ApiCall.outcome == "ok",
+            *_call_scope(replace(flt, provider=None)),
+        )
+    ).scalar_one()
+    saved = session.execute(
+        select(func.coalesce(func.sum(CreditTransaction.amount), 0)).where(
+            *_ledger_scope(flt), CreditTransaction.kind == "release"
+        )
+    ).scalar_one()
+    return ReuseStats(hits=hits, credits_saved=int(saved))
+
+
+DeliveredBy = Literal["time", "model", "user", "project"]
+
+
+def delivered_cost(
+    session: Session, flt: MonitoringFilter, *, by: DeliveredBy
+) -> list[DeliveredCost]:
+    """DeliveredCost per bucket (`flt.usage_granularity`), video model, user or project; only
+    non-empty groups. `delivered_total` sums the rows into the range's one figure.
+
+    Three grouped reads joined on the run id: the finished runs of the range (by creation
+    time), their ledger rows (ix_credit_transactions_workflow_id) and their priced calls
+    (ix_api_calls_priced: index-only, in run order, without the unpriced calls).
+    """
+    _tune(session)
+    key = _delivered_key(session, flt, by)
+    runs = (
+        select(Workflow.id, Workflow.status, key.label("key"))
+        .where(
+            _created_in(flt),
+            *_run_scope(flt),
+            Workflow.status.in_([s.value for s in _FINISHED]),
+        )
+        .subquery()
+    )
+    amount, kind = CreditTransaction.amount, CreditTransaction.kind
+    ledger = (
+        select(
+            CreditTransaction.workflow_id,
+            func.sum(case((kind == "reserve", -amount), else_=0)).label("reserved"),
+            func.sum(case((kind == "refund", amount), else_=0)).label("refunded"),
+            func.sum(case((kind == "release", amount), else_=0)).label("released"),
+        )
+        .where(kind.in_(_RUN_MOVES), CreditTransaction.workflow_id.in_(select(runs.c.id)))
+        .group_by(CreditTransaction.workflow_id)
+        .subquery()
+    )
+    priced = (
+        select(ApiCall.workflow_id, func.sum(ApiCall.cost_usd).label("usd"))
+        .where(_PRICED, ApiCall.workflow_id.in_(select(runs.c.id)))
+        .group_by(ApiCall.workflow_id)
+        .subquery()
+    )
+    done = runs.c.status == WorkflowStatus.COMPLETED.value
+    reserved = func.coalesce(ledger.c.reserved, 0)
+    net = reserved - func.coalesce(ledger.c.refunded, 0) - func.coalesce(ledger.c.released, 0)
+    usd = func.coalesce(priced.c.usd, 0)
+    totals = (
+        select(
+            runs.c.key,
+            func.count().label("runs"),
+            _count_if(done, "delivered"),
+            func.sum(reserved).label("reserved"),
+            func.sum(func.coalesce(ledger.c.refunded, 0)).label("refunded"),
+            func.sum(func.coalesce(ledger.c.released, 0)).label("released"),
+            func.sum(case((done, net), else_=0)).label("delivered_credits"),
+            func.sum(usd).label("usd"),
+            func.sum(case((done, usd), else_=0)).label("delivered_usd"),
+        )
+        .select_from(runs)
+        .outerjoin(ledger, ledger.c.workflow_id == runs.c.id)
+        .outerjoin(priced, priced.c.workflow_id == runs.c.id)
+        .group_by(runs.c.key)
+    )
+    rows = session.execute(totals).all()
+    labels = _delivered_labels(session, by, [r.key for r in rows])
+    costs = [
+        DeliveredCost(
+            key=_as_utc(r.key) if by == "time" else r.key,
+            label=labels.get(r.key, str(r.key)),
+            runs=r.runs,
+            delivered=r.delivered,
+            credits_reserved=int(r.reserved),
+            credits_refunded=int(r.refunded),
+            credits_saved=int(r.released),
+            delivered_credits=int(r.delivered_credits),
+            list_usd=round(float(r.usd), 4),
+            delivered_list_usd=round(float(r.delivered_usd), 4),
+        )
+        for r in rows
+    ]
+    if by == "time":
+        return sorted(costs, key=lambda c: c.key)
+    return sorted(costs, key=lambda c: (-c.list_usd, -c.credits_spent, c.label))
+
+
+def delivered_total(rows: Sequence[DeliveredCost]) -> DeliveredCost:
+    """delivered_cost rows summed into one (pure): every figure is a sum or a ratio of sums."""
+    return DeliveredCost(
+        key=None,
+        label="all",
+        runs=sum(r.runs for r in rows),
+        delivered=sum(r.delivered for r in rows),
+        credits_reserved=sum(r.credits_reserved for r in rows),
+        credits_refunded=sum(r.credits_refunded for r in rows),
+        credits_saved=sum(r.credits_saved for r in rows),
+        delivered_credits=sum(r.delivered_credits for r in rows),
+        list_usd=round(sum(r.list_usd for r in rows), 4),
+        delivered_list_usd=round(sum(r.delivered_list_usd for r in rows), 4),
+    )
+
+
+DEFAULT_MODEL_LABEL = "(installation default)"
+
+
+def _delivered_key(session: Session, flt: MonitoringFilter, by: DeliveredBy) -> Any:
+    if by == "time":
+        return _bucket(session, Workflow.created_at, flt.usage_granularity)
+    if by == "model":  # the video model: by far the larger part of a run's price
+        return func.coalesce(Workflow.request["videoModel"].as_string(), DEFAULT_MODEL_LABEL)
+    return Workflow.user_id if by == "user" else Workflow.project_id
+
+
+def _delivered_labels(session: Session, by: DeliveredBy, keys: Sequence[Any]) -> dict[Any, str]:
+    if by == "time":
+        return {k: str(_as_utc(k)) for k in keys}
+    if by == "model":
+        return {k: k for k in keys}
+    if by == "user":
+        rows = session.execute(select(User.id, User.email).where(User.id.in_(keys))).all()
+    else:
+        ids = [k for k in keys if k is not None]
+        rows = session.execute(select(Project.id, Project.name).where(Project.id.in_(ids))).all()
+    return {None: "(no project)", **{r[0]: r[1] for r in rows}}
 
 
 def filter_choices(session: Session) -> FilterChoices:
@@ -715,7 +931,7 @@ def _ledger_scope(flt: MonitoringFilter) -> list[ColumnElement[bool]]:
     scope = [
         CreditTransaction.created_at >= flt.since,
         CreditTransaction.created_at < flt.until,
-        CreditTransaction.kind.in_(("reserve", "refund")),
+        CreditTransaction.kind.in_(_RUN_MOVES),
     ]
     if flt.user_id is not None:
         scope.append(CreditTransaction.user_id == flt.user_id)
