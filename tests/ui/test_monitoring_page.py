@@ -120,6 +120,7 @@ def test_the_chart_builders_accept_empty_panels():
         charts.provider_latency_figure([]),
         charts.provider_totals_figure([]),
         charts.credit_usage_figure([], MonitoringFilter.last(timedelta(days=7))),
+        charts.delivered_cost_figure([], MonitoringFilter.last(timedelta(days=7))),
     ):
         assert figure.to_dict()["layout"]
 
@@ -152,7 +153,8 @@ def test_a_seeded_history_fills_every_panel(engine, make_user, seeded, downloads
     assert not at.exception
     assert int(metrics(at)["Workflows"].replace(",", "")) >= SEED_RUNS
     charts = {chart.proto.id for chart in at.get("plotly_chart")}
-    assert len(charts) == 6  # outcomes, step p50/p95, histogram, latency, providers, usage
+    # outcomes, step p50/p95, histogram, latency, providers, usage, cost per delivered video
+    assert len(charts) == 7
     assert {d.key for d in at.download_button} >= {
         "monitoring_csv_kpis",
         "monitoring_csv_outcomes",
@@ -174,6 +176,18 @@ def test_a_seeded_history_fills_every_panel(engine, make_user, seeded, downloads
     at.segmented_control(key="monitoring_usage_by").set_value("project").run()
     assert not at.exception
     assert "reelforge-credit_usage_project.csv" in downloads
+
+    (delivered,) = rows(downloads["reelforge-delivered_cost.csv"])
+    assert metrics(at)["Videos delivered"] == (
+        f"{int(delivered['delivered']):,} of {int(delivered['runs']):,}"
+    )
+    assert int(delivered["delivered"]) > 0 and float(delivered["list_usd"]) >= 0
+    by_model = rows(downloads["reelforge-delivered_cost_model.csv"])
+    assert sum(int(r["runs"]) for r in by_model) == int(delivered["runs"])
+    at.segmented_control(key="monitoring_delivered_by").set_value("user").run()
+    assert not at.exception
+    by_user = rows(downloads["reelforge-delivered_cost_user.csv"])
+    assert sum(int(r["delivered"]) for r in by_user) == int(delivered["delivered"])
 
 
 def test_the_user_and_provider_filters_narrow_the_panels(engine, make_user, seeded, downloads):
