@@ -196,6 +196,26 @@ def test_a_run_through_all_three_real_clients_completes_with_a_real_clip(
     assert balance(runtime, user) == 100 - view.cost_credits
 
 
+def test_a_reused_still_never_reaches_openai_and_costs_nothing(make_settings, engines, user, twins):
+    """Two runs of one image request with two camera moves: OpenAI makes one image, the
+    second run copies it from S3 (a free cache/reuse call) and gets its credits back."""
+    runtime = engines(make_settings())
+    first, _ = runtime.start_workflow(user, parse_request(RUN), reuse_still=True)
+    orbit = {**RUN, "videoPrompt": "slow orbit around the lighthouse"}
+    second, _ = runtime.start_workflow(user, parse_request(orbit), reuse_still=True)
+
+    views = [load(runtime, first), load(runtime, second)]
+    assert [v.status for v in views] == [WorkflowStatus.COMPLETED] * 2
+    assert views[1].reuse_image_from == first
+    assert len(twins.openai.recorded("POST", "/v1/images/generations")) == 1
+    assert len(twins.fal.recorded("POST", "/fal-ai/veo3.1/image-to-video")) == 2
+    reuse = [(c.provider, c.operation, c.cost_usd) for c in calls(runtime, second)]
+    assert ("cache", "reuse", Decimal(0)) in reuse
+    assert not [c for c in reuse if c[0] == "openai" and c[1] == "generate"]
+    assert views[0].cost_credits - views[1].cost_credits == 3  # the wide standard still
+    assert balance(runtime, user) == 100 - views[0].cost_credits - views[1].cost_credits
+
+
 def test_presign_expiry_s_reaches_the_links_the_pipeline_and_the_pages_hand_out(
     make_settings, engines, user, twins
 ):
