@@ -46,6 +46,8 @@ PANELS: dict[str, Panel] = {
     "credit_usage(user)": lambda s, f: monitoring.credit_usage(s, f, by="user"),
     "credit_usage(project)": lambda s, f: monitoring.credit_usage(s, f, by="project"),
     "filter_choices": lambda s, f: monitoring.filter_choices(s),
+    "reuse_stats": monitoring.reuse_stats,
+    "delivered_cost": monitoring.delivered_cost,
 }
 
 

@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", choices=["4s", "6s", "8s"], default="8s")
     run.add_argument("--resolution", choices=["720p", "1080p"], default="720p")
     run.add_argument("--no-audio", action="store_true", help="generate a silent clip")
+    run.add_argument(
+        "--reuse-still",
+        action="store_true",
+        help="take the still of an earlier run with the same image request instead of paying",
+    )
     run.add_argument("--user", default=auth.OPERATOR_EMAIL, help="act as this account")
 
     commands.add_parser("health", help="check the database, storage and providers")
@@ -187,7 +192,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         with runtime.db.begin() as session:
             user = _acting_user(session, args.user, settings)
         runtime.start_background()
-        workflow_id, _ = runtime.start_workflow(user, request)
+        workflow_id, _ = runtime.start_workflow(user, request, reuse_still=args.reuse_still)
         view = _follow(runtime, workflow_id, user)
         _print_summary(runtime, view)
         return 0 if view.status is WorkflowStatus.COMPLETED else 1

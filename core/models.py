@@ -290,6 +290,7 @@ class ApiCall(Base):
         # calls only.
         Index(
             "ix_api_calls_priced",
+            "started_at",
             "workflow_id",
             "cost_usd",
             postgresql_where=text("cost_usd > 0"),

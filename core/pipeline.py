@@ -235,8 +235,12 @@ def generate_image(ctx: StepContext) -> dict[str, Any]:
         provider=providers.image.name,
         cost_usd=image_list_price(providers.image.name, spec),
     )
-    output = _stage_image(ctx, image.data, image.content_type)
-    return {**output, "model": image.model, "revised_prompt": image.revised_prompt}
+    return {
+        **_stage_image(ctx, image.data, image.content_type),
+        "model": image.model,
+        "prompt_sent": spec.prompt,
+        "revised_prompt": image.revised_prompt,
+    }
 
 
 def _stage_image(ctx: StepContext, data: bytes, content_type: str) -> dict[str, Any]:
@@ -244,13 +248,7 @@ def _stage_image(ctx: StepContext, data: bytes, content_type: str) -> dict[str, 
     storage, key = ctx.providers.storage, storage_key(ctx.workflow, "staging/image.png")
     ctx.report(80, "keeping the image")
     ctx.call("put", lambda: storage.put(key, data, content_type), provider=storage.name)
-    prompt = reuse.image_spec(ctx.workflow.request, ctx.settings.image_model).prompt
-    return {
-        "staging_key": key,
-        "content_type": content_type,
-        "prompt_sent": prompt,
-        "size_bytes": len(data),
-    }
+    return {"staging_key": key, "content_type": content_type, "size_bytes": len(data)}
 
 
 def _reuse_still(ctx: StepContext, source_id: str, spec: ImageSpec) -> dict[str, Any] | None:
@@ -274,10 +272,16 @@ def _reuse_still(ctx: StepContext, source_id: str, spec: ImageSpec) -> dict[str,
         log.warning("Workflow %s: the still of run %s %s", ctx.workflow.id, source_id, why)
         ctx.report(8, f"the still of run {source_id} {why}; generating a fresh one")
         return None
-    ctx.call("reuse", lambda: data, provider=reuse.CACHE_PROVIDER)
+    ctx.call(reuse.REUSE_OPERATION, lambda: data, provider=reuse.CACHE_PROVIDER)
     output = _stage_image(ctx, data, still.content_type)
     ctx.release_reused_still(source_id)
-    return {**output, "model": spec.model, "revised_prompt": None, "reused_from": source_id}
+    return {
+        **output,
+        "model": spec.model,
+        "prompt_sent": spec.prompt,
+        "revised_prompt": None,
+        "reused_from": source_id,
+    }
 
 
 def _intact(ctx: StepContext, still: reuse.StoredStill) -> bytes | None:

@@ -26,7 +26,6 @@ RANGES = {
     "365d": ("Last year", timedelta(days=365)),
 }
 REFRESH_S = 15
-DELIVERED_BY: tuple[monitoring.DeliveredBy, ...] = ("time", "model", "user", "project")
 
 runtime = get_runtime()
 require_admin()
@@ -53,10 +52,7 @@ def load_panels(flt: MonitoringFilter) -> dict[str, Any]:
             "usage_user": monitoring.credit_usage(session, flt, by="user"),
             "usage_project": monitoring.credit_usage(session, flt, by="project"),
             "reuse": monitoring.reuse_stats(session, flt),
-            **{
-                f"delivered_{by}": monitoring.delivered_cost(session, flt, by=by)
-                for by in DELIVERED_BY
-            },
+            "delivered": monitoring.delivered_cost(session, flt),
         }
 
 
@@ -298,8 +294,8 @@ def per_video(value: float | None) -> str:
 
 
 def draw_delivered(flt: MonitoringFilter, panels: dict[str, Any]) -> None:
-    over_time = panels["delivered_time"]
-    total = monitoring.delivered_total(over_time)
+    costs: monitoring.DeliveredCosts = panels["delivered"]
+    over_time, total = costs.by_time, costs.total
     header("What a delivered video really costs", [total], "delivered_cost")
     st.caption(
         "Everything spent on the finished runs created in the range (failed, retried and "
@@ -330,7 +326,7 @@ def draw_delivered(flt: MonitoringFilter, panels: dict[str, Any]) -> None:
         default="model",
         key="monitoring_delivered_by",
     )
-    rows = panels[f"delivered_{by or 'model'}"]
+    rows = costs.by(by or "model")
     st.dataframe(
         pd.DataFrame(
             [

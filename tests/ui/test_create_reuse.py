@@ -10,13 +10,13 @@ import pytest
 from core import auth
 from core.schemas import parse_request
 from core.ui import nav
-from tests.ui.conftest import PAYLOAD, app_for, load, wait_until_done
+from tests.ui.conftest import PAYLOAD, app_for, load, texts, wait_until_done
 
 
 @pytest.fixture(scope="module")
 def paid_still(engine):
     """A user with one completed run of PAYLOAD (its still paid for and stored), shared by
-    the tests below: each starts at most one more run and cancels it."""
+    the tests below."""
     runtime = engine.runtime
     with runtime.db.begin() as session:
         user = auth.create_user(
@@ -40,7 +40,9 @@ def reuse_toggles(at):
     return [t for t in at.toggle if t.key == "create_reuse_still"]
 
 
-def test_the_paid_still_is_offered_on_by_default_and_the_run_reuses_it(runtime, paid_still):
+def test_the_paid_still_is_offered_on_by_default_and_the_watch_page_shows_the_saving(
+    runtime, paid_still
+):
     user, source = paid_still
     at = same_request_form(user)
     assert not at.exception
@@ -54,7 +56,11 @@ def test_the_paid_still_is_offered_on_by_default_and_the_run_reuses_it(runtime, 
     assert not at.exception
     started = load(runtime, at.query_params["id"])
     assert started.reuse_image_from == source
-    runtime.cancel(started.id, user)
+
+    assert wait_until_done(runtime, started.id).status.value == "completed"
+    watch = app_for(user, page=nav.WATCH.path, id=started.id)
+    assert not watch.exception
+    assert f"Still reused from run {source}, saved 3 credits." in texts(watch)
 
 
 def test_one_click_switches_the_offer_off_for_a_fresh_still(runtime, paid_still):

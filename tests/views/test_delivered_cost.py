@@ -165,8 +165,8 @@ BOB = (1.72, 1.72, 0.88)
 
 def test_the_cost_of_a_delivered_video_counts_every_failed_and_cancelled_attempt(db, history):
     with db.read() as s:
-        rows = monitoring.delivered_cost(s, RANGE, by="time")
-    total = monitoring.delivered_total(rows)
+        costs = monitoring.delivered_cost(s, RANGE)
+    rows, total = costs.by_time, costs.total
     # 6 finished runs (d7 is in flight, d8 out of range), 3 delivered. Credits: reserved
     # 57 + 33 = 90, refunded 19 + 11 + 11 = 41, released 3: 46 spent, 46 / 3 per video.
     # List price: 8.20 in all, 7.28 of it on the three delivered videos, 0.92 wasted.
@@ -184,7 +184,7 @@ def test_the_cost_of_a_delivered_video_counts_every_failed_and_cancelled_attempt
 @pytest.mark.parametrize("by", ["model", "user", "project"])
 def test_the_cost_per_delivered_video_by_model_user_and_project(db, history, by):
     with db.read() as s:
-        rows = monitoring.delivered_cost(s, RANGE, by=by)
+        rows = monitoring.delivered_cost(s, RANGE).by(by)
     labels = {
         "model": (VEO, DEFAULT_MODEL_LABEL),
         "user": ("alice@example.com", "bob@example.com"),
@@ -199,8 +199,11 @@ def test_the_cost_per_delivered_video_by_model_user_and_project(db, history, by)
 def test_narrowed_to_a_user_the_cost_is_that_users_alone(db, history):
     narrowed = MonitoringFilter(since=RANGE.since, until=RANGE.until, user_id=history["bob"])
     with db.read() as s:
-        (bob,) = monitoring.delivered_cost(s, narrowed, by="user")
+        costs = monitoring.delivered_cost(s, narrowed)
+    (bob,) = costs.by_user
     assert figures(bob)[1:] == (3, 1, 11, 11.0, *BOB, 0, round(22 / 33, 4), 0)
+    assert figures(costs.total)[1:] == figures(bob)[1:]
+    assert [c.label for c in costs.by_model] == [DEFAULT_MODEL_LABEL]
 
 
 def test_cache_hits_and_credits_saved_by_reused_stills(db, history):

@@ -39,7 +39,7 @@ def upgrade() -> None:
     with op.batch_alter_table("api_calls") as batch:
         batch.create_index(
             "ix_api_calls_priced",
-            ["workflow_id", "cost_usd"],
+            ["started_at", "workflow_id", "cost_usd"],
             unique=False,
             postgresql_where=sa.text(_PRICED),
             sqlite_where=sa.text(_PRICED),
