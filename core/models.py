@@ -161,6 +161,9 @@ class Workflow(Base):
     video_prompt: Mapped[str] = mapped_column(Text)
     request: Mapped[dict[str, Any]] = mapped_column()  # the validated request, seed field names
     cost_credits: Mapped[int] = mapped_column(Integer)
+    # The request's video model (None: the installation's default), as a column so monitoring
+    # groups runs by model without parsing every request's JSON.
+    video_model: Mapped[str | None] = mapped_column(String(100))
     # The still's share of cost_credits as priced at start: what a reused still gives back.
     image_credits: Mapped[int] = mapped_column(Integer, server_default="0")
     # SHA-256 of the image request as the provider would get it (core.reuse.fingerprint).

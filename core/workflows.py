@@ -236,6 +236,7 @@ def _create(
         request=request.to_json(),
         cost_credits=credits.cost_of(request, costs),
         image_credits=credits.image_cost_of(request, costs),
+        video_model=request.video_model,
         image_fingerprint=still.fingerprint,
         reuse_image_from=reuse.find_source(session, user_id, still.fingerprint)
         if still.reuse and still.fingerprint

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
 from core import launch, workflows
+from core.clock import utcnow
 from core.credits import DEFAULT_CREDIT_COSTS, cost_of, image_cost_of
 from core.errors import PermanentProviderError
 from core.executor import InlineExecutor, ThreadExecutor
@@ -21,6 +23,8 @@ from core.reuse import ReuseOffer
 from core.runtime import Runtime
 from core.schemas import parse_request
 from core.states import StepName, WorkflowStatus
+from core.views import monitoring
+from core.views.monitoring import MonitoringFilter
 from core.views.watch import receipt_for, still_reused
 from tests.helpers import balance, load, wait_for
 
@@ -183,6 +187,17 @@ def test_a_batch_of_five_camera_variations_pays_for_one_still(settings, make_use
     saved = sum(sum(releases(runtime, i)) for i in ids)
     assert saved == 4 * STILL
     assert balance(runtime, user) == 200 - 5 * COST + saved
+    # Monitoring reads the same from what the engine wrote.
+    with runtime.db.read() as session:
+        flt = MonitoringFilter.last(timedelta(hours=1), now=utcnow(), user_id=user.id)
+        costs = monitoring.delivered_cost(session, flt).total
+        reuse = monitoring.reuse_stats(session, flt)
+    assert (costs.delivered, costs.credits_spent, costs.credits_saved) == (
+        5,
+        5 * COST - saved,
+        saved,
+    )
+    assert (reuse.hits, reuse.credits_saved) == (4, saved)
     with capsys.disabled():
         print(f"\n[still reuse] a batch of 5 camera variations saved {saved} of {5 * COST} credits")
 

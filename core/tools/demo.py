@@ -249,7 +249,7 @@ TRANSIENT_ERRORS = {
 
 WORKFLOW_COLUMNS = (
     "id", "user_id", "project_id", "client_key", "status", "image_prompt", "video_prompt",
-    "request", "cost_credits", "cancel_requested", "recoveries", "error_message",
+    "request", "video_model", "cost_credits", "cancel_requested", "recoveries", "error_message",
     "error_category", "provider_cancel_confirmed", "created_at", "started_at", "finished_at",
 )  # fmt: skip
 STEP_COLUMNS = (
@@ -581,6 +581,7 @@ class _Generator:
                 image_prompt,
                 video_prompt,
                 json.dumps(request),
+                request.get("videoModel"),
                 config.cost_credits,
                 status == WorkflowStatus.CANCELLED.value,
                 run.recoveries,

@@ -744,9 +744,9 @@ def delivered_cost(session: Session, flt: MonitoringFilter) -> DeliveredCosts:
     one statement: the runs' facts are gathered once (a CTE used four times, which both
     databases materialise once) and then grouped four ways.
 
-    Per run: its ledger rows (ix_credit_transactions_kind_created: a run's rows are written
-    after its creation, so `created_at >= since` bounds them) and its priced calls
-    (ix_api_calls_priced, index-only, bounded by start time the same way).
+    Per run: its refund and release ledger rows (ix_credit_transactions_kind_created: a run's
+    rows are written after its creation, so `created_at >= since` bounds them) and its priced
+    calls (ix_api_calls_priced, index-only, bounded by start time the same way).
     """
     _tune(session)
     facts = _run_facts(session, flt)
@@ -819,9 +819,8 @@ def _run_facts(session: Session, flt: MonitoringFilter) -> Any:
             Workflow.id,
             Workflow.status,
             _bucket(session, Workflow.created_at, flt.usage_granularity).label("bucket"),
-            func.coalesce(Workflow.request["videoModel"].as_string(), DEFAULT_MODEL_LABEL).label(
-                "model"
-            ),
+            func.coalesce(Workflow.video_model, DEFAULT_MODEL_LABEL).label("model"),
+            Workflow.cost_credits,
             Workflow.user_id,
             Workflow.project_id,
         )
@@ -832,15 +831,17 @@ def _run_facts(session: Session, flt: MonitoringFilter) -> Any:
         )
         .subquery()
     )
+    # What a run reserved is its cost_credits plus what a reused still gave back (release
+    # lowers cost_credits by its amount, in its transaction): only the few refund and release
+    # rows need reading, not the reserve of every run.
     amount, kind = CreditTransaction.amount, CreditTransaction.kind
     ledger = (
         select(
             CreditTransaction.workflow_id,
-            func.sum(case((kind == "reserve", -amount), else_=0)).label("reserved"),
             func.sum(case((kind == "refund", amount), else_=0)).label("refunded"),
             func.sum(case((kind == "release", amount), else_=0)).label("released"),
         )
-        .where(kind.in_(_RUN_MOVES), CreditTransaction.created_at >= flt.since)
+        .where(kind.in_(("refund", "release")), CreditTransaction.created_at >= flt.since)
         .group_by(CreditTransaction.workflow_id)
         .subquery()
     )
@@ -850,9 +851,9 @@ def _run_facts(session: Session, flt: MonitoringFilter) -> Any:
         .group_by(ApiCall.workflow_id)
         .subquery()
     )
-    reserved = func.coalesce(ledger.c.reserved, 0)
     refunded = func.coalesce(ledger.c.refunded, 0)
     released = func.coalesce(ledger.c.released, 0)
+    reserved = runs.c.cost_credits + released
     return (
         select(
             runs.c.status,
@@ -863,7 +864,7 @@ def _run_facts(session: Session, flt: MonitoringFilter) -> Any:
             reserved.label("reserved"),
             refunded.label("refunded"),
             released.label("released"),
-            (reserved - refunded - released).label("net"),
+            (runs.c.cost_credits - refunded).label("net"),
             func.coalesce(priced.c.usd, 0).label("usd"),
         )
         .select_from(runs)

@@ -53,6 +53,9 @@ def history(db) -> dict[str, int]:
             "d7": (alice, None, "running", at(7, 15), VEO),
             "d8": (alice, None, "completed", at(1, 12), VEO),
         }
+        # What each run holds now, as the engine keeps it: its reservation, less a reused
+        # still's release (d3); refunds leave it as it was.
+        held = {"d3": 16, "d8": 100} | {w: 11 for w in ("d4", "d5", "d6")}
         for wid, (user, project, status, created, model) in runs.items():
             s.add(
                 Workflow(
@@ -63,8 +66,9 @@ def history(db) -> dict[str, int]:
                     status=status,
                     image_prompt="i",
                     video_prompt="v",
-                    request={"videoModel": model} if model else {},
-                    cost_credits=0,
+                    request={"videoModel": model},
+                    video_model=model,
+                    cost_credits=held.get(wid, 19),
                     created_at=created,
                 )
             )
@@ -112,7 +116,7 @@ def history(db) -> dict[str, int]:
             s.add(_move(user, kind, amount, when, wid, balances[user.id]))
 
         for wid in runs:
-            move(wid, "reserve", -(100 if wid == "d8" else 19 if runs[wid][4] else 11), 0)
+            move(wid, "reserve", -(held.get(wid, 19) + (3 if wid == "d3" else 0)), 0)
         move("d2", "refund", 19)
         move("d3", "release", 3)
         move("d5", "refund", 11)

@@ -1,4 +1,5 @@
-"""still reuse: workflows.image_fingerprint/image_credits/reuse_image_from, and the priced calls
+"""still reuse and the cost of a delivered video: workflows.image_fingerprint, image_credits,
+reuse_image_from and video_model, and an index of the priced calls
 
 Revision ID: 0013
 Revises: 0010
@@ -6,8 +7,10 @@ Create Date: 2026-11-30 14:00:00
 
 A run records the fingerprint of its image request and the still's share of its price, so a
 later run with the same request finds a still already paid for in one index probe and gives
-that share back when it reuses it. The partial index on priced calls lets the monitoring page
-sum the provider list price per run without reading the million unpriced calls.
+that share back when it reuses it. For the monitoring page's cost of a delivered video: the
+video model as a column (backfilled from the stored request), so grouping by model parses no
+JSON, and a partial index of the priced calls, so the list price per run reads none of the
+million unpriced ones.
 """
 
 from collections.abc import Sequence
@@ -29,6 +32,7 @@ def upgrade() -> None:
             sa.Column("image_credits", sa.Integer(), server_default="0", nullable=False)
         )
         batch.add_column(sa.Column("image_fingerprint", sa.String(length=64), nullable=True))
+        batch.add_column(sa.Column("video_model", sa.String(length=100), nullable=True))
         # No foreign key: SQLite would rebuild workflows for it, which every table references.
         batch.add_column(sa.Column("reuse_image_from", sa.String(length=32), nullable=True))
         batch.create_index(
@@ -36,6 +40,7 @@ def upgrade() -> None:
             ["user_id", "image_fingerprint", "created_at"],
             unique=False,
         )
+    _backfill_video_model()
     with op.batch_alter_table("api_calls") as batch:
         batch.create_index(
             "ix_api_calls_priced",
@@ -46,11 +51,19 @@ def upgrade() -> None:
         )
 
 
+def _backfill_video_model() -> None:
+    """Runs made before this revision get their model from their stored request."""
+    workflows = sa.table("workflows", sa.column("request", sa.JSON()), sa.column("video_model"))
+    model = workflows.c.request["videoModel"].as_string()
+    op.execute(workflows.update().where(model.is_not(None)).values(video_model=model))
+
+
 def downgrade() -> None:
     with op.batch_alter_table("api_calls") as batch:
         batch.drop_index("ix_api_calls_priced")
     with op.batch_alter_table("workflows") as batch:
         batch.drop_index("ix_workflows_user_fingerprint")
         batch.drop_column("reuse_image_from")
+        batch.drop_column("video_model")
         batch.drop_column("image_fingerprint")
         batch.drop_column("image_credits")
