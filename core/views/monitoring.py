@@ -14,8 +14,9 @@ Definitions both databases share (tests prove they agree on the same rows):
 At a year of history (100,000 runs, 600,000 steps, a million calls) every panel reads an index
 built for it (migration 0003): runs by creation time covering status and timings; completed
 steps by (step, duration); calls by (provider, operation, duration) covering the counted
-columns; the few failed calls and failed steps through partial indexes. `bench/monitoring.py`
-times them all.
+columns; the few failed calls and failed steps through partial indexes; the cost of a delivered
+video through the priced calls' partial index (migration 0013). `bench/monitoring.py` times them
+all.
 """
 
 from __future__ import annotations
