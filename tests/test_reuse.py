@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from core import launch, workflows
+from core import budgets, launch, workflows
 from core.clock import utcnow
 from core.credits import DEFAULT_CREDIT_COSTS, cost_of, image_cost_of
 from core.errors import PermanentProviderError
@@ -134,6 +134,11 @@ def test_a_reused_still_costs_nothing_and_never_calls_the_image_provider(runtime
     assert releases(runtime, second) == [STILL]
     assert view.cost_credits == COST - STILL
     assert balance(runtime, user) == 100 - COST - (COST - STILL)
+    with runtime.db.read() as session:  # the release gives budget back, as a refund does
+        month = budgets.period_of(view.created_at)
+        assert budgets.spent(session, budgets.Scope(budgets.ScopeKind.USER, user.id), month) == (
+            2 * COST - STILL
+        )
 
 
 @pytest.mark.parametrize("damage", ["deleted", "corrupted"])
