@@ -470,7 +470,6 @@ def _print_tokens(email: str, listed: list[tokens.TokenView]) -> None:
         table.add_column(column)
     now = utcnow()
     for t in listed:
-        state = "revoked" if t.revoked_at else "active" if t.is_usable(now) else "expired"
         table.add_row(
             str(t.id),
             t.prefix,
@@ -478,7 +477,7 @@ def _print_tokens(email: str, listed: list[tokens.TokenView]) -> None:
             f"{t.created_at:%Y-%m-%d %H:%M}",
             f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never",
             f"{t.expires_at:%Y-%m-%d %H:%M}" if t.expires_at else "never",
-            state,
+            t.state(now),
         )
     console.print(table)
 

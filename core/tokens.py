@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 
 from core.auth import UserView, get_user
 from core.clock import utcnow
-from core.errors import NotFoundError, RequestValidationError
-from core.models import ApiToken, view_of
+from core.errors import NotFoundError, PermissionDeniedError, RequestValidationError
+from core.models import ApiToken, User, view_of
 
 PREFIX_CHARS = 8
 NAME_MAX_CHARS = 120
@@ -40,6 +40,9 @@ class TokenView:
 
     def is_usable(self, now: datetime) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+    def state(self, now: datetime) -> str:
+        return "revoked" if self.revoked_at else "active" if self.is_usable(now) else "expired"
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def list_tokens(session: Session, user_id: int) -> list[TokenView]:
 
 
 def revoke_token(session: Session, prefix_or_id: str) -> TokenView:
-    """Revoke the one token with this id or prefix (revoking twice keeps the first time)."""
+    """Revoke the one token with this id or prefix (the CLI, which acts for the operator)."""
     match = ApiToken.prefix == prefix_or_id
     if prefix_or_id.isdigit():
         match = or_(match, ApiToken.id == int(prefix_or_id))
@@ -97,11 +100,41 @@ def revoke_token(session: Session, prefix_or_id: str) -> TokenView:
         raise NotFoundError(f"no token with id or prefix {prefix_or_id}")
     if len(rows) > 1:
         raise RequestValidationError({"token": f"{prefix_or_id} matches several; use the id"})
-    row = rows[0]
-    if row.revoked_at is None:
+    return _revoke(session, rows[0])
+
+
+def revoke_for(session: Session, viewer: UserView, token_id: int) -> TokenView:
+    """Revoke a token on the viewer's behalf: their own, or anyone's for an admin. Another
+    user's token looks missing, as their runs do."""
+    row = session.get(ApiToken, token_id)
+    if row is None or (row.user_id != viewer.id and not viewer.is_admin):
+        raise NotFoundError(f"no token {token_id}")
+    return _revoke(session, row)
+
+
+def _revoke(session: Session, row: ApiToken) -> TokenView:
+    if row.revoked_at is None:  # revoking twice keeps the first time
         row.revoked_at = utcnow()
         session.flush()
     return view_of(TokenView, row)
+
+
+@dataclass(frozen=True)
+class OwnedToken:
+    token: TokenView
+    owner_email: str
+
+
+def list_all_tokens(session: Session, viewer: UserView) -> list[OwnedToken]:
+    """Every user's tokens, newest first, for an admin."""
+    if not viewer.is_admin:
+        raise PermissionDeniedError("only an admin may list other users' tokens")
+    rows = session.execute(
+        select(ApiToken, User.email)
+        .join(User, User.id == ApiToken.user_id)
+        .order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
+    )
+    return [OwnedToken(view_of(TokenView, token), email) for token, email in rows]
 
 
 @dataclass(frozen=True)

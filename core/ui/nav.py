@@ -31,6 +31,7 @@ WATCH = PageSpec("pages/watch.py", "Watch", ":material/live_tv:", "watch", "Stud
 INBOX = PageSpec("pages/inbox.py", "Inbox", ":material/notifications:", "inbox", "Studio")
 HISTORY = PageSpec("pages/history.py", "History", ":material/history:", "history", "Library")
 GALLERY = PageSpec("pages/gallery.py", "Gallery", ":material/video_library:", "gallery", "Library")
+API_TOKENS = PageSpec("pages/api_tokens.py", "API tokens", ":material/key:", "tokens", "Account")
 MONITORING = PageSpec(
     "pages/monitoring.py", "Monitoring", ":material/monitoring:", "monitoring", "Admin", True
 )
@@ -46,7 +47,7 @@ HEALTH = PageSpec(
     "pages/health.py", "System health", ":material/health_and_safety:", "health", "Admin", True
 )
 
-USER_PAGES = (CREATE, WATCH, INBOX, HISTORY, GALLERY)
+USER_PAGES = (CREATE, WATCH, INBOX, HISTORY, GALLERY, API_TOKENS)
 ADMIN_PAGES = (MONITORING, CREDITS_ADMIN, HEALTH)
 
 
