@@ -543,3 +543,19 @@ class WebhookSecret(Base):
 
     def __repr__(self) -> str:
         return f"WebhookSecret(user={self.user_id})"
+
+
+class IdempotencyKey(Base):
+    """An API client's `Idempotency-Key`, tied to the run it started (core.idempotency). The
+    primary key makes two racing starts with one key a single run: the second insert fails and
+    its whole transaction, run and reservation included, rolls back."""
+
+    __tablename__ = "idempotency_keys"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"IdempotencyKey(user={self.user_id}, key={self.key!r}, run={self.workflow_id})"

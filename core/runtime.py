@@ -104,11 +104,13 @@ class Runtime:
         *,
         client_key: str | None = None,
         reuse_still: bool = False,
+        idempotency_key: str | None = None,
     ) -> tuple[str, bool]:
         """Reserve credits and queue a run of a request its entry already parsed (page, CLI,
         API: each parses at its own edge). Returns (workflow id, newly created). With
         `reuse_still`, the run takes the still of an earlier run with the same image request
-        when there is one (core.reuse).
+        when there is one (core.reuse). The API's `idempotency_key` returns the run it started
+        for core.idempotency.WINDOW.
 
         Raises RequestValidationError (a project the user does not own, a webhook to a private
         address), InsufficientCreditsError or BudgetExceededError with nothing written.
@@ -125,6 +127,7 @@ class Runtime:
             actor=user.email,
             global_webhook_url=self.settings.webhook_url,
             still=StillChoice(self.still_fingerprint(request), reuse_still),
+            idempotency_key=idempotency_key,
         )
         if created:
             if self.mailer is not None:

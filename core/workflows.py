@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, and_, exists, func, insert, or_, select, u
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core import budgets, credits, inbox, reuse, webhooks
+from core import budgets, credits, idempotency, inbox, reuse, webhooks
 from core.auth import UserView
 from core.db import Database
 from core.errors import (
@@ -184,22 +184,41 @@ def start_workflow(
     actor: str,
     global_webhook_url: str | None = None,
     still: StillChoice = StillChoice(),  # noqa: B008 - frozen, so one shared default is safe
+    idempotency_key: str | None = None,
+    now: datetime | None = None,
 ) -> tuple[str, bool]:
     """Create a workflow and reserve its credits in one transaction. Returns (id, created).
 
     The same (user, client_key) always yields the same workflow: a double click or a retried
     call creates one run and one charge, even when both requests race. `global_webhook_url`
-    (the installation's WEBHOOK_URL) will hear every event of the run.
+    (the installation's WEBHOOK_URL) will hear every event of the run. An API client's
+    `idempotency_key` does the same for core.idempotency.WINDOW after `now`.
     """
+    now = now or utcnow()
+
+    def existing(session: Session) -> str | None:
+        found = _by_client_key(session, user_id, client_key)
+        if found is None and idempotency_key is not None:
+            found = idempotency.remembered(session, user_id, idempotency_key, now)
+        return found
+
     try:
         with db.begin() as session:
-            return _create(session, user_id, request, client_key, actor, global_webhook_url, still)
+            found = existing(session)
+            if found is not None:
+                return found, False
+            workflow_id, created = _create(
+                session, user_id, request, client_key, actor, global_webhook_url, still
+            )
+            if created and idempotency_key is not None:
+                idempotency.remember(session, user_id, idempotency_key, workflow_id, now)
+            return workflow_id, created
     except IntegrityError:
         with db.read() as session:
-            existing = _by_client_key(session, user_id, client_key)
-        if existing is None:
+            found = existing(session)
+        if found is None:
             raise
-        return existing, False
+        return found, False
 
 
 def _by_client_key(session: Session, user_id: int, client_key: str) -> str | None:
