@@ -11,6 +11,7 @@ import base64
 from pathlib import Path
 from typing import Any, Literal
 
+import limits
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -96,6 +97,10 @@ class Settings(BaseSettings):
     # HTTP API (`python -m core api`)
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
+    # Per token (per client address without one), in the `limits` notation ("120/minute",
+    # "1000/hour"); a start counts against both.
+    api_rate_limit: str = "120/minute"
+    api_start_rate_limit: str = "20/minute"
 
     # Accounts
     session_idle_timeout_s: float = Field(3600, gt=0)
@@ -121,6 +126,15 @@ class Settings(BaseSettings):
         unknown = set(value) - set(STEP_TIMEOUT_DEFAULTS_S)
         if unknown:
             raise ValueError(f"unknown step names {sorted(unknown)}")
+        return value
+
+    @field_validator("api_rate_limit", "api_start_rate_limit")
+    @classmethod
+    def _a_rate(cls, value: str) -> str:
+        try:
+            limits.parse(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate such as 120/minute") from None
         return value
 
     @property

@@ -2,22 +2,43 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.routing import APIRoute
 
-from core.api import problems
+from core.api import openapi, problems
+from core.api.deps import rate_limited
+from core.api.ratelimit import RateLimiter, RateLimitHeaders
 from core.api.routes import health, me, workflows
 from core.runtime import Runtime
 
 DESCRIPTION = """Start, watch and cancel Reelforge runs over HTTP with the dashboard's accounts,
-credits and guarantees. Authenticate with `Authorization: Bearer <token>` (create one with
-`python -m core tokens create --user EMAIL`). Every error is an RFC 9457 problem."""
+credits and guarantees. Authenticate with `Authorization: Bearer <token>` (create one on the
+dashboard's API tokens page or with `python -m core tokens create --user EMAIL`). Every error is
+an RFC 9457 problem (`application/problem+json`).
+
+Each token has a budget of requests (`API_RATE_LIMIT`, and a lower `API_START_RATE_LIMIT` for
+starts); every answer says where it stands in the `RateLimit-*` headers, and a request over it
+gets a 429 with `Retry-After`."""
+
+
+def _operation_id(route: APIRoute) -> str:
+    """The route's function name, so OpenAPI links and clients can name an operation."""
+    return route.name
 
 
 def create_app(runtime: Runtime) -> FastAPI:
     """The app for `runtime`, which the caller starts and shuts down."""
-    app = FastAPI(title="Reelforge API", version="1", description=DESCRIPTION)
+    app = FastAPI(
+        title="Reelforge API",
+        version="1",
+        description=DESCRIPTION,
+        generate_unique_id_function=_operation_id,
+    )
     app.state.runtime = runtime
+    app.state.limiter = RateLimiter(runtime.settings)
     for module in (workflows, me, health):
-        app.include_router(module.router)
+        app.include_router(module.router, dependencies=[Depends(rate_limited)])
     problems.install(app)
+    app.add_middleware(RateLimitHeaders)
+    openapi.install(app)
     return app

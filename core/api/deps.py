@@ -1,5 +1,5 @@
-"""The dependencies every route shares, declared once: the process's Runtime and the user a
-bearer token stands for."""
+"""The dependencies every route shares, declared once: the process's Runtime, the user a bearer
+token stands for, and the rate limits counted against that token (core.api.ratelimit)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from limits import RateLimitItem
 
 from core import tokens
 from core.api.problems import ApiProblem
+from core.api.ratelimit import QUOTAS_STATE, RateLimiter
 from core.auth import UserView
 from core.clock import utcnow
 from core.runtime import Runtime
@@ -27,14 +29,19 @@ def _runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 
 
-def _current_user(runtime: RuntimeDep, credentials: Credentials) -> UserView:
-    bearer = None
-    if credentials is not None:
-        with runtime.db.read() as session:
-            bearer = tokens.authenticate(session, credentials.credentials)
-    if bearer is not None and bearer.use_is_news(utcnow()):
-        with runtime.db.begin() as session:
-            tokens.record_use(session, bearer)
+def _token_bearer(runtime: RuntimeDep, credentials: Credentials) -> tokens.Bearer | None:
+    """Whom the request's token stands for; None without a token or with an unusable one.
+    (FastAPI solves it once per request, for the rate limits and the user alike.)"""
+    if credentials is None:
+        return None
+    with runtime.db.read() as session:
+        return tokens.authenticate(session, credentials.credentials)
+
+
+BearerDep = Annotated[tokens.Bearer | None, Depends(_token_bearer)]
+
+
+def _current_user(runtime: RuntimeDep, bearer: BearerDep) -> UserView:
     if bearer is None:
         raise ApiProblem(
             401,
@@ -42,13 +49,53 @@ def _current_user(runtime: RuntimeDep, credentials: Credentials) -> UserView:
             "A valid bearer token of an active account is required.",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    if bearer.use_is_news(utcnow()):
+        with runtime.db.begin() as session:
+            tokens.record_use(session, bearer)
     return bearer.user
 
 
-def _optional_user(runtime: RuntimeDep, credentials: Credentials) -> UserView | None:
+def _optional_user(
+    runtime: RuntimeDep, credentials: Credentials, bearer: BearerDep
+) -> UserView | None:
     """No token: an anonymous caller. A token that is wrong is still a 401."""
-    return None if credentials is None else _current_user(runtime, credentials)
+    return None if credentials is None else _current_user(runtime, bearer)
 
 
 CurrentUser = Annotated[UserView, Depends(_current_user)]
 OptionalUser = Annotated[UserView | None, Depends(_optional_user)]
+
+
+def _count(request: Request, bearer: tokens.Bearer | None, item: RateLimitItem, kind: str) -> None:
+    """Count the request against `item` for its token (or, without a usable one, its client
+    address); over the limit, a 429."""
+    limiter: RateLimiter = request.app.state.limiter
+    address = request.client.host if request.client else "unknown"
+    caller = f"token:{bearer.token_id}" if bearer else f"address:{address}"
+    quota = limiter.hit(item, kind, caller)
+    if quota is None:
+        return
+    # request.state lives in the ASGI scope, where ratelimit.RateLimitHeaders reads it.
+    setattr(request.state, QUOTAS_STATE, [*getattr(request.state, QUOTAS_STATE, []), quota])
+    if not quota.allowed:
+        raise ApiProblem(
+            429,
+            "Too many requests",
+            f"At most {item.amount} {kind} per {_period(item)} for this caller; "
+            f"try again in {quota.reset_after_s} s.",
+        )
+
+
+def _period(item: RateLimitItem) -> str:
+    unit = item.GRANULARITY.name
+    return unit if item.multiples == 1 else f"{item.multiples} {unit}s"
+
+
+def rate_limited(request: Request, bearer: BearerDep) -> None:
+    """Every request, against API_RATE_LIMIT."""
+    _count(request, bearer, request.app.state.limiter.requests, "requests")
+
+
+def start_rate_limited(request: Request, bearer: BearerDep) -> None:
+    """A start, also against the lower API_START_RATE_LIMIT."""
+    _count(request, bearer, request.app.state.limiter.starts, "starts")

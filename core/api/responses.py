@@ -151,11 +151,45 @@ class Problem(BaseModel):
     errors: list[FieldProblem] | None = None  # validation problems only
 
 
-def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the problems a route may answer ("model" registers the schema,
-    which FastAPI files under application/json; the content names the real media type)."""
-    schema = {"$ref": "#/components/schemas/Problem"}
+VALIDATION_EXAMPLE = {
+    "type": "urn:reelforge:problem:validation",
+    "title": "Invalid request",
+    "status": 422,
+    "detail": "videoPrompt is required",
+    "errors": [{"field": "videoPrompt", "message": "is required"}],
+}
+PROBLEM_EXAMPLES: dict[int, dict[str, Any]] = {
+    401: {
+        "title": "Unauthorized",
+        "detail": "A valid bearer token of an active account is required.",
+    },
+    402: {"title": "Insufficient credits", "detail": "this run costs 24 credits; the balance is 3"},
+    403: {"title": "Forbidden", "detail": "only an admin's token may read other users' runs"},
+    404: {"title": "Not found", "detail": "workflow 0f3a… not found"},
+    409: {"title": "Run already ended", "detail": "workflow 0f3a… is completed"},
+}
+
+
+def problem_content(example: dict[str, Any]) -> dict[str, Any]:
     return {
-        status: {"model": Problem, "content": {"application/problem+json": {"schema": schema}}}
+        "application/problem+json": {
+            "schema": {"$ref": "#/components/schemas/Problem"},
+            "example": example,
+        }
+    }
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problems a route may answer (core.api.openapi registers the
+    Problem schema they refer to)."""
+    return {
+        status: {
+            "description": Problem.__doc__,
+            "content": problem_content(
+                VALIDATION_EXAMPLE
+                if status == 422
+                else {"type": "about:blank", "status": status, **PROBLEM_EXAMPLES[status]}
+            ),
+        }
         for status in statuses
     }

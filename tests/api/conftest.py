@@ -68,12 +68,14 @@ def _healthy(url: str, process: subprocess.Popen, log: Path) -> Callable[[], boo
 
 @pytest.fixture
 def start_api(primary_database_url: str, tmp_path: Path) -> Iterator[Callable[..., Api]]:
-    """Starts the API; `latency_s` slows the offline providers (0: runs finish at once)."""
+    """Starts the API; `latency_s` slows the offline providers (0: runs finish at once), and
+    `settings` are more environment variables. Rate limits are out of the way unless a test
+    sets them (API_RATE_LIMIT, API_START_RATE_LIMIT, REDIS_URL)."""
     started: list[tuple[subprocess.Popen, Api]] = []
 
-    def start(latency_s: float = 0) -> Api:
+    def start(latency_s: float = 0, **settings: str) -> Api:
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if k not in ENGINE_ENV}
+        env = {k: v for k, v in os.environ.items() if k not in (*ENGINE_ENV, "REDIS_URL")}
         env.update(
             DATABASE_URL=primary_database_url,
             DATA_DIR=str(tmp_path / "data"),
@@ -85,8 +87,11 @@ def start_api(primary_database_url: str, tmp_path: Path) -> Iterator[Callable[..
             API_PORT=str(port),
             ALLOW_PRIVATE_WEBHOOKS="1",  # the tests' receivers listen on 127.0.0.1
             WEBHOOK_POLL_INTERVAL_S="0.05",
+            API_RATE_LIMIT="100000/minute",
+            API_START_RATE_LIMIT="100000/minute",
         )
-        log = tmp_path / "api.log"
+        env.update(settings)
+        log = tmp_path / f"api-{port}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "core", "api"],

@@ -6,14 +6,15 @@ import base64
 import binascii
 import json
 import math
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request, Response
 from pydantic import Field
 
-from core import webhooks
-from core.api.deps import CurrentUser, RuntimeDep
+from core import idempotency, webhooks
+from core.api.deps import CurrentUser, RuntimeDep, start_rate_limited
 from core.api.problems import ApiProblem
 from core.api.responses import (
     AssetLink,
@@ -29,8 +30,10 @@ from core.api.responses import (
     Step,
     problems,
 )
+from core.auth import find_user
 from core.clock import utcnow
-from core.errors import NotFoundError, RequestValidationError
+from core.errors import NotFoundError, PermissionDeniedError, RequestValidationError
+from core.projects import PROJECT_NAME_MAX_CHARS
 from core.runtime import Runtime
 from core.schemas import WorkflowRequest
 from core.states import WorkflowStatus
@@ -42,11 +45,25 @@ from core.workflows import AssetView
 
 router = APIRouter(prefix="/api", tags=["workflows"], responses=problems(401, 404, 422))
 
-# Idempotency keys share the client-key column with the pages' keys; the prefix keeps them
-# apart, and the column's 100 characters bound the key.
-IDEMPOTENCY_PREFIX = "api:"
-IDEMPOTENCY_KEY_MAX_CHARS = 100 - len(IDEMPOTENCY_PREFIX)
 PAGE_MAX = 100
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "While the run is active: seconds until it is worth asking again.",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+# OpenAPI links from a started run to what a client does next with it (schemathesis follows
+# them in its stateful tests).
+RUN_LINKS = {
+    name: {"operationId": operation, "parameters": {"workflow_id": "$response.body#/workflowId"}}
+    for name, operation in (("status", "run_status"), ("cancel", "cancel_run"))
+}
+EXAMPLE_BODY = {
+    "imagePrompt": "a lighthouse at dusk, waves below",
+    "videoPrompt": "slow push in, the beam sweeping",
+    "imageConfig": {"size": "1792x1024"},
+    "videoConfig": {"duration": "4s", "resolution": "720p"},
+}
 
 
 def _links(app: FastAPI, workflow_id: str) -> Links:
@@ -73,24 +90,45 @@ class StartRequest(WorkflowRequest):
 
 
 @router.post(
-    "/workflow/start", status_code=202, response_model=Started, responses=problems(402, 403)
+    "/workflow/start",
+    status_code=202,
+    response_model=Started,
+    dependencies=[Depends(start_rate_limited)],
+    responses={
+        202: {
+            "description": "The run is queued (or, for a repeated Idempotency-Key, the run "
+            "that key started).",
+            "headers": {
+                "Location": {"description": "The run's status.", "schema": {"type": "string"}}
+            },
+            "links": RUN_LINKS,
+        },
+        **problems(402, 403),
+    },
 )
 def start_workflow(
-    body: StartRequest,
+    body: Annotated[StartRequest, Body(openapi_examples={"a short clip": {"value": EXAMPLE_BODY}})],
     runtime: RuntimeDep,
     user: CurrentUser,
     request: Request,
     response: Response,
     idempotency_key: Annotated[
-        str | None, Header(min_length=1, max_length=IDEMPOTENCY_KEY_MAX_CHARS)
+        str | None,
+        Header(
+            min_length=1,
+            max_length=idempotency.KEY_MAX_CHARS,
+            description=f"Any string of yours, e.g. a UUID. The same key again within "
+            f"{idempotency.WINDOW.total_seconds() / 3600:g} h returns the run it started (one "
+            "run, one charge); with a different body it is a 422. After that the key may start "
+            "a new run.",
+            examples=["nightly-2026-11-30"],
+        ),
     ] = None,
 ) -> Started:
-    """Reserve the run's credits and queue it. The same `Idempotency-Key` again returns the
-    run it started (one run, one charge); with a different body it is refused."""
-    client_key = f"{IDEMPOTENCY_PREFIX}{idempotency_key}" if idempotency_key else None
+    """Reserve the run's credits and queue it. Retry safely with an `Idempotency-Key`."""
     run = body.workflow_request()
     workflow_id, created = runtime.start_workflow(
-        user, run, client_key=client_key, reuse_still=body.reuse_still
+        user, run, reuse_still=body.reuse_still, idempotency_key=idempotency_key
     )
     with runtime.db.read() as session:
         view = load_run(session, workflow_id, user)
@@ -103,7 +141,12 @@ def start_workflow(
     return Started(workflow_id=workflow_id, status=view.status.value, links=links)
 
 
-@router.get("/workflow/{workflow_id}/status", response_model=Run, name="run_status")
+@router.get(
+    "/workflow/{workflow_id}/status",
+    response_model=Run,
+    name="run_status",
+    responses={200: {"description": "The run as it stands.", "headers": RETRY_AFTER}},
+)
 def run_status(
     workflow_id: str, runtime: RuntimeDep, user: CurrentUser, request: Request, response: Response
 ) -> Run:
@@ -219,7 +262,10 @@ def run_asset(
     status_code=202,
     response_model=Cancelling,
     name="cancel_run",
-    responses=problems(409),
+    responses={
+        202: {"description": "Asked to stop: `cancelStage` says how far it got."},
+        **problems(409),
+    },
 )
 def cancel_run(
     workflow_id: str, runtime: RuntimeDep, user: CurrentUser, request: Request
@@ -252,18 +298,62 @@ def redeliver_webhook(
         return _delivery(webhooks.redeliver(session, workflow_id, delivery_id, user))
 
 
-@router.get("/workflows", response_model=RunList)
+@router.get("/workflows", response_model=RunList, responses=problems(403))
 def list_workflows(
     runtime: RuntimeDep,
     user: CurrentUser,
     request: Request,
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 25,
     cursor: Annotated[str | None, Query(description="nextCursor of the previous page")] = None,
-    status: Annotated[list[WorkflowStatus] | None, Query()] = None,
+    status: Annotated[list[WorkflowStatus] | None, Query(description="any of these")] = None,
+    project_id: Annotated[int | None, Query(alias="projectId", ge=1)] = None,
+    project_name: Annotated[
+        str | None, Query(alias="projectName", min_length=1, max_length=PROJECT_NAME_MAX_CHARS)
+    ] = None,
+    created_after: Annotated[
+        datetime | None,
+        Query(
+            alias="createdAfter",
+            description="ISO 8601; runs created at or after it (no offset: UTC)",
+            examples=["2026-11-30T00:00:00Z"],
+        ),
+    ] = None,
+    created_before: Annotated[
+        datetime | None,
+        Query(
+            alias="createdBefore",
+            description="ISO 8601; runs created before it (no offset: UTC)",
+            examples=["2026-12-01T00:00:00+01:00"],
+        ),
+    ] = None,
+    everyone: Annotated[
+        bool, Query(alias="all", description="An admin's token only: every user's runs.")
+    ] = False,
+    owner: Annotated[
+        str | None,
+        Query(alias="user", max_length=320, description="An admin's token only: EMAIL's runs."),
+    ] = None,
 ) -> RunList:
-    """The caller's runs, newest first."""
-    flt = RunFilter(statuses=tuple(status or ()))
+    """The caller's runs, newest first, filtered; page on with `nextCursor`."""
+    since, until = _utc("createdAfter", created_after), _utc("createdBefore", created_before)
+    if since is not None and until is not None and until <= since:
+        raise RequestValidationError({"createdBefore": "must be later than createdAfter"})
+    if (everyone or owner is not None) and not user.is_admin:
+        raise PermissionDeniedError("only an admin's token may read other users' runs")
+    flt = RunFilter(
+        statuses=tuple(status or ()),
+        project_id=project_id,
+        project_name=project_name,
+        since=since,
+        until=until,
+        everyone=everyone or owner is not None,
+    )
     with runtime.db.read() as session:
+        if owner is not None:
+            found = find_user(session, owner)
+            if found is None:
+                raise RequestValidationError({"user": "has no account"})
+            flt = replace(flt, owner_id=found.id)
         rows = runs_after(session, user, flt, limit=limit + 1, after=_decode(cursor))
     page = rows[:limit]
     more = len(rows) > limit
@@ -284,6 +374,16 @@ def list_workflows(
         ],
         next_cursor=_encode(RunCursor(page[-1].created_at, page[-1].id)) if more else None,
     )
+
+
+def _utc(field: str, moment: datetime | None) -> datetime | None:
+    """A query's time in UTC (a time without an offset is taken as UTC)."""
+    if moment is None:
+        return None
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:
+        raise RequestValidationError({field: "is out of range"}) from None
 
 
 def _encode(cursor: RunCursor) -> str:
