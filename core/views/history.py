@@ -45,9 +45,12 @@ class RunRow:
 class RunFilter:
     statuses: tuple[WorkflowStatus, ...] = ()
     project_id: int | None = None
+    project_name: str | None = None  # as the owner named it, any case
     search: str = ""  # words in either prompt, or the start of a run id
-    since: datetime | None = None
+    since: datetime | None = None  # created at or after
+    until: datetime | None = None  # created before
     everyone: bool = False  # admins only: every user's runs
+    owner_id: int | None = None  # admins only, with everyone: this user's runs
     batch: str | None = None  # the client key a batch was started with
     ids: tuple[str, ...] = ()
 
@@ -90,12 +93,21 @@ def _base() -> Select:
 def _filtered(query: Select, viewer: UserView, flt: RunFilter) -> Select:
     if not (flt.everyone and viewer.is_admin):
         query = query.where(Workflow.user_id == viewer.id)
+    elif flt.owner_id is not None:
+        query = query.where(Workflow.user_id == flt.owner_id)
     if flt.statuses:
         query = query.where(Workflow.status.in_([s.value for s in flt.statuses]))
     if flt.project_id is not None:
         query = query.where(Workflow.project_id == flt.project_id)
+    if flt.project_name is not None:
+        named = select(Project.id).where(
+            func.lower(Project.name) == flt.project_name.strip().lower()
+        )
+        query = query.where(Workflow.project_id.in_(named))
     if flt.since is not None:
         query = query.where(Workflow.created_at >= flt.since)
+    if flt.until is not None:
+        query = query.where(Workflow.created_at < flt.until)
     if flt.batch:
         query = query.where(
             or_(Workflow.client_key == flt.batch, Workflow.client_key.startswith(f"{flt.batch}-"))
