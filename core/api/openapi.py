@@ -1,6 +1,6 @@
-"""What the served OpenAPI document says beyond what FastAPI derives from the routes: the rate
-limit headers every answer carries and the 429 every operation may answer, in one place rather
-than on each route."""
+"""What the served OpenAPI document says beyond what FastAPI derives from the routes, in one
+place rather than on each route: the Problem schema, the rate limit headers every answer
+carries, the 429 every operation may answer, and the 400 for a body that is not JSON."""
 
 from __future__ import annotations
 
@@ -46,6 +46,19 @@ TOO_MANY = {
 }
 
 
+UNREADABLE_BODY = {
+    "description": "The body is not JSON at all (a body that is JSON but wrong is a 422).",
+    "content": problem_content(
+        {
+            "type": "about:blank",
+            "title": "There was an error parsing the body",
+            "status": 400,
+            "detail": "There was an error parsing the body",
+        }
+    ),
+}
+
+
 def install(app: FastAPI) -> None:
     def document() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -76,6 +89,8 @@ def _add_rate_limits(schema: dict[str, Any]) -> None:
         for operation in operations.values():
             responses = operation["responses"]
             responses.setdefault("429", TOO_MANY)
+            if "requestBody" in operation:
+                responses.setdefault("400", UNREADABLE_BODY)
             for answer in responses.values():
                 headers = answer.setdefault("headers", {})
                 for name in RATE_LIMIT_HEADERS:

@@ -11,7 +11,13 @@ from core.api.responses import Health, HealthCheck, problems
 router = APIRouter(prefix="/api", tags=["health"], responses=problems(401))
 
 
-@router.get("/workflow/health", response_model=Health, responses={503: {"model": Health}})
+@router.get(
+    "/workflow/health",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "At least one check failed."}},
+    # A token is optional here: [{}] is OpenAPI for "anonymous too".
+    openapi_extra={"security": [{}, {"HTTPBearer": []}]},
+)
 def check_health(runtime: RuntimeDep, user: OptionalUser, response: Response) -> Health:
     """Which checks pass, for anyone (a load balancer has no token); latencies and details,
     which name hosts and buckets, only for an admin's token. 503 when any check fails."""
