@@ -19,7 +19,20 @@ class Links(ApiModel):
     cancel: str
 
 
+RUN_ID = "0f3a9c1e5b7d4e2a8c6f1b3d5e7a9c2e"
+RUN_LINKS = {
+    "status": f"/api/workflow/{RUN_ID}/status",
+    "cancel": f"/api/workflow/{RUN_ID}/cancel",
+}
+
+
+def _example(**values: Any) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": [values]})
+
+
 class Started(ApiModel):
+    model_config = _example(workflowId=RUN_ID, status="queued", links=RUN_LINKS)
+
     workflow_id: str
     status: str
     links: Links
@@ -92,6 +105,10 @@ class Run(ApiModel):
 
 
 class Cancelling(ApiModel):
+    model_config = _example(
+        workflowId=RUN_ID, status="running", cancelStage="cancelling", links=RUN_LINKS
+    )
+
     workflow_id: str
     status: str
     cancel_stage: str  # cancelling (stops at the next check) or cancelled (ended at once)
@@ -116,6 +133,15 @@ class RunList(ApiModel):
 
 
 class Me(ApiModel):
+    model_config = _example(
+        id=7,
+        email="you@example.com",
+        displayName="You",
+        role="user",
+        balance=76,
+        isActive=True,
+    )
+
     id: int
     email: str
     display_name: str

@@ -28,8 +28,12 @@ def redis_url() -> str:
         if os.environ.get("REQUIRE_REDIS") == "1":
             pytest.fail("REQUIRE_REDIS=1 but TEST_REDIS_URL is not set")
         pytest.skip("TEST_REDIS_URL not set")
-    # Token ids restart with each test's database: forget the counts of an earlier run.
-    redis.Redis.from_url(url).flushdb()
+    # Token ids restart with each test's database: forget the counts of an earlier run (only
+    # the limiter's keys: the database may be the Celery broker's too).
+    store = redis.Redis.from_url(url)
+    for key in store.scan_iter("LIMITS*"):
+        store.delete(key)
+    store.close()
     return url
 
 

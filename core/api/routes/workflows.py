@@ -54,7 +54,7 @@ RETRY_AFTER = {
 }
 # OpenAPI links from a started run to what a client does next with it (schemathesis follows
 # them in its stateful tests).
-RUN_LINKS = {
+NEXT_OPERATIONS = {
     name: {"operationId": operation, "parameters": {"workflow_id": "$response.body#/workflowId"}}
     for name, operation in (("status", "run_status"), ("cancel", "cancel_run"))
 }
@@ -101,7 +101,7 @@ class StartRequest(WorkflowRequest):
             "headers": {
                 "Location": {"description": "The run's status.", "schema": {"type": "string"}}
             },
-            "links": RUN_LINKS,
+            "links": NEXT_OPERATIONS,
         },
         **problems(402, 403),
     },
