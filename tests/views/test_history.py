@@ -78,3 +78,28 @@ def test_the_gallery_holds_finished_runs_with_their_assets(db, make_user):
     assert total == 1 and items[0].run.id == done
     assert items[0].video.storage_key == "k/video" and items[0].image.storage_key == "k/image"
     assert [r.id for r in active] == [waiting]
+
+
+def test_filters_by_project_name_a_time_range_and_one_owner_for_an_admin(db, make_user):
+    alice, bob, admin = make_user(), make_user(), make_user(role=Role.ADMIN)
+    with db.begin() as session:
+        project = Project(user_id=alice.id, name="Posters")
+        session.add(project)
+        session.flush()
+        project_id = project.id
+    in_project = start(db, alice, projectId=project_id)
+    alices, bobs = start(db, alice), start(db, bob)
+    now = utcnow()
+    with db.read() as session:
+
+        def found(viewer, **flt):
+            return {r.id for r in history.list_runs(session, viewer, RunFilter(**flt)).rows}
+
+        assert found(alice, project_name="posters") == {in_project}
+        assert found(bob, project_name="Posters") == set()
+        assert found(alice, until=now + timedelta(minutes=1)) == {in_project, alices}
+        assert found(alice, until=now - timedelta(minutes=1)) == set()
+        assert found(admin, everyone=True, owner_id=bob.id) == {bobs}
+        assert found(alice, everyone=True, owner_id=bob.id) == {in_project, alices}  # not admin
+        named = RunFilter(project_name="Posters", statuses=(WorkflowStatus.QUEUED,))
+        assert history.status_counts(session, alice, named)[WorkflowStatus.QUEUED] == 1
