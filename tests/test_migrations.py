@@ -18,7 +18,7 @@ from sqlalchemy import Column, MetaData, create_engine, insert, select
 
 from core.clock import utcnow
 from core.db import alembic_config, make_engine, scratch_database, upgrade_schema
-from core.models import Base, User, Workflow, WorkflowStep
+from core.models import Base, IdempotencyKey, User, Workflow, WorkflowStep
 
 
 def test_migrations_produce_the_models_schema(db):
@@ -65,6 +65,35 @@ def test_runs_ended_before_0005_keep_the_providers_cancel_answer(tmp_path):
         stored = {run: confirmed for run, confirmed in rows}
     engine.dispose()
     assert stored == {"confirmed": True, "refused": False, "no-job": None}
+
+
+def test_the_apis_idempotency_keys_before_0011_keep_their_runs(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0007")
+    engine = create_engine(url)
+    now = utcnow()
+    with engine.begin() as connection:
+        connection.execute(
+            insert(User.__table__).values(
+                id=1, email="a@example.com", display_name="a", role="user", balance=0,
+                is_active=True, created_at=now,
+            )
+        )  # fmt: skip
+        for run, client_key in (("by-api", "api:nightly-7"), ("by-page", "a1b2c3")):
+            connection.execute(
+                insert(Workflow.__table__).values(
+                    id=run, user_id=1, client_key=client_key, status="completed",
+                    image_prompt="a", video_prompt="b", request={}, cost_credits=1,
+                    cancel_requested=False, recoveries=0, created_at=now,
+                )
+            )  # fmt: skip
+    command.upgrade(alembic_config(url), "head")
+    with engine.connect() as connection:
+        keys = connection.execute(
+            select(IdempotencyKey.user_id, IdempotencyKey.key, IdempotencyKey.workflow_id)
+        ).all()
+    engine.dispose()
+    assert keys == [(1, "nightly-7", "by-api")]
 
 
 # -- upgrading a database that holds data -----------------------------------------------------
