@@ -50,12 +50,13 @@ def table(listed: list[TokenView], owners: list[str] | None = None) -> pd.DataFr
             "created": when(t.created_at),
             "last used": when(t.last_used_at),
             "expires": when(t.expires_at),
+            "revoked": when(t.revoked_at, "–"),
             "state": t.state(now),
         }
         for t in listed
     ]
     frame = pd.DataFrame(
-        rows, columns=["name", "prefix", "created", "last used", "expires", "state"]
+        rows, columns=["name", "prefix", "created", "last used", "expires", "revoked", "state"]
     )
     if owners is not None:
         frame.insert(0, "owner", owners)

@@ -74,6 +74,7 @@ def test_revoking_asks_first_and_then_stops_the_token(runtime, make_user):
         assert tokens.authenticate(session, issued.secret) is None
     assert "Token revoked." in texts(at)
     assert list(listed(at)["state"]) == ["revoked"]
+    assert list(listed(at)["revoked"])[0][:2] == "20"  # when
     assert "tokens_revoke_choice" not in [s.key for s in at.selectbox]  # nothing left
 
 
