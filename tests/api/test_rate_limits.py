@@ -10,6 +10,7 @@ import os
 
 import pytest
 import redis
+from pydantic import ValidationError
 
 from core.api.ratelimit import Quota, RateLimiter, headers
 from core.config import Settings
@@ -102,3 +103,9 @@ def test_the_headers_show_the_tightest_budget_and_retry_after_only_when_refused(
     refused = Quota(5, 0, 12, False)
     assert headers([roomy, refused])["Retry-After"] == "12"
     assert headers([]) == {}
+
+
+def test_a_rate_that_is_not_one_is_refused_at_start_naming_the_setting():
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None, api_start_rate_limit="lots")
+    assert "api_start_rate_limit" in str(refused.value) and "120/minute" in str(refused.value)
