@@ -1,11 +1,13 @@
 """The dependencies every route shares, declared once: the process's Runtime, the user a bearer
-token stands for, and the rate limits counted against that token (core.api.ratelimit)."""
+token stands for, the rate limits counted against that token (core.api.ratelimit), and the
+refusal of query parameters an operation does not have."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from limits import RateLimitItem
 
@@ -14,6 +16,7 @@ from core.api.problems import ApiProblem
 from core.api.ratelimit import QUOTAS_STATE, RateLimiter
 from core.auth import UserView
 from core.clock import utcnow
+from core.errors import RequestValidationError
 from core.runtime import Runtime
 
 _bearer = HTTPBearer(
@@ -84,6 +87,24 @@ def _count(request: Request, bearer: tokens.Bearer | None, item: RateLimitItem, 
             f"At most {item.amount} {kind} per {_period(item)} for this caller; "
             f"try again in {quota.reset_after_s} s.",
         )
+
+
+def known_query_only(request: Request) -> None:
+    """A query parameter the operation does not have is a 422 naming it: a typo such as
+    `stauts=failed` must not quietly answer with an unfiltered list."""
+    declared = _query_names(request.scope["route"].dependant)
+    unknown = [name for name in request.query_params if name not in declared]
+    if unknown:
+        raise RequestValidationError(
+            {name or "(unnamed)": "is not a parameter of this operation" for name in unknown}
+        )
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {field.alias for field in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_names(dependency)
+    return names
 
 
 def _period(item: RateLimitItem) -> str:

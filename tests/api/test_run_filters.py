@@ -64,6 +64,7 @@ def test_bad_filter_values_are_a_422_naming_the_parameter(api):
         "createdBefore": "2026-13-01T00:00:00Z",
         "projectId": "posters",
         "status": "finished",
+        "stauts": "failed",  # a typo must not answer with an unfiltered list
     }
     for name, value in bad.items():
         problem = _is_problem(alice.client.get("/api/workflows", params={name: value}), 422)

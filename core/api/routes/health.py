@@ -8,7 +8,7 @@ from core import health
 from core.api.deps import OptionalUser, RuntimeDep
 from core.api.responses import Health, HealthCheck, problems
 
-router = APIRouter(prefix="/api", tags=["health"], responses=problems(401))
+router = APIRouter(prefix="/api", tags=["health"], responses=problems(401, 422))
 
 
 @router.get(

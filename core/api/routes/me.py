@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from core.api.deps import CurrentUser
 from core.api.responses import Me, problems
 
-router = APIRouter(prefix="/api", tags=["account"], responses=problems(401))
+router = APIRouter(prefix="/api", tags=["account"], responses=problems(401, 422))
 
 
 @router.get("/me", response_model=Me)
