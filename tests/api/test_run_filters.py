@@ -59,14 +59,15 @@ def test_the_run_list_filters_by_project_time_and_owner(api):
 
 def test_bad_filter_values_are_a_422_naming_the_parameter(api):
     alice, admin = api.account(), api.account(role=Role.ADMIN)
-    bad = {
-        "createdAfter": "yesterday",
-        "createdBefore": "2026-13-01T00:00:00Z",
-        "projectId": "posters",
-        "status": "finished",
-        "stauts": "failed",  # a typo must not answer with an unfiltered list
-    }
-    for name, value in bad.items():
+    bad = [
+        ("createdAfter", "yesterday"),
+        ("createdAfter", "1764504000"),  # seconds since 1970 are not ISO 8601
+        ("createdBefore", "2026-13-01T00:00:00Z"),
+        ("projectId", "posters"),
+        ("status", "finished"),
+        ("stauts", "failed"),  # a typo must not answer with an unfiltered list
+    ]
+    for name, value in bad:
         problem = _is_problem(alice.client.get("/api/workflows", params={name: value}), 422)
         # (a list parameter names the item too: status.0)
         assert [e["field"].split(".")[0] for e in problem["errors"]] == [name]

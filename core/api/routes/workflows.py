@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request, Response
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from core import idempotency, webhooks
 from core.api.deps import CurrentUser, RuntimeDep, start_rate_limited
@@ -298,6 +298,19 @@ def redeliver_webhook(
         return _delivery(webhooks.redeliver(session, workflow_id, delivery_id, user))
 
 
+def _iso_8601(value: object) -> object:
+    """ISO 8601 only: pydantic alone would also read a number as seconds since 1970."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("must be an ISO 8601 time, e.g. 2026-11-30T12:00:00Z") from None
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_8601)]
+
+
 @router.get("/workflows", response_model=RunList, responses=problems(403))
 def list_workflows(
     runtime: RuntimeDep,
@@ -311,7 +324,7 @@ def list_workflows(
         str | None, Query(alias="projectName", min_length=1, max_length=PROJECT_NAME_MAX_CHARS)
     ] = None,
     created_after: Annotated[
-        datetime | None,
+        IsoTime | None,
         Query(
             alias="createdAfter",
             description="ISO 8601; runs created at or after it (no offset: UTC)",
@@ -319,7 +332,7 @@ def list_workflows(
         ),
     ] = None,
     created_before: Annotated[
-        datetime | None,
+        IsoTime | None,
         Query(
             alias="createdBefore",
             description="ISO 8601; runs created before it (no offset: UTC)",
