@@ -20,6 +20,7 @@ from core.auth import UserView, get_user
 from core.clock import utcnow
 from core.errors import NotFoundError, PermissionDeniedError, RequestValidationError
 from core.models import ApiToken, User, view_of
+from core.schemas import text_problem
 
 PREFIX_CHARS = 8
 NAME_MAX_CHARS = 120
@@ -61,6 +62,8 @@ def create_token(
     name = name.strip()
     if len(name) > NAME_MAX_CHARS:
         raise RequestValidationError({"name": f"is too long (at most {NAME_MAX_CHARS} characters)"})
+    if problem := text_problem(name):
+        raise RequestValidationError({"name": problem})
     if expires_days is not None and expires_days < 1:
         raise RequestValidationError({"expiresDays": "must be at least 1"})
     if get_user(session, user_id) is None:

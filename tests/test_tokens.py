@@ -107,5 +107,8 @@ def test_bad_token_requests_name_the_field(db, make_user):
     with pytest.raises(RequestValidationError) as refused:
         _issue(db, user, name="x" * 121)
     assert "name" in refused.value.problems
+    with pytest.raises(RequestValidationError) as refused:
+        _issue(db, user, name="laptop\x00")
+    assert refused.value.problems == {"name": "contains control characters"}
     with pytest.raises(NotFoundError), db.begin() as session:
         tokens.revoke_token(session, "nosuchpx")

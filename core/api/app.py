@@ -6,7 +6,7 @@ from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 
 from core.api import openapi, problems
-from core.api.deps import known_query_only, rate_limited
+from core.api.deps import rate_limited, sound_parameters
 from core.api.ratelimit import RateLimiter, RateLimitHeaders
 from core.api.routes import health, me, workflows
 from core.runtime import Runtime
@@ -38,7 +38,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.limiter = RateLimiter(runtime.settings)
     for module in (workflows, me, health):
         app.include_router(
-            module.router, dependencies=[Depends(rate_limited), Depends(known_query_only)]
+            module.router, dependencies=[Depends(rate_limited), Depends(sound_parameters)]
         )
     problems.install(app)
     app.add_middleware(RateLimitHeaders)

@@ -1,6 +1,6 @@
 """The dependencies every route shares, declared once: the process's Runtime, the user a bearer
 token stands for, the rate limits counted against that token (core.api.ratelimit), and the
-refusal of query parameters an operation does not have."""
+refusal of parameters no operation could use."""
 
 from __future__ import annotations
 
@@ -89,15 +89,21 @@ def _count(request: Request, bearer: tokens.Bearer | None, item: RateLimitItem, 
         )
 
 
-def known_query_only(request: Request) -> None:
-    """A query parameter the operation does not have is a 422 naming it: a typo such as
-    `stauts=failed` must not quietly answer with an unfiltered list."""
+def sound_parameters(request: Request) -> None:
+    """Every query parameter is one the operation has (a typo such as `stauts=failed` must not
+    quietly answer with an unfiltered list), and no parameter holds a NUL, which Postgres
+    cannot take in a string. Either is a 422 naming the parameter."""
     declared = _query_names(request.scope["route"].dependant)
-    unknown = [name for name in request.query_params if name not in declared]
-    if unknown:
-        raise RequestValidationError(
-            {name or "(unnamed)": "is not a parameter of this operation" for name in unknown}
-        )
+    problems = {
+        name or "(unnamed)": "is not a parameter of this operation"
+        for name in request.query_params
+        if name not in declared
+    }
+    for name, value in [*request.query_params.multi_items(), *request.path_params.items()]:
+        if "\x00" in str(value):
+            problems.setdefault(name or "(unnamed)", "contains a NUL character")
+    if problems:
+        raise RequestValidationError(problems)
 
 
 def _query_names(dependant: Dependant) -> set[str]:

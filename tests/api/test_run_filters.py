@@ -66,6 +66,8 @@ def test_bad_filter_values_are_a_422_naming_the_parameter(api):
         ("projectId", "posters"),
         ("status", "finished"),
         ("stauts", "failed"),  # a typo must not answer with an unfiltered list
+        ("projectName", "Posters\x00"),  # Postgres takes no NUL in a string
+        ("cursor", "WyIyMDI2LTExLTMwVDAwOjAwOjAwKzAwOjAwIiwgImFcdTAwMDAiXQ"),  # its id has one
     ]
     for name, value in bad:
         problem = _is_problem(alice.client.get("/api/workflows", params={name: value}), 422)
@@ -74,5 +76,7 @@ def test_bad_filter_values_are_a_422_naming_the_parameter(api):
     backwards = {"createdAfter": "2026-11-02T00:00:00Z", "createdBefore": "2026-11-01T00:00:00Z"}
     problem = _is_problem(alice.client.get("/api/workflows", params=backwards), 422)
     assert problem["errors"][0]["field"] == "createdBefore"
+    nul_id = _is_problem(alice.client.get("/api/workflow/a%00b/status"), 422)
+    assert nul_id["errors"][0]["field"] == "workflow_id"
     nobody = admin.client.get("/api/workflows", params={"user": "nobody@example.com"})
     assert _is_problem(nobody, 422)["errors"][0]["field"] == "user"

@@ -35,7 +35,7 @@ from core.clock import utcnow
 from core.errors import NotFoundError, PermissionDeniedError, RequestValidationError
 from core.projects import PROJECT_NAME_MAX_CHARS
 from core.runtime import Runtime
-from core.schemas import WorkflowRequest
+from core.schemas import WorkflowRequest, text_problem
 from core.states import WorkflowStatus
 from core.views.history import RunCursor, RunFilter, runs_after
 from core.views.run import RunDetail, download_name, load_result, load_run, run_detail
@@ -410,6 +410,8 @@ def _decode(cursor: str | None) -> RunCursor | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, workflow_id = json.loads(raw)
-        return RunCursor(datetime.fromisoformat(created_at), str(workflow_id))
+        if not isinstance(workflow_id, str) or text_problem(workflow_id):
+            raise ValueError("not a run id")
+        return RunCursor(datetime.fromisoformat(created_at), workflow_id)
     except (binascii.Error, ValueError, TypeError):
         raise RequestValidationError({"cursor": "is not a cursor this API gave out"}) from None
