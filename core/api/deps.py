@@ -4,7 +4,7 @@ refusal of parameters no operation could use."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, get_args, get_origin
 
 from fastapi import Depends, Request
 from fastapi.dependencies.models import Dependant
@@ -91,14 +91,16 @@ def _count(request: Request, bearer: tokens.Bearer | None, item: RateLimitItem, 
 
 def sound_parameters(request: Request) -> None:
     """Every query parameter is one the operation has (a typo such as `stauts=failed` must not
-    quietly answer with an unfiltered list), and no parameter holds a NUL, which Postgres
-    cannot take in a string. Either is a 422 naming the parameter."""
-    declared = _query_names(request.scope["route"].dependant)
-    problems = {
-        name or "(unnamed)": "is not a parameter of this operation"
-        for name in request.query_params
-        if name not in declared
-    }
+    quietly answer with an unfiltered list), a single-valued one comes once (which of two would
+    count?), and no parameter holds a NUL, which Postgres cannot take in a string. Each is a
+    422 naming the parameter."""
+    declared = _query_parameters(request.scope["route"].dependant)
+    problems: dict[str, str] = {}
+    for name in request.query_params:
+        if name not in declared:
+            problems[name or "(unnamed)"] = "is not a parameter of this operation"
+        elif not declared[name] and len(request.query_params.getlist(name)) > 1:
+            problems[name] = "is given more than once"
     for name, value in [*request.query_params.multi_items(), *request.path_params.items()]:
         if "\x00" in str(value):
             problems.setdefault(name or "(unnamed)", "contains a NUL character")
@@ -106,11 +108,19 @@ def sound_parameters(request: Request) -> None:
         raise RequestValidationError(problems)
 
 
-def _query_names(dependant: Dependant) -> set[str]:
-    names = {field.alias for field in dependant.query_params}
+def _query_parameters(dependant: Dependant) -> dict[str, bool]:
+    """{name: takes several values} for the query parameters of an operation."""
+    names = {
+        field.alias: _takes_several(field.field_info.annotation) for field in dependant.query_params
+    }
     for dependency in dependant.dependencies:
-        names |= _query_names(dependency)
+        names.update(_query_parameters(dependency))
     return names
+
+
+def _takes_several(annotation: Any) -> bool:
+    """list[X] or list[X] | None."""
+    return any(get_origin(a) in (list, tuple, set) for a in (annotation, *get_args(annotation)))
 
 
 def _period(item: RateLimitItem) -> str:

@@ -76,6 +76,10 @@ def test_bad_filter_values_are_a_422_naming_the_parameter(api):
     backwards = {"createdAfter": "2026-11-02T00:00:00Z", "createdBefore": "2026-11-01T00:00:00Z"}
     problem = _is_problem(alice.client.get("/api/workflows", params=backwards), 422)
     assert problem["errors"][0]["field"] == "createdBefore"
+    twice = alice.client.get("/api/workflows", params=[("projectName", "a"), ("projectName", "b")])
+    assert _is_problem(twice, 422)["errors"][0]["field"] == "projectName"
+    both = alice.client.get("/api/workflows", params=[("status", "queued"), ("status", "failed")])
+    assert both.status_code == 200  # status takes several
     nul_id = _is_problem(alice.client.get("/api/workflow/a%00b/status"), 422)
     assert nul_id["errors"][0]["field"] == "workflow_id"
     nobody = admin.client.get("/api/workflows", params={"user": "nobody@example.com"})
