@@ -190,7 +190,7 @@ PROBLEM_EXAMPLES: dict[int, dict[str, Any]] = {
         "detail": "A valid bearer token of an active account is required.",
     },
     402: {"title": "Insufficient credits", "detail": "this run costs 24 credits; the balance is 3"},
-    403: {"title": "Forbidden", "detail": "only an admin's token may read other users' runs"},
+    403: {"title": "Forbidden", "detail": "this account may not do this"},
     404: {"title": "Not found", "detail": "workflow 0f3a… not found"},
     409: {"title": "Run already ended", "detail": "workflow 0f3a… is completed"},
 }
