@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     # HTTP API (`python -m core api`)
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
+    # The run stream: how often each API process reads new run events (one query for all its
+    # streams), and how often an idle stream sends a ping comment to keep proxies from closing it.
+    stream_poll_interval_s: float = Field(0.25, gt=0)
+    stream_ping_s: float = Field(15.0, gt=0)
 
     # Accounts
     session_idle_timeout_s: float = Field(3600, gt=0)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from core.api import problems
-from core.api.routes import health, me, workflows
+from core.api.routes import health, me, stream, workflows
+from core.api.watcher import RunEventWatcher
 from core.runtime import Runtime
 
 DESCRIPTION = """Start, watch and cancel Reelforge runs over HTTP with the dashboard's accounts,
@@ -15,9 +19,20 @@ credits and guarantees. Authenticate with `Authorization: Bearer <token>` (creat
 
 def create_app(runtime: Runtime) -> FastAPI:
     """The app for `runtime`, which the caller starts and shuts down."""
-    app = FastAPI(title="Reelforge API", version="1", description=DESCRIPTION)
+    watcher = RunEventWatcher(runtime.db, runtime.settings.stream_poll_interval_s)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await watcher.start()
+        try:
+            yield
+        finally:
+            await watcher.stop()
+
+    app = FastAPI(title="Reelforge API", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.runtime = runtime
-    for module in (workflows, me, health):
+    app.state.watcher = watcher
+    for module in (workflows, stream, me, health):
         app.include_router(module.router)
     problems.install(app)
     return app

@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from core import tokens
 from core.api.problems import ApiProblem
+from core.api.watcher import RunEventWatcher
 from core.auth import UserView
 from core.clock import utcnow
 from core.runtime import Runtime
@@ -25,6 +26,13 @@ def _runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]
+
+
+def _watcher(request: Request) -> RunEventWatcher:
+    return request.app.state.watcher
+
+
+WatcherDep = Annotated[RunEventWatcher, Depends(_watcher)]
 
 
 def _current_user(runtime: RuntimeDep, credentials: Credentials) -> UserView:

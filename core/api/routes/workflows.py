@@ -6,14 +6,16 @@ import base64
 import binascii
 import json
 import math
+import re
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from pydantic import Field
+from starlette.concurrency import run_in_threadpool
 
-from core import webhooks
-from core.api.deps import CurrentUser, RuntimeDep
+from core import run_events, webhooks
+from core.api.deps import CurrentUser, RuntimeDep, WatcherDep
 from core.api.problems import ApiProblem
 from core.api.responses import (
     AssetLink,
@@ -29,8 +31,11 @@ from core.api.responses import (
     Step,
     problems,
 )
+from core.api.watcher import RunEventWatcher
+from core.auth import UserView
 from core.clock import utcnow
 from core.errors import NotFoundError, RequestValidationError
+from core.run_events import step_payload
 from core.runtime import Runtime
 from core.schemas import WorkflowRequest
 from core.states import WorkflowStatus
@@ -47,11 +52,22 @@ router = APIRouter(prefix="/api", tags=["workflows"], responses=problems(401, 40
 IDEMPOTENCY_PREFIX = "api:"
 IDEMPOTENCY_KEY_MAX_CHARS = 100 - len(IDEMPOTENCY_PREFIX)
 PAGE_MAX = 100
+WAIT_MAX_S = 60
+_WAIT_PREFERENCE = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})\b", re.ASCII)
+Prefer = Annotated[
+    str | None,
+    Header(
+        description="`wait=N` (seconds, at most 60): answer once the run has ended or N seconds "
+        "have passed, with the run as it is then (RFC 7240; `Preference-Applied` says so).",
+        examples=["wait=30"],
+    ),
+]
 
 
 def _links(app: FastAPI, workflow_id: str) -> Links:
     return Links(
         status=app.url_path_for("run_status", workflow_id=workflow_id),
+        stream=app.url_path_for("run_stream", workflow_id=workflow_id),
         cancel=app.url_path_for("cancel_run", workflow_id=workflow_id),
     )
 
@@ -72,50 +88,98 @@ class StartRequest(WorkflowRequest):
         )
 
 
+def preferred_wait(prefer: str | None) -> int | None:
+    """The seconds a `Prefer: wait=N` asks for, capped at WAIT_MAX_S; None when not asked."""
+    found = _WAIT_PREFERENCE.search(prefer or "")
+    return None if found is None else min(int(found.group(1)), WAIT_MAX_S)
+
+
+def snapshot(runtime: Runtime, workflow_id: str, viewer: UserView) -> tuple[int, RunDetail]:
+    """The seq of the run's newest event, then the run (another user's run is missing). In
+    that order: the state read is at least as new as the seq, so waiting or streaming from that
+    seq can see an event twice but never miss one."""
+    with runtime.db.read() as session:
+        seq = run_events.last_seq(session, workflow_id)
+        return seq, run_detail(session, workflow_id, viewer)
+
+
+async def _held(
+    runtime: Runtime,
+    watcher: RunEventWatcher,
+    workflow_id: str,
+    viewer: UserView,
+    wait_s: int,
+    response: Response,
+) -> RunDetail:
+    """The run once it has ended, or as it is after `wait_s` seconds (the `Prefer: wait`)."""
+    seq, detail = await run_in_threadpool(snapshot, runtime, workflow_id, viewer)
+    response.headers["Preference-Applied"] = f"wait={wait_s}"
+    if detail.view.status.is_active and wait_s > 0:
+        await watcher.wait_until_final(workflow_id, seq, wait_s)
+        _, detail = await run_in_threadpool(snapshot, runtime, workflow_id, viewer)
+    return detail
+
+
 @router.post(
     "/workflow/start", status_code=202, response_model=Started, responses=problems(402, 403)
 )
-def start_workflow(
+async def start_workflow(
     body: StartRequest,
     runtime: RuntimeDep,
+    watcher: WatcherDep,
     user: CurrentUser,
     request: Request,
     response: Response,
     idempotency_key: Annotated[
         str | None, Header(min_length=1, max_length=IDEMPOTENCY_KEY_MAX_CHARS)
     ] = None,
+    prefer: Prefer = None,
 ) -> Started:
     """Reserve the run's credits and queue it. The same `Idempotency-Key` again returns the
-    run it started (one run, one charge); with a different body it is refused."""
+    run it started (one run, one charge); with a different body it is refused. With
+    `Prefer: wait=N` the answer waits for the run to end (or N seconds)."""
     client_key = f"{IDEMPOTENCY_PREFIX}{idempotency_key}" if idempotency_key else None
     run = body.workflow_request()
-    workflow_id, created = runtime.start_workflow(
-        user, run, client_key=client_key, reuse_still=body.reuse_still
+    workflow_id, created = await run_in_threadpool(
+        runtime.start_workflow, user, run, client_key=client_key, reuse_still=body.reuse_still
     )
-    with runtime.db.read() as session:
-        view = load_run(session, workflow_id, user)
-    if not created and view.request != run:
+    _, detail = await run_in_threadpool(snapshot, runtime, workflow_id, user)
+    if not created and detail.view.request != run:
         raise RequestValidationError(
             {"Idempotency-Key": "was already used for a different request"}
         )
+    wait_s = preferred_wait(prefer)
+    if wait_s is not None:
+        detail = await _held(runtime, watcher, workflow_id, user, wait_s, response)
     links = _links(request.app, workflow_id)
     response.headers["Location"] = links.status
-    return Started(workflow_id=workflow_id, status=view.status.value, links=links)
+    return Started(workflow_id=workflow_id, status=detail.view.status.value, links=links)
 
 
 @router.get("/workflow/{workflow_id}/status", response_model=Run, name="run_status")
-def run_status(
-    workflow_id: str, runtime: RuntimeDep, user: CurrentUser, request: Request, response: Response
+async def run_status(
+    workflow_id: str,
+    runtime: RuntimeDep,
+    watcher: WatcherDep,
+    user: CurrentUser,
+    request: Request,
+    response: Response,
+    prefer: Prefer = None,
 ) -> Run:
-    """The run and its six steps. While it runs, `Retry-After` says when to ask again."""
-    with runtime.db.read() as session:
-        detail = run_detail(session, workflow_id, user)
+    """The run and its six steps. While it runs, `Retry-After` says when to ask again; with
+    `Prefer: wait=N` the answer waits for the run to end (or N seconds)."""
+    wait_s = preferred_wait(prefer)
+    if wait_s is None:
+        _, detail = await run_in_threadpool(snapshot, runtime, workflow_id, user)
+    else:
+        detail = await _held(runtime, watcher, workflow_id, user, wait_s, response)
     if detail.view.status.is_active:
         response.headers["Retry-After"] = str(max(1, math.ceil(runtime.settings.poll_interval_s)))
-    return _run(detail, runtime, request.app)
+    return status_body(detail, runtime, request.app)
 
 
-def _run(detail: RunDetail, runtime: Runtime, app: FastAPI) -> Run:
+def status_body(detail: RunDetail, runtime: Runtime, app: FastAPI) -> Run:
+    """The status endpoint's answer (the stream's `reset` event carries the same)."""
     view, receipt = detail.view, detail.receipt
     return Run(
         workflow_id=view.id,
@@ -130,18 +194,7 @@ def _run(detail: RunDetail, runtime: Runtime, app: FastAPI) -> Run:
         created_at=view.created_at,
         started_at=view.started_at,
         finished_at=view.finished_at,
-        steps=[
-            Step(
-                name=s.name.value,
-                state=s.status.value,
-                progress=100 if s.status.is_done else s.progress,
-                message=s.error_message or s.message,
-                attempts=s.attempts,
-                started_at=s.started_at,
-                finished_at=s.finished_at,
-            )
-            for s in view.steps
-        ],
+        steps=[Step.model_validate(step_payload(s)) for s in view.steps],
         error=None
         if receipt is None
         else RunError(
