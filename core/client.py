@@ -72,7 +72,9 @@ class ReelforgeClient:
         self._reconnect = Retrying(
             stop=stop_after_attempt(reconnect_attempts),
             wait=wait_exponential_jitter(
-                initial=reconnect_initial_wait_s, max=reconnect_max_wait_s
+                multiplier=reconnect_initial_wait_s,
+                jitter=reconnect_initial_wait_s,
+                max=reconnect_max_wait_s,
             ),
             retry=retry_if_exception(_worth_reconnecting),
             reraise=True,

@@ -159,7 +159,8 @@ def events_after(session: Session, cursors: Mapping[str, int]) -> list[RunEventV
 
 
 def last_seq(session: Session, workflow_id: str) -> int:
-    """The seq of the run's newest event (0: none yet)."""
-    return session.execute(
+    """The seq of the run's newest event (0: none yet, or no such run)."""
+    seq = session.execute(
         select(Workflow.last_event_seq).where(Workflow.id == workflow_id)
-    ).scalar_one()
+    ).scalar()
+    return seq or 0

@@ -68,10 +68,11 @@ def _healthy(url: str, process: subprocess.Popen, log: Path) -> Callable[[], boo
 
 @pytest.fixture
 def start_api(primary_database_url: str, tmp_path: Path) -> Iterator[Callable[..., Api]]:
-    """Starts the API; `latency_s` slows the offline providers (0: runs finish at once)."""
+    """Starts the API; `latency_s` slows the offline providers (0: runs finish at once);
+    `settings` are more environment variables for it (e.g. STREAM_PING_S="0.2")."""
     started: list[tuple[subprocess.Popen, Api]] = []
 
-    def start(latency_s: float = 0) -> Api:
+    def start(latency_s: float = 0, **settings: str) -> Api:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if k not in ENGINE_ENV}
         env.update(
@@ -85,7 +86,9 @@ def start_api(primary_database_url: str, tmp_path: Path) -> Iterator[Callable[..
             API_PORT=str(port),
             ALLOW_PRIVATE_WEBHOOKS="1",  # the tests' receivers listen on 127.0.0.1
             WEBHOOK_POLL_INTERVAL_S="0.05",
+            STREAM_POLL_INTERVAL_S="0.05",
         )
+        env.update(settings)
         log = tmp_path / "api.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
