@@ -23,7 +23,7 @@ from core.api.responses import problems
 from core.api.routes.workflows import snapshot, status_body
 from core.api.watcher import RunEventWatcher
 
-router = APIRouter(prefix="/api", tags=["workflows"], responses=problems(401, 404))
+router = APIRouter(prefix="/api", tags=["workflows"], responses=problems(401, 404, 422))
 
 _MAX_CURSOR_DIGITS = 18
 
