@@ -9,13 +9,14 @@ event carries the whole step, not a delta, so applying one twice is harmless.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import Integer, and_, cast, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from core.clock import utcnow
@@ -132,9 +133,17 @@ def _iso(moment: datetime | None) -> str | None:
 def events_after(session: Session, cursors: Mapping[str, int]) -> list[RunEventView]:
     """Every run's events after its cursor (workflow id -> last seq seen), in one query, in
     (run, seq) order. Per-run cursors, not one global id: ids are handed out at insert but
-    committed in any order across runs, so `id > last seen` could skip a late commit."""
+    committed in any order across runs, so `id > last seen` could skip a late commit.
+
+    The cursors travel as one JSON object that the database unpacks into (key, value) rows, so
+    the statement is the same for any number of runs: an OR of one term per run cost about 25
+    times the CPU to build and plan at 500 runs."""
     if not cursors:
         return []
+    unpack = (
+        func.json_each_text if session.get_bind().dialect.name == "postgresql" else func.json_each
+    )
+    cursor = unpack(json.dumps(cursors)).table_valued("key", "value").alias("cursor")
     rows = session.execute(
         select(
             RunEvent.workflow_id,
@@ -143,13 +152,11 @@ def events_after(session: Session, cursors: Mapping[str, int]) -> list[RunEventV
             RunEvent.payload,
             RunEvent.created_at,
         )
-        .where(
-            or_(
-                *(
-                    and_(RunEvent.workflow_id == workflow_id, RunEvent.seq > seq)
-                    for workflow_id, seq in cursors.items()
-                )
-            )
+        .join(
+            cursor,
+            and_(
+                RunEvent.workflow_id == cursor.c.key, RunEvent.seq > cast(cursor.c.value, Integer)
+            ),
         )
         .order_by(RunEvent.workflow_id, RunEvent.seq)
     )
