@@ -1,7 +1,7 @@
 """run_events: each run's append-only event log, numbered per run, for the API's stream
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0013
 Create Date: 2026-11-30 14:00:00
 
 Runs from before this revision have no events (last_event_seq 0); their stream opens with a
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | None = "0007"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
