@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run api test lint format bench load screenshots reliability-report mutants clean
+.PHONY: install run api test lint format bench bench-sse load screenshots reliability-report mutants clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -45,6 +45,12 @@ bench: install
 # server) and times every monitoring query; the last line is `monitoring total: <seconds> s`.
 bench-monitoring: install
 	$(PY) bench/monitoring.py
+
+# 500 concurrent run streams on one API process (a scratch Postgres database on
+# BENCH_DATABASE_URL's or TEST_DATABASE_URL's server): the API's CPU and memory, and the delay
+# from a committed state change to its event at a client, p50/p95.
+bench-sse: install
+	$(PY) bench/sse.py
 
 # 200 concurrent workflows under injected faults. A scratch SQLite file unless LOAD_DATABASE_URL
 # names a database (e.g. a scratch Postgres one): never your real data.

@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     # "1000/hour"); a start counts against both.
     api_rate_limit: str = "120/minute"
     api_start_rate_limit: str = "20/minute"
+    # The run stream: how often each API process reads new run events (one query for all its
+    # streams), and how often an idle stream sends a ping comment to keep proxies from closing it.
+    stream_poll_interval_s: float = Field(0.25, gt=0)
+    stream_ping_s: float = Field(15.0, gt=0)
 
     # Accounts
     session_idle_timeout_s: float = Field(3600, gt=0)

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from core import inbox
 from core.clock import utcnow
@@ -262,36 +262,21 @@ def reserve(session: Session, user_id: int, amount: int, *, workflow_id: str, ac
 
 def refund(session: Session, workflow_id: str, *, reason: str, actor: str = SYSTEM_ACTOR) -> int:
     """Give a failed or cancelled run's credits back, exactly once. Returns credits refunded.
-
-    The workflow row is locked first (a no-op on SQLite, whose write transactions are already
-    serial), so two concurrent refunds queue and the second finds the first's ledger row; the
-    unique idempotency key is the last line of defence. A refund an admin gives (not the
-    system's, which the run's own end reports) goes into the owner's inbox.
-    """
-    workflow = session.execute(
-        select(Workflow.user_id, Workflow.cost_credits)
-        .where(Workflow.id == workflow_id)
-        .with_for_update()
-    ).one()
-    key = f"refund:{workflow_id}"
-    already = session.execute(
-        select(CreditTransaction.id).where(CreditTransaction.idempotency_key == key)
-    ).first()
-    if already or workflow.cost_credits == 0:
-        return 0
-    entry = _apply(
+    A refund an admin gives (not the system's, which the run's own end reports) goes into the
+    owner's inbox."""
+    entry = _give_back_once(
         session,
-        user_id=workflow.user_id,
-        amount=workflow.cost_credits,
+        workflow_id,
+        Workflow.cost_credits,
         kind=TransactionKind.REFUND,
         actor=actor,
         reason=reason,
-        workflow_id=workflow_id,
-        idempotency_key=key,
     )
+    if entry is None:
+        return 0
     if actor != SYSTEM_ACTOR:
         inbox.ledger_moved(session, entry)
-    return workflow.cost_credits
+    return entry.amount
 
 
 def release_reused_still(session: Session, workflow_id: str, *, source_id: str) -> int:
@@ -302,34 +287,61 @@ def release_reused_still(session: Session, workflow_id: str, *, source_id: str) 
     failure refunds only what is still held: reserve + release + refund always nets to zero
     for a run that delivers nothing, and to the video's price for one that delivers.
     """
-    workflow = session.execute(
-        select(Workflow.user_id, Workflow.image_credits)
-        .where(Workflow.id == workflow_id)
-        .with_for_update()
-    ).one()
-    key = f"release:{workflow_id}"
-    already = session.execute(
-        select(CreditTransaction.id).where(CreditTransaction.idempotency_key == key)
-    ).first()
-    if already or workflow.image_credits == 0:
-        return 0
-    _apply(
+    entry = _give_back_once(
         session,
-        user_id=workflow.user_id,
-        amount=workflow.image_credits,
+        workflow_id,
+        Workflow.image_credits,
         kind=TransactionKind.RELEASE,
         actor=SYSTEM_ACTOR,
         reason=f"still reused from run {source_id}",
-        workflow_id=workflow_id,
-        idempotency_key=key,
     )
+    if entry is None:
+        return 0
     session.execute(
         update(Workflow)
         .where(Workflow.id == workflow_id)
-        .values(cost_credits=Workflow.cost_credits - workflow.image_credits),
+        .values(cost_credits=Workflow.cost_credits - entry.amount),
         execution_options={"synchronize_session": False},
     )
-    return workflow.image_credits
+    return entry.amount
+
+
+def _give_back_once(
+    session: Session,
+    workflow_id: str,
+    amount_column: InstrumentedAttribute[int],
+    *,
+    kind: TransactionKind,
+    actor: str,
+    reason: str,
+) -> LedgerEntry | None:
+    """Credit the run's owner with the run's `amount_column`, once per kind and run (the
+    idempotency key is `<kind>:<run>`); None when already given back or nothing is held.
+
+    The workflow row is locked first (a no-op on SQLite, whose write transactions are already
+    serial), so two concurrent calls queue and the second finds the first's ledger row; the
+    unique idempotency key is the last line of defence."""
+    workflow = session.execute(
+        select(Workflow.user_id, amount_column.label("amount"))
+        .where(Workflow.id == workflow_id)
+        .with_for_update()
+    ).one()
+    key = f"{kind.value}:{workflow_id}"
+    already = session.execute(
+        select(CreditTransaction.id).where(CreditTransaction.idempotency_key == key)
+    ).first()
+    if already or workflow.amount == 0:
+        return None
+    return _apply(
+        session,
+        user_id=workflow.user_id,
+        amount=workflow.amount,
+        kind=kind,
+        actor=actor,
+        reason=reason,
+        workflow_id=workflow_id,
+        idempotency_key=key,
+    )
 
 
 def release_entry(session: Session, workflow_id: str) -> LedgerEntry | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 
 class FailureCategory(StrEnum):
@@ -145,3 +146,13 @@ class ProviderConfigError(ReelforgeError):
 
 class UnknownModelError(ValueError):
     """A model key that is not in the registry (a typo in IMAGE_MODEL / VIDEO_MODEL)."""
+
+
+class ApiError(ReelforgeError):
+    """An answer of the HTTP API other than success, seen by core.client: the status and the
+    RFC 9457 problem details (`title`, `detail`, and `errors` naming each field)."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status = status
+        self.problem = problem
+        super().__init__(f"{status} {problem.get('title', '')}: {problem.get('detail', '')}")

@@ -185,6 +185,9 @@ class Workflow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+    # The seq of the run's newest run_events row: bumped by core.run_events.append_event in the
+    # same UPDATE that returns it, so a run's events are numbered without gaps or doubles.
+    last_event_seq: Mapped[int] = mapped_column(Integer, server_default="0")
 
     steps: Mapped[list[WorkflowStep]] = relationship(
         back_populates="workflow", order_by="WorkflowStep.position"
@@ -559,3 +562,21 @@ class IdempotencyKey(Base):
 
     def __repr__(self) -> str:
         return f"IdempotencyKey(user={self.user_id}, key={self.key!r}, run={self.workflow_id})"
+
+
+class RunEvent(Base):
+    """One entry of a run's append-only event log (core.run_events), written in the transaction
+    of the state change it records. `seq` numbers a run's events 1, 2, 3...: the stream's ids."""
+
+    __tablename__ = "run_events"
+    __table_args__ = (UniqueConstraint("workflow_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # run | step | final (core.run_events)
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"RunEvent(workflow={self.workflow_id}, seq={self.seq}, kind={self.kind})"

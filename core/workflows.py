@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Row, and_, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -37,6 +37,7 @@ from core.models import (
     utcnow,
     view_of,
 )
+from core.run_events import EventKind, append_event, final_payload, run_payload, step_payload
 from core.schemas import WorkflowRequest
 from core.states import (
     STEP_ORDER,
@@ -280,6 +281,7 @@ def _create(
         at=workflow.created_at,
     )
     credits.reserve(session, user_id, workflow.cost_credits, workflow_id=workflow.id, actor=actor)
+    append_event(session, workflow.id, EventKind.RUN, run_payload(WorkflowStatus.QUEUED))
     return workflow.id, True
 
 
@@ -375,10 +377,14 @@ def request_cancel(db: Database, workflow_id: str, viewer: UserView) -> Workflow
         view = workflow_for(session, workflow_id, viewer)
         if view.status.is_terminal:
             return view
-        _update(
-            session,
-            update(Workflow).where(Workflow.id == workflow_id).values(cancel_requested=True),
-        )
+        if not view.cancel_requested:
+            _update(
+                session,
+                update(Workflow).where(Workflow.id == workflow_id).values(cancel_requested=True),
+            )
+            append_event(
+                session, workflow_id, EventKind.RUN, run_payload(view.status, cancelRequested=True)
+            )
         moved = _update(
             session,
             update(Workflow)
@@ -386,12 +392,17 @@ def request_cancel(db: Database, workflow_id: str, viewer: UserView) -> Workflow
             .values(status=WorkflowStatus.CANCELLED.value, finished_at=utcnow()),
         )
         if moved:
-            _close_steps(session, workflow_id, StepStatus.CANCELLED, "cancelled before it started")
-            credits.refund(session, workflow_id, reason="cancelled by the user")
+            message = "cancelled before it started"
+            _append_steps(
+                session, _close_steps(session, workflow_id, StepStatus.CANCELLED, message)
+            )
+            refunded = credits.refund(session, workflow_id, reason="cancelled by the user")
             inbox.run_ended(session, workflow_id)
             webhooks.enqueue(
                 session, workflow_id, "completed", {"status": WorkflowStatus.CANCELLED.value}
             )
+            final = final_payload(WorkflowStatus.CANCELLED, refunded=refunded, message=message)
+            append_event(session, workflow_id, EventKind.FINAL, final)
         return load_workflow(session, workflow_id)
 
 
@@ -411,8 +422,7 @@ def claim(session: Session, workflow_id: str, runner_id: str, *, stale_before: d
     """Take a queued run (its start), or a running one whose runner stopped beating (a
     recovery). True when we won."""
     now = utcnow()
-    started = _update(
-        session,
+    started = session.execute(
         update(Workflow)
         .where(Workflow.id == workflow_id, Workflow.status == WorkflowStatus.QUEUED.value)
         .values(
@@ -420,23 +430,31 @@ def claim(session: Session, workflow_id: str, runner_id: str, *, stale_before: d
             runner_id=runner_id,
             heartbeat_at=now,
             started_at=now,
-        ),
-    )
-    if started:
-        webhooks.enqueue(session, workflow_id, "started", {"status": WorkflowStatus.RUNNING.value})
-        return True
-    return bool(
-        _update(
-            session,
-            update(Workflow)
-            .where(
-                Workflow.id == workflow_id,
-                Workflow.status == WorkflowStatus.RUNNING.value,
-                or_(Workflow.heartbeat_at.is_(None), Workflow.heartbeat_at < stale_before),
-            )
-            .values(runner_id=runner_id, heartbeat_at=now, recoveries=Workflow.recoveries + 1),
         )
-    )
+        .returning(Workflow.recoveries),
+        execution_options={"synchronize_session": False},
+    ).first()
+    if started is not None:
+        webhooks.enqueue(session, workflow_id, "started", {"status": WorkflowStatus.RUNNING.value})
+        payload = run_payload(WorkflowStatus.RUNNING, recoveries=started.recoveries)
+        append_event(session, workflow_id, EventKind.RUN, payload)
+        return True
+    recovered = session.execute(
+        update(Workflow)
+        .where(
+            Workflow.id == workflow_id,
+            Workflow.status == WorkflowStatus.RUNNING.value,
+            or_(Workflow.heartbeat_at.is_(None), Workflow.heartbeat_at < stale_before),
+        )
+        .values(runner_id=runner_id, heartbeat_at=now, recoveries=Workflow.recoveries + 1)
+        .returning(Workflow.recoveries),
+        execution_options={"synchronize_session": False},
+    ).first()
+    if recovered is None:
+        return False
+    payload = run_payload(WorkflowStatus.RUNNING, recoveries=recovered.recoveries)
+    append_event(session, workflow_id, EventKind.RUN, payload)
+    return True
 
 
 def heartbeat(session: Session, workflow_ids: Iterable[str], runner_id: str) -> None:
@@ -483,8 +501,9 @@ def write_step(
     runner_id: str,
     **values: Any,
 ) -> None:
-    """Move a step to `target` (or update it in place when already there), checked and fenced."""
-    done = _update(
+    """Move a step to `target` (or update it in place when already there: progress), checked
+    and fenced, and log the step as it now stands."""
+    written = _update_steps(
         session,
         update(WorkflowStep)
         .where(
@@ -495,8 +514,9 @@ def write_step(
         )
         .values(status=target.value, **values),
     )
-    if not done:
+    if not written:
         raise InvalidTransitionError(f"workflow {workflow_id} step {step}: cannot become {target}")
+    _append_steps(session, written)
 
 
 def start_step(
@@ -543,6 +563,7 @@ def complete_run(session: Session, workflow_id: str, runner_id: str) -> None:
     _move_run(session, workflow_id, runner_id, WorkflowStatus.COMPLETED)
     inbox.run_ended(session, workflow_id)
     webhooks.enqueue(session, workflow_id, "completed", {"status": WorkflowStatus.COMPLETED.value})
+    append_event(session, workflow_id, EventKind.FINAL, final_payload(WorkflowStatus.COMPLETED))
 
 
 def end_run(
@@ -558,13 +579,7 @@ def end_run(
     are skipped, and the credits come back exactly once. Returns the credits refunded."""
     _move_run(session, workflow_id, runner_id, target, message=message, category=category)
     step_end = StepStatus.FAILED if target is WorkflowStatus.FAILED else StepStatus.CANCELLED
-    in_flight = session.execute(
-        select(WorkflowStep.name).where(
-            WorkflowStep.workflow_id == workflow_id,
-            WorkflowStep.status == StepStatus.PROCESSING.value,
-        )
-    ).scalar()
-    _update(
+    ended = _update_steps(
         session,
         update(WorkflowStep)
         .where(
@@ -579,10 +594,13 @@ def end_run(
             finished_at=utcnow(),
         ),
     )
-    _close_steps(session, workflow_id, StepStatus.SKIPPED, "skipped")
+    _append_steps(
+        session, ended + _close_steps(session, workflow_id, StepStatus.SKIPPED, "skipped")
+    )
     reason = "cancelled by the user" if target is WorkflowStatus.CANCELLED else message
     refunded = credits.refund(session, workflow_id, reason=reason)
     inbox.run_ended(session, workflow_id)
+    in_flight = ended[0].name if ended else None
     error = {"code": category.value if category else None, "message": message, "step": in_flight}
     if in_flight is not None:
         webhooks.enqueue(session, workflow_id, "step", {"step": in_flight, "state": step_end.value})
@@ -592,6 +610,14 @@ def end_run(
         "completed",
         {"status": target.value, "error": error, "refundedCredits": refunded},
     )
+    final = final_payload(
+        target,
+        refunded=refunded,
+        message=message,
+        code=category.value if category else None,
+        step=in_flight,
+    )
+    append_event(session, workflow_id, EventKind.FINAL, final)
     return refunded
 
 
@@ -624,9 +650,11 @@ def _move_run(
         raise InvalidTransitionError(f"workflow {workflow_id}: cannot become {target}")
 
 
-def _close_steps(session: Session, workflow_id: str, target: StepStatus, message: str) -> None:
+def _close_steps(
+    session: Session, workflow_id: str, target: StepStatus, message: str
+) -> list[Row[Any]]:
     """Every step that never started ends as `target` (skipped after a failure)."""
-    _update(
+    return _update_steps(
         session,
         update(WorkflowStep)
         .where(
@@ -635,6 +663,35 @@ def _close_steps(session: Session, workflow_id: str, target: StepStatus, message
         )
         .values(status=target.value, message=message, finished_at=utcnow()),
     )
+
+
+# What a step event carries (core.run_events.step_payload), read back by the UPDATE that wrote it.
+_STEP_STATE = (
+    WorkflowStep.workflow_id,
+    WorkflowStep.name,
+    WorkflowStep.position,
+    WorkflowStep.status,
+    WorkflowStep.progress,
+    WorkflowStep.message,
+    WorkflowStep.error_message,
+    WorkflowStep.attempts,
+    WorkflowStep.started_at,
+    WorkflowStep.finished_at,
+)
+
+
+def _update_steps(session: Session, statement: Any) -> list[Row[Any]]:
+    """Run a bulk UPDATE of steps; returns the rows it wrote as they now stand, in step order."""
+    rows = session.execute(
+        statement.returning(*_STEP_STATE), execution_options={"synchronize_session": False}
+    ).all()
+    return sorted(rows, key=lambda row: row.position)
+
+
+def _append_steps(session: Session, rows: Sequence[Row[Any]]) -> None:
+    """One step event per row written, in step order (the caller's rows are sorted)."""
+    for row in rows:
+        append_event(session, row.workflow_id, EventKind.STEP, step_payload(row))
 
 
 def stale_runs(session: Session, *, stale_before: datetime, limit: int = 100) -> list[str]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 
 from core.api import openapi, problems
 from core.api.deps import rate_limited, sound_parameters
 from core.api.ratelimit import RateLimiter, RateLimitHeaders
-from core.api.routes import health, me, workflows
+from core.api.routes import health, me, stream, workflows
+from core.api.watcher import RunEventWatcher
 from core.runtime import Runtime
 
 DESCRIPTION = """Start, watch and cancel Reelforge runs over HTTP with the dashboard's accounts,
@@ -28,15 +32,27 @@ def _operation_id(route: APIRoute) -> str:
 
 def create_app(runtime: Runtime) -> FastAPI:
     """The app for `runtime`, which the caller starts and shuts down."""
+    watcher = RunEventWatcher(runtime.db, runtime.settings.stream_poll_interval_s)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await watcher.start()
+        try:
+            yield
+        finally:
+            await watcher.stop()
+
     app = FastAPI(
         title="Reelforge API",
         version="1",
         description=DESCRIPTION,
         generate_unique_id_function=_operation_id,
+        lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.watcher = watcher
     app.state.limiter = RateLimiter(runtime.settings)
-    for module in (workflows, me, health):
+    for module in (workflows, stream, me, health):
         app.include_router(
             module.router, dependencies=[Depends(rate_limited), Depends(sound_parameters)]
         )

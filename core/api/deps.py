@@ -14,6 +14,7 @@ from limits import RateLimitItem
 from core import tokens
 from core.api.problems import ApiProblem
 from core.api.ratelimit import QUOTAS_STATE, RateLimiter
+from core.api.watcher import RunEventWatcher
 from core.auth import UserView
 from core.clock import utcnow
 from core.errors import RequestValidationError
@@ -42,6 +43,13 @@ def _token_bearer(runtime: RuntimeDep, credentials: Credentials) -> tokens.Beare
 
 
 BearerDep = Annotated[tokens.Bearer | None, Depends(_token_bearer)]
+
+
+def _watcher(request: Request) -> RunEventWatcher:
+    return request.app.state.watcher
+
+
+WatcherDep = Annotated[RunEventWatcher, Depends(_watcher)]
 
 
 def _current_user(runtime: RuntimeDep, bearer: BearerDep) -> UserView:

@@ -16,6 +16,7 @@ class ApiModel(BaseModel):
 
 class Links(ApiModel):
     status: str
+    stream: str  # Server-Sent Events: each step change, then a final event
     cancel: str
 
 

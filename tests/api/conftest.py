@@ -69,8 +69,8 @@ def _healthy(url: str, process: subprocess.Popen, log: Path) -> Callable[[], boo
 @pytest.fixture
 def start_api(primary_database_url: str, tmp_path: Path) -> Iterator[Callable[..., Api]]:
     """Starts the API; `latency_s` slows the offline providers (0: runs finish at once), and
-    `settings` are more environment variables. Rate limits are out of the way unless a test
-    sets them (API_RATE_LIMIT, API_START_RATE_LIMIT, REDIS_URL)."""
+    `settings` are more environment variables (e.g. STREAM_PING_S="0.2"). Rate limits are out
+    of the way unless a test sets them (API_RATE_LIMIT, API_START_RATE_LIMIT, REDIS_URL)."""
     started: list[tuple[subprocess.Popen, Api]] = []
 
     def start(latency_s: float = 0, **settings: str) -> Api:
@@ -87,6 +87,7 @@ def start_api(primary_database_url: str, tmp_path: Path) -> Iterator[Callable[..
             API_PORT=str(port),
             ALLOW_PRIVATE_WEBHOOKS="1",  # the tests' receivers listen on 127.0.0.1
             WEBHOOK_POLL_INTERVAL_S="0.05",
+            STREAM_POLL_INTERVAL_S="0.05",
             API_RATE_LIMIT="100000/minute",
             API_START_RATE_LIMIT="100000/minute",
         )

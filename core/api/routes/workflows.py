@@ -6,15 +6,17 @@ import base64
 import binascii
 import json
 import math
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request, Response
 from pydantic import BeforeValidator, Field
+from starlette.concurrency import run_in_threadpool
 
-from core import idempotency, webhooks
-from core.api.deps import CurrentUser, RuntimeDep, start_rate_limited
+from core import idempotency, run_events, webhooks
+from core.api.deps import CurrentUser, RuntimeDep, WatcherDep, start_rate_limited
 from core.api.problems import ApiProblem
 from core.api.responses import (
     AssetLink,
@@ -30,10 +32,12 @@ from core.api.responses import (
     Step,
     problems,
 )
-from core.auth import find_user
+from core.api.watcher import RunEventWatcher
+from core.auth import UserView, find_user
 from core.clock import utcnow
 from core.errors import NotFoundError, PermissionDeniedError, RequestValidationError
 from core.projects import PROJECT_NAME_MAX_CHARS
+from core.run_events import step_payload
 from core.runtime import Runtime
 from core.schemas import WorkflowRequest, text_problem
 from core.states import WorkflowStatus
@@ -64,11 +68,22 @@ EXAMPLE_BODY = {
     "imageConfig": {"size": "1792x1024"},
     "videoConfig": {"duration": "4s", "resolution": "720p"},
 }
+WAIT_MAX_S = 60
+_WAIT_PREFERENCE = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})\b", re.ASCII)
+Prefer = Annotated[
+    str | None,
+    Header(
+        description="`wait=N` (seconds, at most 60): answer once the run has ended or N seconds "
+        "have passed, with the run as it is then (RFC 7240; `Preference-Applied` says so).",
+        examples=["wait=30"],
+    ),
+]
 
 
 def _links(app: FastAPI, workflow_id: str) -> Links:
     return Links(
         status=app.url_path_for("run_status", workflow_id=workflow_id),
+        stream=app.url_path_for("run_stream", workflow_id=workflow_id),
         cancel=app.url_path_for("cancel_run", workflow_id=workflow_id),
     )
 
@@ -89,6 +104,38 @@ class StartRequest(WorkflowRequest):
         )
 
 
+def preferred_wait(prefer: str | None) -> int | None:
+    """The seconds a `Prefer: wait=N` asks for, capped at WAIT_MAX_S; None when not asked."""
+    found = _WAIT_PREFERENCE.search(prefer or "")
+    return None if found is None else min(int(found.group(1)), WAIT_MAX_S)
+
+
+def snapshot(runtime: Runtime, workflow_id: str, viewer: UserView) -> tuple[int, RunDetail]:
+    """The seq of the run's newest event, then the run (another user's run is missing). In
+    that order: the state read is at least as new as the seq, so waiting or streaming from that
+    seq can see an event twice but never miss one."""
+    with runtime.db.read() as session:
+        seq = run_events.last_seq(session, workflow_id)
+        return seq, run_detail(session, workflow_id, viewer)
+
+
+async def _held(
+    runtime: Runtime,
+    watcher: RunEventWatcher,
+    workflow_id: str,
+    viewer: UserView,
+    wait_s: int,
+    response: Response,
+) -> RunDetail:
+    """The run once it has ended, or as it is after `wait_s` seconds (the `Prefer: wait`)."""
+    seq, detail = await run_in_threadpool(snapshot, runtime, workflow_id, viewer)
+    response.headers["Preference-Applied"] = f"wait={wait_s}"
+    if detail.view.status.is_active and wait_s > 0:
+        await watcher.wait_until_final(workflow_id, seq, wait_s)
+        _, detail = await run_in_threadpool(snapshot, runtime, workflow_id, viewer)
+    return detail
+
+
 @router.post(
     "/workflow/start",
     status_code=202,
@@ -106,9 +153,10 @@ class StartRequest(WorkflowRequest):
         **problems(402, 403),
     },
 )
-def start_workflow(
+async def start_workflow(
     body: Annotated[StartRequest, Body(openapi_examples={"a short clip": {"value": EXAMPLE_BODY}})],
     runtime: RuntimeDep,
+    watcher: WatcherDep,
     user: CurrentUser,
     request: Request,
     response: Response,
@@ -124,21 +172,29 @@ def start_workflow(
             examples=["nightly-2026-11-30"],
         ),
     ] = None,
+    prefer: Prefer = None,
 ) -> Started:
-    """Reserve the run's credits and queue it. Retry safely with an `Idempotency-Key`."""
+    """Reserve the run's credits and queue it. Retry safely with an `Idempotency-Key`. With
+    `Prefer: wait=N` the answer waits for the run to end (or N seconds)."""
     run = body.workflow_request()
-    workflow_id, created = runtime.start_workflow(
-        user, run, reuse_still=body.reuse_still, idempotency_key=idempotency_key
+    workflow_id, created = await run_in_threadpool(
+        runtime.start_workflow,
+        user,
+        run,
+        reuse_still=body.reuse_still,
+        idempotency_key=idempotency_key,
     )
-    with runtime.db.read() as session:
-        view = load_run(session, workflow_id, user)
-    if not created and view.request != run:
+    _, detail = await run_in_threadpool(snapshot, runtime, workflow_id, user)
+    if not created and detail.view.request != run:
         raise RequestValidationError(
             {"Idempotency-Key": "was already used for a different request"}
         )
+    wait_s = preferred_wait(prefer)
+    if wait_s is not None:
+        detail = await _held(runtime, watcher, workflow_id, user, wait_s, response)
     links = _links(request.app, workflow_id)
     response.headers["Location"] = links.status
-    return Started(workflow_id=workflow_id, status=view.status.value, links=links)
+    return Started(workflow_id=workflow_id, status=detail.view.status.value, links=links)
 
 
 @router.get(
@@ -147,18 +203,29 @@ def start_workflow(
     name="run_status",
     responses={200: {"description": "The run as it stands.", "headers": RETRY_AFTER}},
 )
-def run_status(
-    workflow_id: str, runtime: RuntimeDep, user: CurrentUser, request: Request, response: Response
+async def run_status(
+    workflow_id: str,
+    runtime: RuntimeDep,
+    watcher: WatcherDep,
+    user: CurrentUser,
+    request: Request,
+    response: Response,
+    prefer: Prefer = None,
 ) -> Run:
-    """The run and its six steps. While it runs, `Retry-After` says when to ask again."""
-    with runtime.db.read() as session:
-        detail = run_detail(session, workflow_id, user)
+    """The run and its six steps. While it runs, `Retry-After` says when to ask again; with
+    `Prefer: wait=N` the answer waits for the run to end (or N seconds)."""
+    wait_s = preferred_wait(prefer)
+    if wait_s is None:
+        _, detail = await run_in_threadpool(snapshot, runtime, workflow_id, user)
+    else:
+        detail = await _held(runtime, watcher, workflow_id, user, wait_s, response)
     if detail.view.status.is_active:
         response.headers["Retry-After"] = str(max(1, math.ceil(runtime.settings.poll_interval_s)))
-    return _run(detail, runtime, request.app)
+    return status_body(detail, runtime, request.app)
 
 
-def _run(detail: RunDetail, runtime: Runtime, app: FastAPI) -> Run:
+def status_body(detail: RunDetail, runtime: Runtime, app: FastAPI) -> Run:
+    """The status endpoint's answer (the stream's `reset` event carries the same)."""
     view, receipt = detail.view, detail.receipt
     return Run(
         workflow_id=view.id,
@@ -173,18 +240,7 @@ def _run(detail: RunDetail, runtime: Runtime, app: FastAPI) -> Run:
         created_at=view.created_at,
         started_at=view.started_at,
         finished_at=view.finished_at,
-        steps=[
-            Step(
-                name=s.name.value,
-                state=s.status.value,
-                progress=100 if s.status.is_done else s.progress,
-                message=s.error_message or s.message,
-                attempts=s.attempts,
-                started_at=s.started_at,
-                finished_at=s.finished_at,
-            )
-            for s in view.steps
-        ],
+        steps=[Step.model_validate(step_payload(s)) for s in view.steps],
         error=None
         if receipt is None
         else RunError(
