@@ -5,7 +5,7 @@ could never start a second run. The keys move to their own table, which a start 
 once the window has passed; the API's existing keys are carried over.
 
 Revision ID: 0011
-Revises: 0013
+Revises: 0009
 Create Date: 2026-11-30 14:00:00
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011"
-down_revision: str | None = "0013"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
