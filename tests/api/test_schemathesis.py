@@ -40,6 +40,9 @@ SETTINGS = settings(
     derandomize=True,  # the same requests on every run: a finding reproduces
 )
 CALLS: Counter[str] = Counter()
+# The event stream stays open until its run ends and its body is Server-Sent Events, not a
+# JSON document to check: tests/api/test_stream_api.py proves it.
+HELD_OPEN = {"/api/workflow/{workflow_id}/stream"}
 
 
 @pytest.fixture
@@ -49,13 +52,19 @@ def served(start_api) -> tuple[BaseSchema, dict[str, str]]:
     api = start_api(latency_s=1, WORKER_THREADS="1")
     account = api.account(credits=1_000_000)
     schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
-    return schema, {"Authorization": f"Bearer {account.token}"}
+    # `Prefer: wait=0`: a generated `wait=60` would hold an answer for a minute behind the
+    # queued runs; the waiting itself is proven in test_stream_api.py.
+    return schema, {"Authorization": f"Bearer {account.token}", "Prefer": "wait=0"}
 
 
 def test_every_answer_is_as_documented_for_generated_and_linked_requests(served):
     """One server for all three passes (its start is most of the cost)."""
     schema, bearer = served
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = [
+        operation
+        for operation in (result.ok() for result in schema.get_all_operations())
+        if operation.path not in HELD_OPEN
+    ]
     assert len(operations) >= 7
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
         for operation in operations:
