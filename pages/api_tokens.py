@@ -15,6 +15,7 @@ from core.ui import database, text
 from core.ui import format as fmt
 from core.ui.runtime import get_runtime
 from core.ui.session import flash, require_user, show_flashes
+from core.ui.webhook_secret import webhook_secret
 
 EXPIRY_CHOICES = {
     None: "Never",
@@ -159,6 +160,14 @@ if active:
     )
     if st.session_state.get(CONFIRM_KEY) in active:
         confirm_revoke(active[st.session_state[CONFIRM_KEY]])
+
+# -- Webhooks ---------------------------------------------------------------------------------
+st.subheader("Webhook signing secret")
+st.caption(
+    "A run started with a `webhookUrl` (here or over the API) sends its events there, signed "
+    "with this secret."
+)
+webhook_secret(runtime, user, key="tokens_webhook")
 
 # -- Every user's tokens (admins) -------------------------------------------------------------
 if user.is_admin:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from streamlit.testing.v1 import AppTest
 
-from core import tokens
+from core import tokens, webhooks
 from core.auth import Role
 from core.ui import nav
 from tests.ui.conftest import app_for, texts
@@ -88,3 +88,14 @@ def test_only_an_admin_sees_every_users_tokens(runtime, make_user):
     admins = page(admin)
     assert user.email in set(listed(admins, everyone=True)["owner"])
     assert listed(admins) is None  # the admin has no token of their own yet
+
+
+def test_the_page_reveals_the_webhook_secret_that_signs_this_users_deliveries(runtime, make_user):
+    user = make_user()
+    at = page(user)
+    assert not at.code  # hidden until asked for
+    at = at.toggle(key="tokens_webhook_reveal").set_value(True).run()
+    assert not at.exception
+    with runtime.db.begin() as session:
+        signing = webhooks.signing_secret(session, user.id)
+    assert [c.value for c in at.code] == [signing]
