@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core import clock, credits, inbox
+from core import clock, credits, inbox, webhooks
 from core.db import insert_once
 from core.errors import BudgetExceededError, NotFoundError, RequestValidationError
 from core.models import AuditEvent, Budget, BudgetAlert, CreditTransaction, Project, User, Workflow
@@ -205,8 +205,19 @@ def _alert(
     )
     if alert_id is None:
         return
-    # Webhooks (issue 12's durable outbox) can enqueue the alert here, in this transaction.
     name = scope_name(session, scope)
+    webhooks.enqueue(
+        session,
+        workflow_id,
+        "budget",
+        {
+            "budget": {"scope": scope.kind.value, "name": name},
+            "period": period.label,
+            "threshold": threshold,
+            "limit": limit,
+            "spent": now_spent,
+        },
+    )
     inbox.notify(
         session,
         alert_recipients(session, scope, user_id),

@@ -60,6 +60,9 @@ EVENT_TYPES = {
     "started": "workflow.started",
     "step": "workflow.step",
     "completed": "workflow.completed",
+    # A budget crossing 80% or 100% (core.budgets): the installation's own webhook hears it,
+    # never a run's (which subscribes to that run's events only).
+    "budget": "budget.alert",
 }
 
 

@@ -14,7 +14,7 @@ from core import admin, budgets, clock, credits, inbox
 from core.auth import Role, create_user
 from core.budgets import TEAM, Scope, ScopeKind
 from core.errors import BudgetExceededError
-from core.models import BudgetAlert, Workflow
+from core.models import BudgetAlert, WebhookDelivery, Workflow
 from core.projects import create_project
 from core.schemas import parse_request
 from core.workflows import start_workflow
@@ -129,6 +129,35 @@ def test_one_alert_per_threshold_under_50_concurrent_starts_crossing_both(db, ma
     for person in (owner, boss):  # the project's owner and every admin, once each
         assert kinds_in_inbox(db, person).count("budget_alert") == 2
     assert_invariant(db)
+
+
+def test_each_alert_also_leaves_once_through_the_installations_webhook(db, make_user):
+    user = make_user(credits=COST * 100)
+    set_budget(db, Scope(ScopeKind.USER, user.id), COST * 10)
+    hooked = "https://operators.example.com/hooks"
+
+    for i in range(10):
+        start_workflow(
+            db,
+            user_id=user.id,
+            request=REQUEST,
+            client_key=f"k{i}",
+            actor="t",
+            global_webhook_url=hooked,
+        )
+
+    with db.read() as session:
+        sent = session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.event == "budget")
+            .order_by(WebhookDelivery.created_at)
+        ).all()
+    assert [(d.url, d.payload["type"], d.payload["data"]["threshold"]) for d in sent] == [
+        (hooked, "budget.alert", 80),
+        (hooked, "budget.alert", 100),
+    ]
+    assert sent[0].payload["data"]["budget"] == {"scope": "user", "name": user.email}
+    assert sent[1].payload["data"]["spent"] == COST * 10
 
 
 def test_a_refusal_names_the_budget_what_is_left_and_when_it_resets(db, make_user):
