@@ -1,6 +1,9 @@
-"""Where runs execute: a bounded thread pool in this process (the default), or inline.
+"""Where runs execute: `submit(workflow_id)` to a bounded thread pool in this process (the
+default), inline in the caller's thread (tests, scripts), or to Celery workers (core.worker).
 
-The scale-out executor (Celery on Redis) runs the same `run_workflow(workflow_id)`.
+Only the workflow id crosses the boundary, so the same call can cross a broker. The local
+executors are bound once to the function that runs a workflow (the orchestrator's
+`run_workflow`); the Celery one sends a message and the worker's own orchestrator runs it.
 """
 
 from __future__ import annotations
@@ -16,31 +19,60 @@ Job = Callable[[str], Any]
 
 
 class Executor(Protocol):
-    def submit(self, job: Job, workflow_id: str) -> None: ...
+    def bind(self, job: Job) -> None:
+        """The function that runs one workflow in this process (ignored by remote executors)."""
+
+    def submit(self, workflow_id: str) -> None: ...
+
+    def revoke(self, workflow_id: str) -> None:
+        """Drop a run still waiting to start, where the executor can (a broker message)."""
 
     def shutdown(self, *, wait: bool = True) -> None: ...
 
+    @property
+    def runs_here(self) -> bool:
+        """Whether submitted runs execute in this process (recovery then runs them itself)."""
 
-class ThreadExecutor:
+
+class _LocalExecutor:
+    _job: Job | None = None
+
+    def bind(self, job: Job) -> None:
+        self._job = job
+
+    def revoke(self, workflow_id: str) -> None:
+        return None  # a run waiting here finds its cancel flag when it claims
+
+    @property
+    def runs_here(self) -> bool:
+        return True
+
+    def _bound(self) -> Job:
+        if self._job is None:
+            raise RuntimeError("executor used before bind(): the orchestrator binds it")
+        return self._job
+
+
+class ThreadExecutor(_LocalExecutor):
     """At most `max_workers` runs at once; the rest wait in the pool's queue (and in the
     database as `queued`, so a restart loses none of them)."""
 
     def __init__(self, max_workers: int) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="reelforge-run")
 
-    def submit(self, job: Job, workflow_id: str) -> None:
-        future = self._pool.submit(job, workflow_id)
+    def submit(self, workflow_id: str) -> None:
+        future = self._pool.submit(self._bound(), workflow_id)
         future.add_done_callback(_log_crash)
 
     def shutdown(self, *, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
-class InlineExecutor:
+class InlineExecutor(_LocalExecutor):
     """Runs each job at once in the caller's thread: tests and scripts that want no threads."""
 
-    def submit(self, job: Job, workflow_id: str) -> None:
-        job(workflow_id)
+    def submit(self, workflow_id: str) -> None:
+        self._bound()(workflow_id)
 
     def shutdown(self, *, wait: bool = True) -> None:
         return None
