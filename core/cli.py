@@ -1,15 +1,17 @@
 """The `reelforge` / `python -m core` command: run a workflow in the terminal, manage users and
-credits, upgrade the schema, check health."""
+credits, upgrade the schema, check health, run a Celery worker and look after runs and workers."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import secrets
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from datetime import timedelta
 
 from rich.console import Console
 from rich.live import Live
@@ -17,7 +19,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from sqlalchemy.orm import Session
 
-from core import auth, budgets, credits, health, tokens, workflows
+from core import auth, budgets, credits, health, liveness, tokens, workflows
 from core.clock import utcnow
 from core.config import Settings, load_settings
 from core.db import Database, upgrade_schema
@@ -70,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     recover = commands.add_parser(
         "recover", help="resume runs a dead process left behind, wait for them, report"
+    )
+    recover.add_argument(
+        "--wait",
+        action="store_true",
+        help="also wait for the runs live runners still hold, until they end or are taken over",
     )
     recover.add_argument(
         "--stale-after",
@@ -125,6 +132,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--user", required=True, metavar="EMAIL"
     )
     token.add_parser("revoke", help="revoke a token").add_argument("token", metavar="PREFIX_OR_ID")
+
+    worker = commands.add_parser(
+        "worker", help="run a Celery worker: take runs from REDIS_URL until stopped"
+    )
+    worker.add_argument(
+        "--concurrency", type=int, metavar="N", help="runs at once (default: WORKER_THREADS)"
+    )
+    worker.add_argument("--pool", choices=["threads", "prefork"], default="threads")
+
+    commands.add_parser("workers", help="list the live workers and the runs in their hands")
+
+    runs = commands.add_parser("runs", help="look after runs").add_subparsers(
+        dest="runs_command", required=True
+    )
+    runs_list = runs.add_parser("list", help="the newest runs of every user")
+    runs_list.add_argument("--status", choices=[s.value for s in WorkflowStatus])
+    runs_list.add_argument("--user", metavar="EMAIL")
+    runs_list.add_argument("--limit", type=int, default=50)
+    runs_list.add_argument("--json", action="store_true")
+    runs_show = runs.add_parser("show", help="one run: steps, worker, times, cost, refund")
+    runs_show.add_argument("workflow_id")
+    runs_show.add_argument("--json", action="store_true")
+    runs.add_parser("cancel", help="cancel a run, wherever it runs").add_argument("workflow_id")
 
     db = commands.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="bring the schema to the newest version")
@@ -235,7 +265,7 @@ def _follow(runtime, workflow_id: str, user: auth.UserView) -> WorkflowView:
 
 def _steps_table(view: WorkflowView) -> Table:
     table = Table(title=f"Workflow {view.id} — {view.status} ({view.progress}%)", expand=True)
-    for column in ("", "step", "progress", "message", "time"):
+    for column in ("", "step", "progress", "message", "time", "worker"):
         table.add_column(column)
     for step in view.steps:
         seconds = step.duration_s
@@ -247,6 +277,7 @@ def _steps_table(view: WorkflowView) -> Table:
             ),
             step.error_message or step.message,
             f"{seconds:.2f} s" if seconds is not None else "",
+            step.worker_id or "",
         )
     return table
 
@@ -382,11 +413,14 @@ def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
     runtime = Runtime(settings)
     try:
         with console.status("recovering interrupted runs…"):
-            recovered = runtime.recover_and_wait()
+            recovered, held = runtime.recover_and_wait(wait_for_held=args.wait)
+        locks = runtime.orchestrator.run_locks.enabled
     finally:
         runtime.shutdown()
+    if held:
+        _print_held(held, settings, death_seen_at_once=locks)
     if not recovered:
-        console.print("nothing to recover")
+        console.print("nothing else to recover" if held else "nothing to recover")
         return 0
     table = Table(title=f"Recovered {len(recovered)} runs")
     for column in ("workflow", "ended", "refunded", "reason"):
@@ -401,6 +435,26 @@ def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
         f"{ended['cancelled']} cancelled; refunded {sum(r.refunded for r in recovered)} credits"
     )
     return 0
+
+
+def _print_held(
+    held: list[liveness.HeldRun], settings: Settings, *, death_seen_at_once: bool
+) -> None:
+    """The runs live runners hold: whose they are, and when recovery would take them over."""
+    table = Table(title=f"{len(held)} runs still held by a live runner")
+    for column in ("workflow", "worker", "last heartbeat", "taken over"):
+        table.add_column(column)
+    now = utcnow()
+    for run in held:
+        beat = run.heartbeat_at
+        ago = f"{(now - beat).total_seconds():.0f} s ago" if beat else "none"
+        silent_by = beat + timedelta(seconds=settings.heartbeat_stale_s) if beat else now
+        when = f"if still silent at {silent_by:%H:%M:%S} UTC"
+        if death_seen_at_once:
+            when = f"as soon as its process dies, or {when}"
+        table.add_row(run.workflow_id, run.worker_id or "?", ago, when)
+    console.print(table)
+    console.print("run `recover --wait` to wait for them", style="dim")
 
 
 def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
@@ -482,6 +536,151 @@ def _print_tokens(email: str, listed: list[tokens.TokenView]) -> None:
     console.print(table)
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from core.worker import run_worker
+
+    run_worker(settings, concurrency=args.concurrency, pool=args.pool)
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
+    seen_after = utcnow() - timedelta(seconds=settings.heartbeat_stale_s)
+    with _database(settings).read() as session:
+        live = liveness.live_workers(session, seen_after=seen_after)
+    if not live:
+        console.print("no live workers")
+        return 0
+    table = Table(title=f"{len(live)} live workers")
+    for column in ("worker", "host", "kind", "runs in hand", "up since", "last seen"):
+        table.add_column(column)
+    now = utcnow()
+    for w in live:
+        table.add_row(
+            w.id,
+            w.host,
+            w.kind,
+            str(w.runs_in_hand),
+            f"{w.started_at:%Y-%m-%d %H:%M:%S}",
+            f"{(now - w.last_seen_at).total_seconds():.0f} s ago",
+        )
+    console.print(table)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    from core.views import history
+    from core.views.run import run_detail
+
+    operator = auth.UserView(0, "cli", "cli", auth.Role.ADMIN, 0, True)  # sees every run
+    db = _database(settings)
+    if args.runs_command == "cancel":
+        from core.runtime import Runtime
+
+        runtime = Runtime(settings, upgrade=False)
+        try:
+            view = runtime.cancel(args.workflow_id, operator)
+        finally:
+            runtime.shutdown()
+        pending = ", cancel requested" if view.status.is_active else ""
+        console.print(f"{view.id}: {view.status}{pending}")
+        return 0
+    with db.read() as session:
+        if args.runs_command == "show":
+            detail = run_detail(session, args.workflow_id, operator)
+            refund = credits.refund_entry(session, args.workflow_id)
+            _print_run(detail.view, detail.phase.label, refund.amount if refund else 0, args.json)
+            return 0
+        viewer, everyone = operator, True
+        if args.user:
+            found = auth.find_user(session, args.user)
+            if found is None:
+                raise RequestValidationError({"--user": f"no account for {args.user}"})
+            viewer, everyone = found, False
+        statuses = (WorkflowStatus(args.status),) if args.status else ()
+        flt = history.RunFilter(statuses=statuses, everyone=everyone)
+        page = history.list_runs(session, viewer, flt, limit=args.limit)
+    if args.json:
+        console.print_json(json.dumps([_run_row_json(r) for r in page.rows]))
+        return 0
+    table = Table(title=f"{len(page.rows)} of {page.total} runs, newest first")
+    for column in ("workflow", "user", "status", "created", "duration", "cost", "prompt"):
+        table.add_column(column)
+    for r in page.rows:
+        seconds = r.duration_s
+        table.add_row(
+            r.id,
+            r.owner_email,
+            r.status.value,
+            f"{r.created_at:%Y-%m-%d %H:%M:%S}",
+            f"{seconds:.1f} s" if seconds is not None else "",
+            str(r.cost_credits),
+            r.image_prompt[:40],
+        )
+    console.print(table)
+    return 0
+
+
+def _run_row_json(r) -> dict[str, object]:
+    return {
+        "workflowId": r.id,
+        "user": r.owner_email,
+        "status": r.status.value,
+        "createdAt": r.created_at.isoformat(),
+        "startedAt": r.started_at.isoformat() if r.started_at else None,
+        "finishedAt": r.finished_at.isoformat() if r.finished_at else None,
+        "costCredits": r.cost_credits,
+        "error": r.error_message,
+    }
+
+
+def _print_run(view: WorkflowView, phase: str, refunded: int, as_json: bool) -> None:
+    def at(moment) -> str | None:
+        return moment.isoformat() if moment else None
+
+    if as_json:
+        steps = [
+            {
+                "name": s.name.value,
+                "status": s.status.value,
+                "attempts": s.attempts,
+                "worker": s.worker_id,
+                "startedAt": at(s.started_at),
+                "finishedAt": at(s.finished_at),
+                "message": s.error_message or s.message,
+            }
+            for s in view.steps
+        ]
+        console.print_json(
+            json.dumps(
+                {
+                    "workflowId": view.id,
+                    "status": view.status.value,
+                    "phase": phase,
+                    "worker": view.worker_id,
+                    "createdAt": at(view.created_at),
+                    "startedAt": at(view.started_at),
+                    "finishedAt": at(view.finished_at),
+                    "costCredits": view.cost_credits,
+                    "refundedCredits": refunded,
+                    "recoveries": view.recoveries,
+                    "error": view.error_message,
+                    "steps": steps,
+                }
+            )
+        )
+        return
+    console.print(_steps_table(view))
+    cost = f"cost {view.cost_credits - refunded} credits"
+    if refunded:
+        cost += f" ({view.cost_credits} reserved, {refunded} refunded)"
+    console.print(
+        f"{phase}; worker {view.worker_id or '-'}; created {view.created_at:%Y-%m-%d %H:%M:%S}; "
+        f"{cost}; recovered {view.recoveries} times"
+    )
+    if view.error_message:
+        console.print(f"[red]error:[/] {view.error_message}", highlight=False)
+
+
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     upgrade_schema(settings.resolved_database_url)
     console.print("schema is up to date")
@@ -531,6 +730,9 @@ COMMANDS = {
     "budgets": cmd_budgets,
     "api": cmd_api,
     "tokens": cmd_tokens,
+    "worker": cmd_worker,
+    "workers": cmd_workers,
+    "runs": cmd_runs,
     "db": cmd_db,
     "seed-demo": cmd_seed_demo,
 }

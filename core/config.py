@@ -62,7 +62,12 @@ class Settings(BaseSettings):
     fault_permanent_rate: float = Field(0.0, ge=0, le=1)
     fault_seed: int | None = None
 
-    # Engine
+    # Engine. EXECUTOR=threads runs every run in this process's pool (one machine);
+    # EXECUTOR=celery hands them to `python -m core worker` processes through the broker.
+    executor: Literal["threads", "celery"] = "threads"
+    celery_broker_url: str | None = None  # default: REDIS_URL
+    # Fair sharing: a user's runs beyond this many wait `queued` until one of theirs ends.
+    max_active_runs_per_user: int = Field(4, ge=1)
     worker_threads: int = Field(4, ge=1, le=256)
     starting_credits: int = Field(100, ge=0)
     retry_max_attempts: int = Field(4, ge=1)
@@ -144,6 +149,10 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'reelforge.db').resolve()}"
+
+    @property
+    def broker_url(self) -> str | None:
+        return self.celery_broker_url or self.redis_url
 
     @property
     def resolved_storage_dir(self) -> Path:

@@ -156,3 +156,7 @@ class ApiError(ReelforgeError):
         self.status = status
         self.problem = problem
         super().__init__(f"{status} {problem.get('title', '')}: {problem.get('detail', '')}")
+
+
+class ConfigurationError(ReelforgeError):
+    """Settings that cannot work together (e.g. EXECUTOR=celery without a broker URL)."""

@@ -175,6 +175,8 @@ class Workflow(Base):
     # The video provider's answer to a cancel (user or deadline): None when no job was stopped.
     provider_cancel_confirmed: Mapped[bool | None] = mapped_column(Boolean)
     runner_id: Mapped[str | None] = mapped_column(String(64))
+    # The process (host:pid) that last claimed the run, kept after it ends: who ran it.
+    worker_id: Mapped[str | None] = mapped_column(String(128))
     heartbeat_at: Mapped[datetime | None] = mapped_column()
     recoveries: Mapped[int] = mapped_column(Integer, default=0)
     error_message: Mapped[str | None] = mapped_column(Text)
@@ -263,6 +265,7 @@ class WorkflowStep(Base):
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
     deadline_at: Mapped[datetime | None] = mapped_column()
+    worker_id: Mapped[str | None] = mapped_column(String(128))  # host:pid that last started it
     # Kept by the database itself (a generated column): writers never set it.
     duration_ms: Mapped[int | None] = mapped_column(
         Integer, Computed(StepDurationMs(), persisted=True)
@@ -580,3 +583,20 @@ class RunEvent(Base):
 
     def __repr__(self) -> str:
         return f"RunEvent(workflow={self.workflow_id}, seq={self.seq}, kind={self.kind})"
+
+
+class WorkerBeat(Base):
+    """A process that runs workflows (a Celery worker, the app, the CLI), as its housekeeping
+    last reported it: `python -m core workers` lists those seen recently."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # host:pid
+    host: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))  # executor: threads | celery
+    runs_in_hand: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    def __repr__(self) -> str:
+        return f"WorkerBeat({self.id}, {self.runs_in_hand} runs)"

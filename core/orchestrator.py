@@ -3,7 +3,8 @@ executes steps (core.step_execution), and records every state change in the data
 
 One Orchestrator serves a process. Its housekeeping thread beats the heartbeat of the runs it
 holds and periodically hands stale runs (a dead process's) back to the executor; a run resumed
-that way skips completed steps and reattaches to provider jobs already paid for.
+that way skips completed steps and reattaches to provider jobs already paid for. On Postgres a
+dead process's runs are seen at once through their run locks (core.liveness).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from core import workflows
+from core import liveness, workflows
 from core.clock import utcnow
 from core.config import Settings
 from core.db import Database
@@ -42,6 +43,8 @@ def log_step(workflow_id: str, step: str, status: str, progress: int) -> None:
 @dataclass(frozen=True)
 class RecoveryReport:
     resubmitted: list[str] = field(default_factory=list)
+    # Running runs whose runner was found dead by its free run lock (Postgres), among those.
+    taken_over: list[str] = field(default_factory=list)
 
 
 class Orchestrator:
@@ -57,7 +60,13 @@ class Orchestrator:
         self.providers = providers
         self.settings = settings
         self.executor = executor or ThreadExecutor(settings.worker_threads)
-        self.runner_id = f"runner-{uuid.uuid4().hex[:12]}"
+        self.executor.bind(self.run_workflow)
+        self.runner_id = f"runner-{uuid.uuid4().hex[:12]}"  # fences writes: one per instance
+        self.worker_id = liveness.this_worker_id()  # shown to people: host:pid
+        # The `workers` table row this process keeps fresh, as which kind (None: no row; a
+        # process that only hands runs to Celery workers is not one).
+        self.listed_as: str | None = settings.executor if self.executor.runs_here else None
+        self.run_locks = liveness.RunLocks(db)
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._local: set[str] = set()  # submitted here and not finished yet
@@ -71,8 +80,9 @@ class Orchestrator:
         with self._lock:
             if workflow_id in self._local or self.stopping.is_set():
                 return
-            self._local.add(workflow_id)
-        self.executor.submit(self.run_workflow, workflow_id)
+            if self.executor.runs_here:  # a remote run never comes back through run_workflow
+                self._local.add(workflow_id)
+        self.executor.submit(workflow_id)
 
     def start(self) -> RecoveryReport:
         """Recover what a previous process left behind, then keep heartbeats and recovery going."""
@@ -91,29 +101,79 @@ class Orchestrator:
         self.executor.shutdown(wait=wait)
         if self._housekeeper is not None and wait:
             self._housekeeper.join(timeout=5)
+        self.run_locks.close()
+        if self.listed_as is not None:
+            try:
+                with self.db.begin() as session:
+                    liveness.leave(session, self.worker_id)
+            except DBAPIError:
+                log.warning("Worker %s - could not remove its row on shutdown", self.worker_id)
 
-    def recover(self) -> RecoveryReport:
-        """One recovery pass: resubmit runs whose runner stopped beating (or never started)."""
-        stale_before = utcnow() - timedelta(seconds=self.settings.heartbeat_stale_s)
+    def recover(self, *, wait_turn: bool = False, all_queued: bool = False) -> RecoveryReport:
+        """One recovery pass (one process at a time): runs whose runner is dead (its run lock
+        free, on Postgres) are released at once, then every run whose runner stopped beating,
+        or that was queued long ago (or any queued one, with `all_queued`), is resubmitted.
+        Without `wait_turn` the pass is skipped while another process is in its own."""
+        with liveness.recovery_turn(self.db, wait=wait_turn) as my_turn:
+            if not my_turn:
+                return RecoveryReport()
+            taken_over = self._release_dead_runners()
+            now = utcnow()
+            stale_before = now - timedelta(seconds=self.settings.heartbeat_stale_s)
+            with self.db.read() as session:
+                stale = workflows.stale_runs(
+                    session, stale_before=stale_before, queued_before=now if all_queued else None
+                )
+            with self._lock:
+                fresh = [wid for wid in stale if wid not in self._local]
+            for workflow_id in fresh:
+                log.warning("Workflow %s - recovering an interrupted run", workflow_id)
+                self.submit(workflow_id)
+        return RecoveryReport(
+            resubmitted=fresh, taken_over=[wid for wid in taken_over if wid in fresh]
+        )
+
+    def _release_dead_runners(self) -> list[str]:
+        """Give back the running runs whose run lock nobody holds (their process died), so the
+        stale-run pass below picks them up without waiting for their heartbeat to age."""
         with self.db.read() as session:
-            stale = workflows.stale_runs(session, stale_before=stale_before)
+            held = [r for r in liveness.running_runs(session) if r.runner_id is not None]
         with self._lock:
-            fresh = [wid for wid in stale if wid not in self._local]
-        for workflow_id in fresh:
-            log.warning("Workflow %s - recovering an interrupted run", workflow_id)
-            self.submit(workflow_id)
-        return RecoveryReport(resubmitted=fresh)
+            others = [r for r in held if r.workflow_id not in self._active]
+        dead = set(liveness.unheld(self.db, [r.workflow_id for r in others]))
+        released = []
+        for run in others:
+            if run.workflow_id in dead and run.runner_id is not None:
+                with self.db.begin() as session:
+                    workflows.release(session, run.workflow_id, run.runner_id)
+                log.warning(
+                    "Workflow %s - runner %s (%s) is gone, taking its run over",
+                    run.workflow_id,
+                    run.worker_id,
+                    run.runner_id,
+                )
+                released.append(run.workflow_id)
+        return released
 
     def run_workflow(self, workflow_id: str) -> WorkflowStatus | None:
         """Run (or resume) one workflow to its end in this thread. Returns its final status, or
         None when another runner holds it or this runner is stopping."""
+        locked = False
         try:
+            # Before the claim: a process holding the lock is running the run (this may be a
+            # duplicate delivery of its message), and recovery sees a free lock as a dead runner.
+            locked = self.run_locks.acquire(workflow_id)
+            if not locked:
+                log.info("Workflow %s - already running elsewhere", workflow_id)
+                return None
             view = self._claim(workflow_id)
             if view is None:
                 return None
             with self._lock:
                 self._active.add(workflow_id)
-            return self._drive(view)
+            status = self._drive(view)
+            self._nudge_waiting(view.user_id)
+            return status
         except RunnerStoppingError:
             with self.db.begin() as session:
                 workflows.release(session, workflow_id, self.runner_id)
@@ -131,13 +191,31 @@ class Orchestrator:
             with self._lock:
                 self._active.discard(workflow_id)
                 self._local.discard(workflow_id)
+            if locked:
+                self.run_locks.release(workflow_id)  # after the run's last write
+
+    def _nudge_waiting(self, user_id: int) -> None:
+        """A slot of the user's just freed: hand their oldest waiting run to the executor. Past
+        the submit dedup on purpose: that run may be on its way out of a refused claim here."""
+        with self.db.read() as session:
+            waiting = liveness.next_waiting(session, user_id)
+        if waiting is not None and not self.stopping.is_set():
+            self.executor.submit(waiting)
 
     # -- the run loop ---------------------------------------------------------------------
 
     def _claim(self, workflow_id: str) -> WorkflowView | None:
         stale_before = utcnow() - timedelta(seconds=self.settings.heartbeat_stale_s)
         with self.db.begin() as session:
-            if not workflows.claim(session, workflow_id, self.runner_id, stale_before=stale_before):
+            claimed = workflows.claim(
+                session,
+                workflow_id,
+                self.runner_id,
+                stale_before=stale_before,
+                worker_id=self.worker_id,
+                max_active_per_user=self.settings.max_active_runs_per_user,
+            )
+            if not claimed:
                 return None
             return workflows.load_workflow(session, workflow_id)
 
@@ -180,7 +258,9 @@ class Orchestrator:
         current = view.step(step)
         budget = timedelta(seconds=self.settings.step_timeout_s(step))
         deadline = current.deadline_at or utcnow() + budget
-        workflows.start_step(session, view.id, step, self.runner_id, deadline_at=deadline)
+        workflows.start_step(
+            session, view.id, step, self.runner_id, deadline_at=deadline, worker_id=self.worker_id
+        )
         started = replace(current, status=StepStatus.PROCESSING, deadline_at=deadline)
         return replace(view, steps=tuple(started if s.name == step else s for s in view.steps))
 
@@ -266,6 +346,10 @@ class Orchestrator:
                     active = list(self._active)
                 with self.db.begin() as session:
                     workflows.heartbeat(session, active, self.runner_id)
+                    if self.listed_as is not None:
+                        liveness.beat(
+                            session, self.worker_id, kind=self.listed_as, runs_in_hand=len(active)
+                        )
                 if time.monotonic() >= next_recovery:
                     self.recover()
                     next_recovery = time.monotonic() + self.settings.recovery_interval_s

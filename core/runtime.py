@@ -14,13 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core import credits, reuse, webhooks, workflows
+from core import credits, liveness, reuse, webhooks, workflows
 from core.alert_mail import AlertMailer
 from core.auth import UserView
 from core.config import Settings
 from core.db import Database, upgrade_schema
 from core.errors import ProviderError
-from core.executor import Executor
+from core.executor import Executor, ThreadExecutor
 from core.orchestrator import Orchestrator
 from core.providers import build_providers
 from core.providers.base import Providers
@@ -41,6 +41,15 @@ def _before_thread_join(stop: Callable[[], None]) -> None:
     """
     register = getattr(threading, "_register_atexit", None)
     (register or atexit.register)(stop)
+
+
+def build_executor(settings: Settings) -> Executor:
+    """EXECUTOR=threads: this process's pool; EXECUTOR=celery: the workers, through Redis."""
+    if settings.executor == "celery":
+        from core.worker import CeleryExecutor  # Celery is imported only when chosen
+
+        return CeleryExecutor(settings)
+    return ThreadExecutor(settings.worker_threads)
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,9 @@ class Runtime:
         self.settings = settings
         self.providers = providers or build_providers(settings)  # may refuse the settings
         self.db = Database.from_url(url)
-        self.orchestrator = Orchestrator(self.db, self.providers, settings, executor=executor)
+        self.orchestrator = Orchestrator(
+            self.db, self.providers, settings, executor=executor or build_executor(settings)
+        )
         self.mailer = (
             None
             if settings.smtp_url is None
@@ -159,22 +170,35 @@ class Runtime:
         return reuse.ReuseOffer(source, saved)
 
     def cancel(self, workflow_id: str, user: UserView) -> WorkflowView:
-        return workflows.request_cancel(self.db, workflow_id, user)
+        """Flag the run (its runner, on any machine, stops at its next check); a run that had
+        not started is cancelled here, and its message, if still in the broker, revoked."""
+        view = workflows.request_cancel(self.db, workflow_id, user)
+        if view.started_at is None:
+            self.orchestrator.executor.revoke(workflow_id)
+        return view
 
-    def recover_and_wait(self, *, poll_s: float = 0.5) -> list[RecoveredRun]:
-        """One recovery pass, then wait for every run it resumed to end (`python -m core
-        recover`): what happened to each, and what was refunded."""
-        resumed = self.orchestrator.recover().resubmitted
-        pending = set(resumed)
-        while pending:
+    def recover_and_wait(
+        self, *, wait_for_held: bool = False, poll_s: float = 0.5
+    ) -> tuple[list[RecoveredRun], list[liveness.HeldRun]]:
+        """`python -m core recover`: one recovery pass taking every queued run and every run
+        whose runner is dead, then wait for those to end. Returns what happened to each (and
+        what was refunded), and the runs live runners still hold. With `wait_for_held`, also
+        wait for those, passing again meanwhile so a holder that dies is taken over."""
+        resumed = list(self.orchestrator.recover(wait_turn=True, all_queued=True).resubmitted)
+        while True:
             with self.db.read() as session:
-                pending = {
-                    wid for wid in pending if workflows.load_workflow(session, wid).status.is_active
-                }
-            if pending:
-                time.sleep(poll_s)
+                pending = [
+                    w for w in resumed if workflows.load_workflow(session, w).status.is_active
+                ]
+                held = [r for r in liveness.running_runs(session) if r.workflow_id not in resumed]
+            if not pending and not (wait_for_held and held):
+                break
+            time.sleep(poll_s)
+            if wait_for_held:
+                again = self.orchestrator.recover(wait_turn=True, all_queued=True).resubmitted
+                resumed += [w for w in again if w not in resumed]
         with self.db.read() as session:
-            return [_recovered(session, wid) for wid in resumed]
+            return [_recovered(session, wid) for wid in resumed], held
 
     def shutdown(self) -> None:
         if self.mailer is not None:

@@ -64,6 +64,7 @@ class StepView:
     started_at: datetime | None
     finished_at: datetime | None
     deadline_at: datetime | None
+    worker_id: str | None = None  # host:pid of the process that last started it
 
     @property
     def duration_s(self) -> float | None:
@@ -91,6 +92,7 @@ class WorkflowView:
     # The video provider's answer to a cancel (by the user or the deadline); None: none was asked.
     provider_cancel_confirmed: bool | None = None
     reuse_image_from: str | None = None  # the run whose still this one reuses (core.reuse)
+    worker_id: str | None = None  # host:pid of the process that last claimed it
 
     def step(self, name: StepName) -> StepView:
         return next(s for s in self.steps if s.name == name)
@@ -330,6 +332,7 @@ def _workflow_view(w: Workflow, steps: Sequence[StepView]) -> WorkflowView:
         steps=tuple(steps),
         provider_cancel_confirmed=w.provider_cancel_confirmed,
         reuse_image_from=w.reuse_image_from,
+        worker_id=w.worker_id,
     )
 
 
@@ -348,6 +351,7 @@ def _step_view(s: WorkflowStep) -> StepView:
         started_at=s.started_at,
         finished_at=s.finished_at,
         deadline_at=s.deadline_at,
+        worker_id=s.worker_id,
     )
 
 
@@ -418,9 +422,24 @@ def _owned_by(workflow_id: str, runner_id: str) -> ColumnElement[bool]:
     return exists().where(Workflow.id == workflow_id, Workflow.runner_id == runner_id)
 
 
-def claim(session: Session, workflow_id: str, runner_id: str, *, stale_before: datetime) -> bool:
+def claim(
+    session: Session,
+    workflow_id: str,
+    runner_id: str,
+    *,
+    stale_before: datetime,
+    worker_id: str | None = None,
+    max_active_per_user: int | None = None,
+) -> bool:
     """Take a queued run (its start), or a running one whose runner stopped beating (a
-    recovery). True when we won."""
+    recovery). True when we won.
+
+    With `max_active_per_user`, a queued run stays queued while its user already has that many
+    running (a takeover keeps the slot its run already holds)."""
+    if max_active_per_user is not None and _user_at_limit(
+        session, workflow_id, max_active_per_user
+    ):
+        return False
     now = utcnow()
     started = session.execute(
         update(Workflow)
@@ -428,6 +447,7 @@ def claim(session: Session, workflow_id: str, runner_id: str, *, stale_before: d
         .values(
             status=WorkflowStatus.RUNNING.value,
             runner_id=runner_id,
+            worker_id=worker_id,
             heartbeat_at=now,
             started_at=now,
         )
@@ -446,7 +466,12 @@ def claim(session: Session, workflow_id: str, runner_id: str, *, stale_before: d
             Workflow.status == WorkflowStatus.RUNNING.value,
             or_(Workflow.heartbeat_at.is_(None), Workflow.heartbeat_at < stale_before),
         )
-        .values(runner_id=runner_id, heartbeat_at=now, recoveries=Workflow.recoveries + 1)
+        .values(
+            runner_id=runner_id,
+            worker_id=worker_id,
+            heartbeat_at=now,
+            recoveries=Workflow.recoveries + 1,
+        )
         .returning(Workflow.recoveries),
         execution_options={"synchronize_session": False},
     ).first()
@@ -455,6 +480,27 @@ def claim(session: Session, workflow_id: str, runner_id: str, *, stale_before: d
     payload = run_payload(WorkflowStatus.RUNNING, recoveries=recovered.recoveries)
     append_event(session, workflow_id, EventKind.RUN, payload)
     return True
+
+
+def _user_at_limit(session: Session, workflow_id: str, limit: int) -> bool:
+    """Whether the queued run's user already has `limit` runs running. The run's row, then its
+    user's, are locked (Postgres) until the claim commits, so two workers claiming the same
+    user's runs count one after the other; the order (run, then user) is the one a cancel and
+    a refund take, so they cannot deadlock with a claim."""
+    row = session.execute(
+        select(Workflow.user_id, Workflow.status)
+        .where(Workflow.id == workflow_id)
+        .with_for_update()
+    ).first()
+    if row is None or row.status != WorkflowStatus.QUEUED.value:
+        return False
+    session.execute(select(User.id).where(User.id == row.user_id).with_for_update())
+    running = session.execute(
+        select(func.count())
+        .select_from(Workflow)
+        .where(Workflow.user_id == row.user_id, Workflow.status == WorkflowStatus.RUNNING.value)
+    ).scalar_one()
+    return running >= limit
 
 
 def heartbeat(session: Session, workflow_ids: Iterable[str], runner_id: str) -> None:
@@ -520,7 +566,13 @@ def write_step(
 
 
 def start_step(
-    session: Session, workflow_id: str, step: StepName, runner_id: str, *, deadline_at: datetime
+    session: Session,
+    workflow_id: str,
+    step: StepName,
+    runner_id: str,
+    *,
+    deadline_at: datetime,
+    worker_id: str | None = None,
 ) -> None:
     """Mark a step processing. A resumed step keeps its first start and its first deadline, so
     a crash loop cannot stretch a step's time budget."""
@@ -534,6 +586,7 @@ def start_step(
         started_at=func.coalesce(WorkflowStep.started_at, utcnow()),
         deadline_at=func.coalesce(WorkflowStep.deadline_at, deadline_at),
         message="started",
+        worker_id=worker_id,
     )
     webhooks.enqueue(
         session, workflow_id, "step", {"step": step.value, "state": StepStatus.PROCESSING.value}
@@ -694,9 +747,16 @@ def _append_steps(session: Session, rows: Sequence[Row[Any]]) -> None:
         append_event(session, row.workflow_id, EventKind.STEP, step_payload(row))
 
 
-def stale_runs(session: Session, *, stale_before: datetime, limit: int = 100) -> list[str]:
+def stale_runs(
+    session: Session,
+    *,
+    stale_before: datetime,
+    queued_before: datetime | None = None,
+    limit: int = 100,
+) -> list[str]:
     """Runs nobody is looking after: running with an old (or released) heartbeat, or queued
-    since before `stale_before` (the process that queued them died before running them)."""
+    since before `queued_before` (default `stale_before`: the process that queued them died
+    before running them, or their message was lost) and not re-sent since."""
     rows = session.execute(
         select(Workflow.id)
         .where(
@@ -707,7 +767,8 @@ def stale_runs(session: Session, *, stale_before: datetime, limit: int = 100) ->
                 ),
                 and_(
                     Workflow.status == WorkflowStatus.QUEUED.value,
-                    Workflow.created_at < stale_before,
+                    func.coalesce(Workflow.nudged_at, Workflow.created_at)
+                    < (queued_before or stale_before),
                 ),
             )
         )

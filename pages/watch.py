@@ -176,7 +176,8 @@ def live_panel() -> None:
         st.rerun()
     if inbox_changed(user):
         st.rerun()  # the sidebar's bell catches up on this poll
-    overall(current, live_phase(current), eta.eta_s(current, timings))
+    waiting = live.waiting_on_slots(runtime, current)
+    overall(current, live_phase(current, busy_slots=waiting), eta.eta_s(current, timings))
     steps, chart = st.columns([3, 2], gap="medium")
     with steps:
         step_list(current, tz)

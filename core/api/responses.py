@@ -47,6 +47,7 @@ class Step(ApiModel):
     attempts: int
     started_at: datetime | None
     finished_at: datetime | None
+    worker: str | None = None  # host:pid of the process that last started the step
 
 
 class RunError(ApiModel):
@@ -97,6 +98,7 @@ class Run(ApiModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    worker: str | None = None  # host:pid of the process that last claimed the run
     steps: list[Step]
     error: RunError | None
     refund: Refund | None

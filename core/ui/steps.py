@@ -76,4 +76,6 @@ def _meta(step: StepView, tz: ZoneInfo | None) -> str:
         parts.append(f"finished {fmt.local_time(step.finished_at, tz)}")
     if step.started_at:
         parts.append(fmt.duration(step.duration_s))
+    if step.worker_id:
+        parts.append(f"on {step.worker_id}")
     return " · ".join(parts) or "not started"

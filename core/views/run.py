@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from core import webhooks, workflows
 from core.auth import UserView
-from core.views.watch import LivePhase, Receipt, live_phase, receipt_for
+from core.views.watch import LivePhase, Receipt, busy_slots, live_phase, receipt_for
 from core.webhooks import DeliveryView
 from core.workflows import AssetView, WorkflowView
 
@@ -57,12 +57,16 @@ class RunDetail:
     deliveries: list[DeliveryView]
 
 
-def run_detail(session: Session, workflow_id: str, viewer: UserView) -> RunDetail:
-    """Raises NotFoundError for a missing run or someone else's (they look the same)."""
+def run_detail(
+    session: Session, workflow_id: str, viewer: UserView, *, max_active_per_user: int | None = None
+) -> RunDetail:
+    """Raises NotFoundError for a missing run or someone else's (they look the same).
+    With `max_active_per_user`, a run waiting for one of its user's slots says so."""
     view = load_run(session, workflow_id, viewer)
+    busy = busy_slots(session, view, max_active_per_user) if max_active_per_user else None
     return RunDetail(
         view=view,
-        phase=live_phase(view),
+        phase=live_phase(view, busy_slots=busy),
         receipt=receipt_for(session, view),
         assets=workflows.assets_of(session, workflow_id),
         deliveries=webhooks.deliveries_for(session, workflow_id, viewer),

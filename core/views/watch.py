@@ -9,7 +9,7 @@ from enum import StrEnum
 
 from sqlalchemy.orm import Session
 
-from core import credits
+from core import credits, liveness
 from core.credits import LedgerEntry
 from core.progress import VideoJobProgress
 from core.providers.base import VideoJobState
@@ -49,7 +49,9 @@ _STEP_PHASES: dict[StepName, tuple[Phase, str]] = {
 }
 
 
-def live_phase(view: WorkflowView) -> LivePhase:
+def live_phase(view: WorkflowView, *, busy_slots: int | None = None) -> LivePhase:
+    """`busy_slots`: how many of the user's runs are running while this one waits for a slot
+    (see `busy_slots`), None when it waits for nothing but a free worker."""
     if view.status is WorkflowStatus.COMPLETED:
         return LivePhase(Phase.COMPLETED, "Finished")
     if view.status is WorkflowStatus.FAILED:
@@ -59,6 +61,9 @@ def live_phase(view: WorkflowView) -> LivePhase:
     if view.cancel_requested:
         return LivePhase(Phase.CANCELLING, "Cancelling: stopping at the next check")
     if view.status is WorkflowStatus.QUEUED:
+        if busy_slots is not None:
+            runs = "run is" if busy_slots == 1 else "runs are"
+            return LivePhase(Phase.WAITING, f"waiting: {busy_slots} of your {runs} already running")
         return LivePhase(Phase.WAITING, "Waiting for a free worker")
     step = next((s for s in view.steps if not s.status.is_done), None)
     if step is None:
@@ -79,6 +84,15 @@ def live_phase(view: WorkflowView) -> LivePhase:
     if job.phase is VideoJobState.COMPLETED:
         return LivePhase(Phase.GENERATING_VIDEO, "Video ready at the provider, fetching it")
     return LivePhase(Phase.SUBMITTING, "Submitting to the video provider")
+
+
+def busy_slots(session: Session, view: WorkflowView, limit: int) -> int | None:
+    """The number of the user's running runs when a queued run waits because of them
+    (MAX_ACTIVE_RUNS_PER_USER), else None."""
+    if view.status is not WorkflowStatus.QUEUED:
+        return None
+    running = liveness.running_count(session, view.user_id)
+    return running if running >= limit else None
 
 
 @dataclass(frozen=True)

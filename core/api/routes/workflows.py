@@ -116,7 +116,8 @@ def snapshot(runtime: Runtime, workflow_id: str, viewer: UserView) -> tuple[int,
     seq can see an event twice but never miss one."""
     with runtime.db.read() as session:
         seq = run_events.last_seq(session, workflow_id)
-        return seq, run_detail(session, workflow_id, viewer)
+        limit = runtime.settings.max_active_runs_per_user
+        return seq, run_detail(session, workflow_id, viewer, max_active_per_user=limit)
 
 
 async def _held(
@@ -240,7 +241,8 @@ def status_body(detail: RunDetail, runtime: Runtime, app: FastAPI) -> Run:
         created_at=view.created_at,
         started_at=view.started_at,
         finished_at=view.finished_at,
-        steps=[Step.model_validate(step_payload(s)) for s in view.steps],
+        worker=view.worker_id,
+        steps=[Step.model_validate({**step_payload(s), "worker": s.worker_id}) for s in view.steps],
         error=None
         if receipt is None
         else RunError(

@@ -1,0 +1,173 @@
+"""The Celery side of EXECUTOR=celery: the app on Redis, its one task `run_workflow(workflow_id)`,
+the executor that sends it, and `python -m core worker`.
+
+The message is only a nudge. Who runs a run is decided in the database (the claim, the run lock
+and the heartbeat, core.orchestrator), so a message delivered twice finds the run taken and
+returns at once, and a message lost (a worker killed after taking it, Redis restarted empty) is
+sent again by recovery, which every worker runs periodically.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery, signals
+
+from core.config import STEP_TIMEOUT_DEFAULTS_S, Settings, load_settings
+from core.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "reelforge.run_workflow"
+QUEUE = "reelforge"
+
+# Longer than the longest run can take (every step's default budget, twice). See
+# `broker_transport_options` below for why it matters little with early acknowledgement.
+VISIBILITY_TIMEOUT_S = int(2 * sum(STEP_TIMEOUT_DEFAULTS_S.values()))
+
+app = Celery("reelforge")
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Every setting that changes delivery, set on purpose (Celery 5 names; the reasons cite
+    docs/userguide/optimizing.rst, configuration.rst and getting-started/backends-and-brokers/
+    redis.rst)."""
+    if not settings.broker_url:
+        raise ConfigurationError("EXECUTOR=celery needs REDIS_URL (or CELERY_BROKER_URL)")
+    return {
+        "broker_url": settings.broker_url,
+        "task_default_queue": QUEUE,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        # Early acknowledgement (Celery's default): the message is acked just before the task
+        # starts. With late acks, a message not acked within the Redis visibility timeout is
+        # "redelivered to another worker" (redis.rst, Caveats), and a worker killed mid-run
+        # leaves its message to come back only after that timeout. A 15-minute video would
+        # then need a timeout over its whole run to avoid a second start, and a dead worker's
+        # runs would wait that long. Here ownership is the database's: the claim plus run lock
+        # stop a second start whatever the broker does, and recovery re-sends the run of a dead
+        # worker within seconds (its run lock is free), so the message can be acked at once.
+        "task_acks_late": False,
+        # With early acks the timeout only covers messages a worker reserved but had not
+        # started when it died (at most one per slot, see the prefetch below): they come back
+        # after it, and recovery has re-sent their runs long before. Kept longer than any run
+        # anyway, so turning late acks on could never start a long run twice.
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        # optimizing.rst, Prefetch limits: "If you have many expensive tasks with a long
+        # duration you would want the multiplier value to be one": a worker busy with videos
+        # must not sit on messages an idle worker could start now.
+        "worker_prefetch_multiplier": 1,
+        # configuration.rst: this kills the tasks "with late acknowledgment enabled" when the
+        # broker connection is lost, because their messages will be redelivered. Ours are acked
+        # early and their state is in the database: a Redis blip must not stop runs in flight.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # Workers may start before Redis (a reboot, a compose file) and must outlive its
+        # restarts: keep retrying, at start-up and after, forever.
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,
+        # Nothing reads Celery results: a run's state is in the database. No result backend.
+        "task_ignore_result": True,
+        "result_backend": None,
+        "worker_hijack_root_logger": False,
+        # A run that crashed its worker is not retried by Celery: recovery decides, from the
+        # database, whether to resume it.
+        "task_reject_on_worker_lost": False,
+    }
+
+
+def configure(settings: Settings) -> Celery:
+    app.conf.update(celery_config(settings))
+    return app
+
+
+class CeleryExecutor:
+    """Sends each run to the workers. The task id is the workflow id, so a cancel can revoke a
+    run still waiting in the broker by its id alone."""
+
+    runs_here = False
+
+    def __init__(self, settings: Settings) -> None:
+        self._app = configure(settings)
+
+    def bind(self, job: Any) -> None:
+        return None  # the workers run their own orchestrator's run_workflow
+
+    def submit(self, workflow_id: str) -> None:
+        self._app.send_task(TASK_NAME, args=[workflow_id], task_id=workflow_id, queue=QUEUE)
+
+    def revoke(self, workflow_id: str) -> None:
+        # Workers drop a revoked message when it reaches them; one already running is stopped
+        # by the database flag instead (never `terminate=True`: the run must settle its refund).
+        self._app.control.revoke(workflow_id)
+
+    def shutdown(self, *, wait: bool = True) -> None:
+        return None
+
+
+# -- inside a worker ----------------------------------------------------------------------------
+
+_runtime_lock = threading.Lock()
+_runtime: Any = None  # core.runtime.Runtime, built once per worker process
+
+
+def worker_runtime() -> Any:
+    """This worker process's engine, started on first use: its housekeeping beats the runs it
+    holds, lists the worker in the `workers` table and runs recovery."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            from core.runtime import Runtime
+
+            settings = load_settings(executor="celery")
+            runtime = Runtime(settings, upgrade=False)
+            runtime.orchestrator.listed_as = "celery"
+            runtime.start_background()
+            _runtime = runtime
+        return _runtime
+
+
+@app.task(name=TASK_NAME, ignore_result=True)
+def run_workflow(workflow_id: str) -> None:
+    worker_runtime().orchestrator.run_workflow(workflow_id)
+
+
+@signals.worker_ready.connect
+def _start_engine(**_: Any) -> None:
+    worker_runtime()  # recovery and the workers row from the start, not from the first task
+
+
+@signals.worker_shutting_down.connect
+def _stop_runs(**_: Any) -> None:
+    """A warm shutdown would wait for every run in flight (minutes of video). Runs stop at their
+    next check instead and are released, and another worker's recovery takes them at once."""
+    if _runtime is not None:
+        _runtime.orchestrator.stopping.set()
+
+
+@signals.worker_shutdown.connect
+def _stop_engine(**_: Any) -> None:
+    if _runtime is not None:
+        _runtime.shutdown()
+
+
+def run_worker(settings: Settings, *, concurrency: int | None, pool: str) -> None:
+    """`python -m core worker`: consume runs until stopped (Ctrl-C, SIGTERM)."""
+    from core.db import upgrade_schema
+    from core.liveness import this_worker_id
+
+    upgrade_schema(settings.resolved_database_url)
+    configure(settings)
+    app.worker_main(
+        [
+            "worker",
+            f"--pool={pool}",
+            f"--concurrency={concurrency or settings.worker_threads}",
+            f"--hostname=reelforge-{this_worker_id().replace(':', '-')}@%h",
+            "--loglevel=INFO",
+            "--without-mingle",  # workers share nothing worth syncing; start faster
+            "--without-gossip",
+        ]
+    )
