@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run api test lint format bench bench-sse load screenshots reliability-report mutants clean
+.PHONY: install run api worker test lint format bench bench-sse load screenshots reliability-report mutants clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -26,6 +26,12 @@ run: install
 api: install
 	$(PY) -m core db upgrade
 	$(PY) -m core api
+
+# A Celery worker (EXECUTOR=celery): takes runs from REDIS_URL (or CELERY_BROKER_URL), writes to
+# DATABASE_URL. Start as many as you like, here or on other machines; CONCURRENCY runs at once each.
+worker: install
+	$(PY) -m core db upgrade
+	$(PY) -m core worker $(if $(CONCURRENCY),--concurrency $(CONCURRENCY))
 
 test: install
 	$(PY) -m pytest
@@ -53,12 +59,15 @@ bench-sse: install
 	$(PY) bench/sse.py
 
 # 200 concurrent workflows under injected faults. A scratch SQLite file unless LOAD_DATABASE_URL
-# names a database (e.g. a scratch Postgres one): never your real data.
+# names a database (e.g. a scratch Postgres one): never your real data. With EXECUTOR=celery
+# (and REDIS_URL) the runs go to WORKERS Celery workers the load run starts and stops itself.
 LOAD_WORKFLOWS ?= 200
+WORKERS ?= 2
 load: install
 	@scratch=$$(mktemp -d) && \
 	DATA_DIR=$$scratch DATABASE_URL=$${LOAD_DATABASE_URL:-sqlite:///$$scratch/load.db} \
-	$(PY) -m core load --workflows $(LOAD_WORKFLOWS); status=$$?; rm -rf $$scratch; exit $$status
+	$(PY) -m core load --workflows $(LOAD_WORKFLOWS) --workers $(WORKERS); \
+	status=$$?; rm -rf $$scratch; exit $$status
 
 # The README's reliability table, from the figures the tests last measured (.reliability/).
 reliability-report: install

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         "load", help="N concurrent workflows on fault-injecting offline providers, then checks"
     )
     load.add_argument("--workflows", type=int, default=200)
+    load.add_argument(
+        "--workers", type=int, default=2, help="Celery workers to start (EXECUTOR=celery only)"
+    )
 
     recover = commands.add_parser(
         "recover", help="resume runs a dead process left behind, wait for them, report"
@@ -139,7 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--concurrency", type=int, metavar="N", help="runs at once (default: WORKER_THREADS)"
     )
-    worker.add_argument("--pool", choices=["threads", "prefork"], default="threads")
 
     commands.add_parser("workers", help="list the live workers and the runs in their hands")
 
@@ -464,7 +466,7 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
     if not args.verbose:  # hundreds of injected faults make hundreds of retry warnings
         logging.getLogger("core").setLevel(logging.ERROR)
     with console.status(f"running {args.workflows} workflows at once…"):
-        report = run_load(settings, args.workflows)
+        report = run_load(settings, args.workflows, workers=args.workers)
     table = Table(title=f"Load: {report.workflows} concurrent workflows, faults 20% / 2%")
     for column in ("step", "p50", "p95"):
         table.add_column(column, justify="right")
@@ -472,8 +474,10 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
         table.add_row(step, f"{p50:.2f} s", f"{report.step_p95_s[step]:.2f} s")
     console.print(table)
     console.print(
-        f"wall {report.wall_s:.1f} s against a critical path of {report.critical_path_s:.1f} s; "
-        f"throughput {report.throughput_per_min:.1f} workflows/min\n"
+        f"wall {report.wall_s:.1f} s against a critical path of {report.critical_path_s:.1f} s "
+        f"({report.wall_s / report.critical_path_s:.2f}x) on {report.slots} slots "
+        f"({settings.executor}); throughput {report.throughput_per_min:.1f} workflows/min\n"
+        f"submit to claim p50 {report.claim_p50_s:.2f} s, p95 {report.claim_p95_s:.2f} s\n"
         f"outcomes {report.outcomes}; {report.retried_calls} calls retried; "
         f"{report.refunds} refunds ({report.refunded_credits} credits); "
         f"peak memory {report.peak_memory_mb:.0f} MB"
@@ -539,7 +543,7 @@ def _print_tokens(email: str, listed: list[tokens.TokenView]) -> None:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from core.worker import run_worker
 
-    run_worker(settings, concurrency=args.concurrency, pool=args.pool)
+    run_worker(settings, concurrency=args.concurrency)
     return 0
 
 
@@ -603,7 +607,8 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
         console.print_json(json.dumps([_run_row_json(r) for r in page.rows]))
         return 0
     table = Table(title=f"{len(page.rows)} of {page.total} runs, newest first")
-    for column in ("workflow", "user", "status", "created", "duration", "cost", "prompt"):
+    table.add_column("workflow", no_wrap=True)
+    for column in ("user", "status", "created", "duration", "cost", "prompt"):
         table.add_column(column)
     for r in page.rows:
         seconds = r.duration_s

@@ -77,7 +77,9 @@ class Settings(BaseSettings):
     progress_min_interval_s: float = Field(0.5, ge=0)
     heartbeat_interval_s: float = Field(5.0, gt=0)
     heartbeat_stale_s: float = Field(60.0, gt=0)
-    recovery_interval_s: float = Field(30.0, gt=0)
+    # Short: on Postgres a pass takes over a dead runner's runs as soon as it runs (one
+    # process at a time, a few small queries), so this is how long a takeover can wait.
+    recovery_interval_s: float = Field(5.0, gt=0)
     max_recoveries: int = Field(3, ge=0)
     step_timeouts_s: dict[str, float] = Field(default_factory=dict)
     presign_expiry_s: int = Field(3600, gt=0)

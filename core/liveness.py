@@ -154,6 +154,16 @@ def running_runs(session: Session) -> list[HeldRun]:
     return [HeldRun(*row) for row in rows]
 
 
+def mark_nudged(session: Session, workflow_ids: Sequence[str]) -> None:
+    """Recovery re-sent these runs: a queued one is not re-sent again before it is stale anew
+    (a long broker queue must not fill up with copies of the same nudge)."""
+    if workflow_ids:
+        session.execute(
+            update(Workflow).where(Workflow.id.in_(workflow_ids)).values(nudged_at=utcnow()),
+            execution_options={"synchronize_session": False},
+        )
+
+
 def next_waiting(session: Session, user_id: int) -> str | None:
     """The user's oldest queued run: the one to nudge when one of their slots frees."""
     return session.execute(

@@ -177,6 +177,8 @@ class Workflow(Base):
     runner_id: Mapped[str | None] = mapped_column(String(64))
     # The process (host:pid) that last claimed the run, kept after it ends: who ran it.
     worker_id: Mapped[str | None] = mapped_column(String(128))
+    # When recovery last re-sent the run (a lost message): the next re-send waits a while.
+    nudged_at: Mapped[datetime | None] = mapped_column()
     heartbeat_at: Mapped[datetime | None] = mapped_column()
     recoveries: Mapped[int] = mapped_column(Integer, default=0)
     error_message: Mapped[str | None] = mapped_column(Text)

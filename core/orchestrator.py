@@ -129,6 +129,8 @@ class Orchestrator:
             for workflow_id in fresh:
                 log.warning("Workflow %s - recovering an interrupted run", workflow_id)
                 self.submit(workflow_id)
+            with self.db.begin() as session:
+                liveness.mark_nudged(session, fresh)
         return RecoveryReport(
             resubmitted=fresh, taken_over=[wid for wid in taken_over if wid in fresh]
         )
@@ -136,6 +138,8 @@ class Orchestrator:
     def _release_dead_runners(self) -> list[str]:
         """Give back the running runs whose run lock nobody holds (their process died), so the
         stale-run pass below picks them up without waiting for their heartbeat to age."""
+        if not self.run_locks.enabled:
+            return []  # no locks to ask (SQLite): the heartbeat alone tells
         with self.db.read() as session:
             held = [r for r in liveness.running_runs(session) if r.runner_id is not None]
         with self._lock:
@@ -168,6 +172,9 @@ class Orchestrator:
                 return None
             view = self._claim(workflow_id)
             if view is None:
+                log.info(
+                    "Workflow %s - not claimed: held, ended, or its user's slots full", workflow_id
+                )
                 return None
             with self._lock:
                 self._active.add(workflow_id)

@@ -75,6 +75,31 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"databases: sqlite + postgres ({url})" if url else "databases: sqlite only"
 
 
+# -- Redis ------------------------------------------------------------------------------------
+
+
+def _redis_required() -> bool:
+    return os.environ.get("REQUIRE_REDIS") == "1"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """TEST_REDIS_URL (a database number of its own on a shared server): the Celery tests skip
+    without it, and fail under REQUIRE_REDIS=1."""
+    url = os.environ.get("TEST_REDIS_URL")
+    if not url:
+        if _redis_required():
+            pytest.fail("REQUIRE_REDIS=1 but TEST_REDIS_URL is not set")
+        pytest.skip("TEST_REDIS_URL not set")
+    import redis
+
+    try:
+        redis.Redis.from_url(url).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis at {url} is not usable: {exc}")
+    return url
+
+
 # -- SQLite -----------------------------------------------------------------------------------
 
 

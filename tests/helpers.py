@@ -32,6 +32,10 @@ ENGINE_ENV = (
     "OFFLINE_LATENCY_S",
     "DATA_DIR",
     "DEBUG",
+    "EXECUTOR",
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "MAX_ACTIVE_RUNS_PER_USER",
 )
 
 

@@ -1,4 +1,5 @@
-"""workers: who ran a run and each step (host:pid), and a table of live runner processes
+"""workers: who ran a run and each step (host:pid), when recovery last re-sent a run, and a
+table of live runner processes
 
 Revision ID: 0008
 Revises: 0007
@@ -19,6 +20,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("workflows") as batch_op:
         batch_op.add_column(sa.Column("worker_id", sa.String(length=128), nullable=True))
+        batch_op.add_column(sa.Column("nudged_at", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("workflow_steps") as batch_op:
         batch_op.add_column(sa.Column("worker_id", sa.String(length=128), nullable=True))
     op.create_table(
@@ -40,4 +42,5 @@ def downgrade() -> None:
     with op.batch_alter_table("workflow_steps") as batch_op:
         batch_op.drop_column("worker_id")
     with op.batch_alter_table("workflows") as batch_op:
+        batch_op.drop_column("nudged_at")
         batch_op.drop_column("worker_id")
