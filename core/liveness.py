@@ -49,26 +49,34 @@ def run_lock_key(workflow_id: str) -> int:
 
 
 class RunLocks:
-    """The advisory locks of the runs this process is running (a no-op off Postgres)."""
+    """The runs this process is running: one thread each, and on Postgres an advisory lock
+    each, so no other process runs them either."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self.enabled = db.dialect == "postgresql"
         self._mutex = threading.Lock()
         self._connection: Connection | None = None
+        # Advisory locks are re-entrant within their session: a second delivery of a run's
+        # message to this process must be refused here, not by the database.
+        self._held: set[str] = set()
 
     def acquire(self, workflow_id: str) -> bool:
-        """Take the run's lock; False when another live process holds it (it is running the
-        run, or a duplicate delivery of its message is being turned away)."""
-        if not self.enabled:
-            return True
+        """Take the run's lock; False when a thread here or another live process holds it (it
+        is running the run, or a duplicate delivery of its message is being turned away)."""
         with self._mutex:
-            return bool(self._execute("SELECT pg_try_advisory_lock(:k)", workflow_id))
+            if workflow_id in self._held:
+                return False
+            if self.enabled and not self._execute("SELECT pg_try_advisory_lock(:k)", workflow_id):
+                return False
+            self._held.add(workflow_id)
+            return True
 
     def release(self, workflow_id: str) -> None:
-        if not self.enabled:
-            return
         with self._mutex:
+            self._held.discard(workflow_id)
+            if not self.enabled:
+                return
             try:
                 self._execute("SELECT pg_advisory_unlock(:k)", workflow_id)
             except DBAPIError:  # the connection is gone, and the lock with it
@@ -76,6 +84,7 @@ class RunLocks:
 
     def close(self) -> None:
         with self._mutex:
+            self._held.clear()
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None

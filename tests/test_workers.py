@@ -52,7 +52,7 @@ OPERATOR = UserView(0, "ops", "ops", Role.ADMIN, 0, True)  # cancels any run, as
 # Short beats so a test sees recovery act in about a second (defaults: 5 s, 60 s, 30 s).
 ENGINE = {
     "HEARTBEAT_INTERVAL_S": "0.2",
-    "HEARTBEAT_STALE_S": "5",
+    "HEARTBEAT_STALE_S": "10",
     "RECOVERY_INTERVAL_S": "0.5",
     "POLL_INTERVAL_S": "0.05",
     "PROGRESS_MIN_INTERVAL_S": "0",
@@ -149,9 +149,10 @@ def _listed(db: Database) -> set[str]:
         return {w.id for w in liveness.live_workers(session, seen_after=seen_after)}
 
 
-@pytest.fixture(scope="module")
-def workers_db(postgres_url: str) -> Iterator[str]:
-    """A database of this module's own: its workers outlive any one test."""
+@contextmanager
+def own_database(postgres_url: str) -> Iterator[str]:
+    """A database per group of workers: they outlive any one test, and one group's recovery
+    must not hand the other's runs to its own workers."""
     with scratch_database(postgres_url, prefix="reelforge_workers") as url:
         upgrade_schema(url)
         yield url
@@ -196,24 +197,38 @@ class RedisServer:
 
 
 @pytest.fixture(scope="module")
-def instant(workers_db, private_redis, tmp_path_factory) -> Iterator[Cluster]:
+def instant(postgres_url, private_redis, tmp_path_factory) -> Iterator[Cluster]:
     """Two workers, instant providers, on the private Redis."""
     tmp = tmp_path_factory.mktemp("instant")
-    with cluster(
-        workers_db, private_redis.url, tmp, workers=2, concurrency=4, OFFLINE_LATENCY_S="0"
-    ) as running:
+    with (
+        own_database(postgres_url) as url,
+        cluster(
+            url, private_redis.url, tmp, workers=2, concurrency=4, OFFLINE_LATENCY_S="0"
+        ) as running,
+    ):
         yield running
 
 
 @pytest.fixture(scope="module")
-def slow(workers_db, redis_url, tmp_path_factory) -> Iterator[Cluster]:
+def slow(postgres_url, redis_url, tmp_path_factory) -> Iterator[Cluster]:
     """Two workers of two slots each; every provider call takes about a second, so a run can
-    be caught mid-step (about 8 s a run). On TEST_REDIS_URL, emptied first."""
+    be caught mid-step (about 8 s a run). A heartbeat goes stale only after ten minutes here:
+    a takeover within the test can only come from the dead runner's free run lock. On
+    TEST_REDIS_URL, emptied first."""
     redis.Redis.from_url(redis_url).flushdb()
     tmp = tmp_path_factory.mktemp("slow")
-    with cluster(
-        workers_db, redis_url, tmp, workers=2, concurrency=2, OFFLINE_LATENCY_S="1"
-    ) as running:
+    with (
+        own_database(postgres_url) as url,
+        cluster(
+            url,
+            redis_url,
+            tmp,
+            workers=2,
+            concurrency=2,
+            OFFLINE_LATENCY_S="1",
+            HEARTBEAT_STALE_S="600",
+        ) as running,
+    ):
         yield running
 
 
@@ -305,9 +320,11 @@ def test_a_message_delivered_twice_runs_its_workflow_once(instant):
     assert all(r.recoveries == 0 for r in runs)
     assert all(s.attempts == 1 for r in runs for s in r.steps)
     assert_paid_once(instant.db, ids)
-    # Both messages of every run reached a worker: the second found the run held or ended.
-    wait_for(lambda: all(_received(instant, wid) == 2 for wid in ids), timeout_s=30)
-    print("\nduplicate delivery: 5 runs, 10 messages received by workers, each run executed once")
+    # Both messages of every run reached a worker (and any recovery re-sent on a slow day):
+    # all but one found the run held or ended.
+    wait_for(lambda: all(_received(instant, wid) >= 2 for wid in ids), timeout_s=30)
+    received = sum(_received(instant, wid) for wid in ids)
+    print(f"\nduplicate delivery: 5 runs, {received} messages received, each run executed once")
 
 
 def _received(cluster_: Cluster, workflow_id: str) -> int:
@@ -352,9 +369,11 @@ def test_cancel_reaches_a_run_waiting_in_the_broker_and_one_running_on_a_worker(
     wait_for(lambda: all(r.status is WorkflowStatus.RUNNING for r in slow.runs(running)), 60)
     (waiting,) = slow.start(slow.user())
 
-    slow.runtime.cancel(waiting, OPERATOR)
-    dropped = f"Discarding revoked task: reelforge.run_workflow[{waiting}]"
-    wait_for(lambda: any(dropped in w.output() for w in slow.workers), timeout_s=60)
+    slow.runtime.cancel(waiting, OPERATOR)  # ends it in the database, then revokes it
+    # The revoke reached every worker: a message still in Redis is dropped on arrival; one a
+    # worker had already reserved runs, finds the run cancelled and returns.
+    revoked = f"Tasks flagged as revoked: {waiting}"
+    wait_for(lambda: all(revoked in w.output() for w in slow.workers), timeout_s=60)
 
     wait_for(lambda: processing(slow, running, StepName.GENERATE_VIDEO) != [], 60)
     target = processing(slow, running, StepName.GENERATE_VIDEO)[0]
@@ -379,21 +398,20 @@ def test_cancel_reaches_a_run_waiting_in_the_broker_and_one_running_on_a_worker(
 
 
 def test_a_worker_killed_mid_video_has_its_runs_finished_by_the_other_within_seconds(slow):
-    users = [slow.user(), slow.user()]
-    ids = [wid for user in users for wid in slow.start(user, 2)]
-    victim, survivor = slow.workers
-
-    def victim_in_video() -> bool:
-        return any(r.worker_id == victim.id for r in processing(slow, ids, StepName.GENERATE_VIDEO))
-
-    wait_for(victim_in_video, timeout_s=60)
+    # Two runs on four slots: whichever worker dies, the other has a slot for each of its runs.
+    ids = [slow.start(slow.user())[0] for _ in range(2)]
+    wait_for(lambda: processing(slow, ids, StepName.GENERATE_VIDEO) != [], timeout_s=60)
+    victim_id = processing(slow, ids, StepName.GENERATE_VIDEO)[0].worker_id
+    (victim,) = [w for w in slow.workers if w.id == victim_id]
+    (survivor,) = [w for w in slow.workers if w is not victim]
     held = [r.id for r in slow.runs(ids) if r.worker_id == victim.id and r.status.is_active]
     victim.kill()
     killed_at = time.monotonic()
 
-    wait_for(lambda: all(r.worker_id == survivor.id for r in slow.runs(held)), timeout_s=15)
+    # Bounds far below the ten-minute staleness: the figures printed are the measure.
+    wait_for(lambda: all(r.worker_id == survivor.id for r in slow.runs(held)), timeout_s=60)
     takeover_s = time.monotonic() - killed_at
-    wait_for(lambda: all(r.status.is_terminal for r in slow.runs(held)), timeout_s=15)
+    wait_for(lambda: all(r.status.is_terminal for r in slow.runs(held)), timeout_s=120)
     finished_s = time.monotonic() - killed_at
 
     runs = slow.wait_ended(ids, timeout_s=60)
@@ -402,6 +420,6 @@ def test_a_worker_killed_mid_video_has_its_runs_finished_by_the_other_within_sec
     assert_paid_once(slow.db, ids)
     assert_ledger_sound(slow.db, ids)
     print(
-        f"\nkilled {victim.id} holding {len(held)} runs: taken over by {survivor.id} in "
-        f"{takeover_s:.2f} s, finished {finished_s:.2f} s after the kill"
+        f"\nkilled {victim.id} holding {len(held)} runs mid-video: taken over by {survivor.id} "
+        f"{takeover_s:.2f} s after the kill, finished {finished_s:.2f} s after it"
     )
