@@ -60,6 +60,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # duration you would want the multiplier value to be one": a worker busy with videos
         # must not sit on messages an idle worker could start now.
         "worker_prefetch_multiplier": 1,
+        # And with early acks the worker would still reserve one more message per slot while
+        # its slots run (those are acked already). Celery 5.5+ on Redis can fetch only for a
+        # free slot: a run never waits behind a busy worker while another is idle, and a Redis
+        # restart finds no reserved message to restore (kombu's restore on a lost connection
+        # is where a worker was seen to crash in our restart test).
+        "worker_disable_prefetch": True,
         # configuration.rst: this kills the tasks "with late acknowledgment enabled" when the
         # broker connection is lost, because their messages will be redelivered. Ours are acked
         # early and their state is in the database: a Redis blip must not stop runs in flight.

@@ -335,7 +335,7 @@ def _received(cluster_: Cluster, workflow_id: str) -> int:
 def test_redis_restarted_with_runs_in_flight_workers_reconnect_and_every_run_completes(
     instant, private_redis
 ):
-    ids = [wid for _ in range(6) for wid in instant.start(instant.user(), 4)]
+    ids = [wid for _ in range(4) for wid in instant.start(instant.user(), 3)]
     wait_for(lambda: sum(r.status is WorkflowStatus.COMPLETED for r in instant.runs(ids)) >= 2)
 
     private_redis.stop()  # queued messages die with it (no persistence)
@@ -370,10 +370,10 @@ def test_cancel_reaches_a_run_waiting_in_the_broker_and_one_running_on_a_worker(
     (waiting,) = slow.start(slow.user())
 
     slow.runtime.cancel(waiting, OPERATOR)  # ends it in the database, then revokes it
-    # The revoke reached every worker: a message still in Redis is dropped on arrival; one a
-    # worker had already reserved runs, finds the run cancelled and returns.
-    revoked = f"Tasks flagged as revoked: {waiting}"
-    wait_for(lambda: all(revoked in w.output() for w in slow.workers), timeout_s=60)
+    # Its message waits in Redis (no worker fetches without a free slot): when a slot frees,
+    # the worker that takes it drops it unrun.
+    dropped = f"Discarding revoked task: reelforge.run_workflow[{waiting}]"
+    wait_for(lambda: any(dropped in w.output() for w in slow.workers), timeout_s=120)
 
     wait_for(lambda: processing(slow, running, StepName.GENERATE_VIDEO) != [], 60)
     target = processing(slow, running, StepName.GENERATE_VIDEO)[0]
@@ -384,7 +384,9 @@ def test_cancel_reaches_a_run_waiting_in_the_broker_and_one_running_on_a_worker(
     assert (queued_end.started_at, queued_end.worker_id) == (None, None)  # never claimed
     assert running_end.status is WorkflowStatus.CANCELLED
     assert running_end.worker_id in {w.id for w in slow.workers}
-    assert running_end.step(StepName.GENERATE_VIDEO).status is StepStatus.CANCELLED
+    # Stopped inside the video step, or at the boundary after it if it had just ended.
+    assert all(s.status is not StepStatus.PROCESSING for s in running_end.steps)
+    assert running_end.step(StepName.FINALIZE).status is StepStatus.SKIPPED
     slow.wait_ended(running, timeout_s=60)
     assert_ledger_sound(slow.db, running + [waiting])
     with slow.db.read() as session:
