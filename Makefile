@@ -33,8 +33,11 @@ worker: install
 	$(PY) -m core db upgrade
 	$(PY) -m core worker $(if $(CONCURRENCY),--concurrency $(CONCURRENCY))
 
+# Two test processes by default (each with its own scratch Postgres database and Redis
+# database number); TEST_PROCESSES=0 runs everything in this one.
+TEST_PROCESSES ?= 2
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_PROCESSES)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -85,12 +86,14 @@ def _redis_required() -> bool:
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """TEST_REDIS_URL (a database number of its own on a shared server): the Celery tests skip
-    without it, and fail under REQUIRE_REDIS=1."""
+    without it, and fail under REQUIRE_REDIS=1. Each parallel test process (pytest-xdist) takes
+    the next database number, so two processes' workers never consume each other's messages."""
     url = os.environ.get("TEST_REDIS_URL")
     if not url:
         if _redis_required():
             pytest.fail("REQUIRE_REDIS=1 but TEST_REDIS_URL is not set")
         pytest.skip("TEST_REDIS_URL not set")
+    url = _per_test_process(url)
     import redis
 
     try:
@@ -98,6 +101,13 @@ def redis_url() -> str:
     except redis.RedisError as exc:
         pytest.fail(f"Redis at {url} is not usable: {exc}")
     return url
+
+
+def _per_test_process(url: str) -> str:
+    parts = urlsplit(url)
+    base = int(parts.path.strip("/") or 0)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # gw0, gw1, ... (gw0 alone: no xdist)
+    return urlunsplit(parts._replace(path=f"/{base + int(worker.removeprefix('gw'))}"))
 
 
 # -- SQLite -----------------------------------------------------------------------------------

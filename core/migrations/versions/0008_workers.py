@@ -2,7 +2,7 @@
 table of live runner processes
 
 Revision ID: 0008
-Revises: 0007
+Revises: 0011
 Create Date: 2026-11-30 14:00:00
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0007"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
