@@ -87,3 +87,22 @@ def run_core(env: dict[str, str], cwd: Path, *args: str) -> subprocess.Completed
         timeout=120,
         cwd=cwd,
     )
+
+
+class ParkedExecutor:
+    """An executor that runs nothing: for tests that look at what starting writes, or that make
+    a run's state changes themselves."""
+
+    runs_here = True
+
+    def bind(self, job: Callable[[str], object]) -> None:
+        pass
+
+    def submit(self, workflow_id: str) -> None:
+        pass
+
+    def revoke(self, workflow_id: str) -> None:
+        pass
+
+    def shutdown(self, *, wait: bool = True) -> None:
+        pass

@@ -11,21 +11,12 @@ from core.prompts import ShotChoices
 from core.providers import catalog
 from core.runtime import Runtime
 from core.schemas import parse_request
-
-
-class Parked:
-    """An executor that runs nothing: these tests look at what starting writes, not the runs."""
-
-    def submit(self, job, workflow_id: str) -> None:
-        return None
-
-    def shutdown(self, *, wait: bool = True) -> None:
-        return None
+from tests.helpers import ParkedExecutor
 
 
 @pytest.fixture
 def runtime(settings):
-    engine = Runtime(settings, upgrade=False, executor=Parked())
+    engine = Runtime(settings, upgrade=False, executor=ParkedExecutor())
     yield engine
     engine.shutdown()
 

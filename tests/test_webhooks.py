@@ -26,7 +26,7 @@ from core.schemas import parse_request
 from core.states import STEP_ORDER, StepName, WorkflowStatus
 from core.webhook_sender import WebhookSender
 from core.webhooks import Attempt, DeliveryStatus
-from tests.helpers import balance, free_port, load, wait_for
+from tests.helpers import ParkedExecutor, balance, free_port, load, wait_for
 from tests.local_http import local_server
 
 PAYLOAD = {
@@ -179,16 +179,6 @@ def queued(runtime: Runtime, user, req) -> str:
     return workflow_id
 
 
-class Parked:
-    """An executor that runs nothing: the test makes the run's state changes itself."""
-
-    def submit(self, job, workflow_id: str) -> None:
-        pass
-
-    def shutdown(self, *, wait: bool = True) -> None:
-        pass
-
-
 def complete_by_hand(db: Database, workflow_id: str, runner: str = "runner-a") -> None:
     """Every state change of a run that completes, through the write paths the orchestrator
     uses (without making a video: that is the orchestrator tests' business)."""
@@ -274,7 +264,7 @@ def test_two_senders_claiming_at_once_on_postgres_take_different_messages(postgr
 def test_the_event_filter_picks_the_runs_events_and_the_global_url_hears_all(hooked, make_user):
     """A real run through the orchestrator: its state changes are the ones that enqueue."""
     settings = hooked.model_copy(update={"webhook_url": "http://operators.test/all"})
-    runtime = Runtime(settings, upgrade=False, executor=Parked())
+    runtime = Runtime(settings, upgrade=False, executor=ParkedExecutor())
     try:
         user = make_user()
         only_end, _ = runtime.start_workflow(
@@ -328,7 +318,7 @@ def test_a_receiver_down_for_a_while_then_up_gets_each_event_once_signed(hooked,
             "webhook_secret": SecretStr(GLOBAL_SECRET),
         }
     )
-    runtime = Runtime(settings, upgrade=False, executor=Parked())
+    runtime = Runtime(settings, upgrade=False, executor=ParkedExecutor())
     try:
         user = make_user()
         workflow_id, _ = runtime.start_workflow(user, request(f"http://127.0.0.1:{port}/run"))
@@ -364,7 +354,7 @@ def test_the_address_is_checked_again_at_delivery_and_the_host_kept(hooked, make
     under its own Host name."""
     with local_server(lambda _: (200, {})) as receiver:
         port = receiver.url.rsplit(":", 1)[1]
-        runtime = Runtime(hooked, upgrade=False, executor=Parked())
+        runtime = Runtime(hooked, upgrade=False, executor=ParkedExecutor())
         try:
             user = make_user()
             workflow_id, _ = runtime.start_workflow(

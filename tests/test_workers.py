@@ -370,14 +370,17 @@ def test_cancel_reaches_a_run_waiting_in_the_broker_and_one_running_on_a_worker(
     (waiting,) = slow.start(slow.user())
 
     slow.runtime.cancel(waiting, OPERATOR)  # ends it in the database, then revokes it
-    # Its message waits in Redis (no worker fetches without a free slot): when a slot frees,
-    # the worker that takes it drops it unrun.
-    dropped = f"Discarding revoked task: reelforge.run_workflow[{waiting}]"
-    wait_for(lambda: any(dropped in w.output() for w in slow.workers), timeout_s=120)
 
+    # Chosen while the runs are still early, before any ends (waiting for the revoked message
+    # first would let them run past their video step).
     wait_for(lambda: processing(slow, running, StepName.GENERATE_VIDEO) != [], 60)
     target = processing(slow, running, StepName.GENERATE_VIDEO)[0]
     slow.runtime.cancel(target.id, OPERATOR)  # from this process, as from another machine
+
+    # The waiting run's message stays in Redis (no worker fetches without a free slot): when a
+    # slot frees, the worker that takes it drops it unrun.
+    dropped = f"Discarding revoked task: reelforge.run_workflow[{waiting}]"
+    wait_for(lambda: any(dropped in w.output() for w in slow.workers), timeout_s=120)
 
     queued_end, running_end = slow.wait_ended([waiting, target.id], timeout_s=60)
     assert queued_end.status is WorkflowStatus.CANCELLED
