@@ -266,9 +266,17 @@ def generations(db: Database, ids: list[str]) -> Counter[tuple[str, str]]:
         return Counter((wid, op) for wid, op in rows)
 
 
-def assert_paid_once(db: Database, ids: list[str]) -> None:
+def assert_paid_once(
+    db: Database, ids: list[str], *, image_may_repeat: frozenset[str] = frozenset()
+) -> None:
+    """Each run's still generated and video submitted exactly once, except the still of a run
+    in `image_may_repeat` (killed before its image step finished), made at most twice."""
     counts = generations(db, ids)
-    repeated = {key: n for key, n in counts.items() if n != 1}
+    repeated = {
+        (wid, op): n
+        for (wid, op), n in counts.items()
+        if n != 1 and not (op == "generate" and wid in image_may_repeat and n == 2)
+    }
     assert repeated == {}, f"generated more than once: {repeated}"
     assert len(counts) == 2 * len(ids)
 
@@ -410,6 +418,14 @@ def test_a_worker_killed_mid_video_has_its_runs_finished_by_the_other_within_sec
     (victim,) = [w for w in slow.workers if w.id == victim_id]
     (survivor,) = [w for w in slow.workers if w is not victim]
     held = [r.id for r in slow.runs(ids) if r.worker_id == victim.id and r.status.is_active]
+    # Read before the kill: a run of the victim's whose image step had not finished may have
+    # its still made again (the provider's answer died with the process, the rule of
+    # tests/test_crash_recovery.py); every other still and every video is paid once.
+    image_done = {
+        r.id
+        for r in slow.runs(ids)
+        if r.step(StepName.GENERATE_IMAGE).status is StepStatus.COMPLETED
+    }
     victim.kill()
     killed_at = time.monotonic()
 
@@ -422,7 +438,7 @@ def test_a_worker_killed_mid_video_has_its_runs_finished_by_the_other_within_sec
     runs = slow.wait_ended(ids, timeout_s=60)
     assert all(r.status is WorkflowStatus.COMPLETED for r in runs)
     assert all(r.recoveries == 1 for r in slow.runs(held))
-    assert_paid_once(slow.db, ids)
+    assert_paid_once(slow.db, ids, image_may_repeat=frozenset(held) - image_done)
     assert_ledger_sound(slow.db, ids)
     print(
         f"\nkilled {victim.id} holding {len(held)} runs mid-video: taken over by {survivor.id} "
