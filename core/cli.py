@@ -496,7 +496,13 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     runtime = Runtime(settings)
     try:
         runtime.start_background()
-        uvicorn.run(create_app(runtime), host=settings.api_host, port=settings.api_port)
+        uvicorn.run(
+            create_app(runtime),
+            host=settings.api_host,
+            port=settings.api_port,
+            # LOG_FORMAT=json: uvicorn's own lines go through the root logger's JSON handler.
+            **({"log_config": None, "log_level": "info"} if settings.log_format == "json" else {}),
+        )
     finally:
         runtime.shutdown()
     return 0

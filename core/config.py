@@ -113,6 +113,13 @@ class Settings(BaseSettings):
     stream_poll_interval_s: float = Field(0.25, gt=0)
     stream_ping_s: float = Field(15.0, gt=0)
 
+    # Operations. A worker serves /metrics, /livez and /readyz on METRICS_HOST:METRICS_PORT
+    # (no port: none of them); the API serves them on its own port. LOG_FORMAT=json writes one
+    # JSON object per line (core.logs).
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    log_format: Literal["text", "json"] = "text"
+
     # Accounts
     session_idle_timeout_s: float = Field(3600, gt=0)
     session_max_age_s: float = Field(12 * 3600, gt=0)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from core import inbox
+from core import inbox, metrics
 from core.clock import utcnow
 from core.errors import InsufficientCreditsError, NotFoundError, RequestValidationError
 from core.models import AuditEvent, CreditTransaction, Setting, User, Workflow, view_of
@@ -248,7 +248,7 @@ def adjust(session: Session, user_id: int, amount: int, *, actor: str, reason: s
 
 def reserve(session: Session, user_id: int, amount: int, *, workflow_id: str, actor: str) -> int:
     """Take a run's credits up front; raises InsufficientCreditsError rather than overdraw."""
-    return _apply(
+    entry = _apply(
         session,
         user_id=user_id,
         amount=-amount,
@@ -257,7 +257,9 @@ def reserve(session: Session, user_id: int, amount: int, *, workflow_id: str, ac
         reason="credits reserved at start",
         workflow_id=workflow_id,
         idempotency_key=f"reserve:{workflow_id}",
-    ).balance_after
+    )
+    metrics.credits_reserved(session, amount)
+    return entry.balance_after
 
 
 def refund(session: Session, workflow_id: str, *, reason: str, actor: str = SYSTEM_ACTOR) -> int:
@@ -274,6 +276,7 @@ def refund(session: Session, workflow_id: str, *, reason: str, actor: str = SYST
     )
     if entry is None:
         return 0
+    metrics.credits_refunded(session, entry.amount)
     if actor != SYSTEM_ACTOR:
         inbox.ledger_moved(session, entry)
     return entry.amount
@@ -297,6 +300,7 @@ def release_reused_still(session: Session, workflow_id: str, *, source_id: str) 
     )
     if entry is None:
         return 0
+    metrics.credits_released(session, entry.amount)
     session.execute(
         update(Workflow)
         .where(Workflow.id == workflow_id)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from core.logs import run_context
+
 log = logging.getLogger(__name__)
 
 Job = Callable[[str], Any]
@@ -61,7 +63,7 @@ class ThreadExecutor(_LocalExecutor):
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="reelforge-run")
 
     def submit(self, workflow_id: str) -> None:
-        future = self._pool.submit(self._bound(), workflow_id)
+        future = self._pool.submit(_in_run_context, self._bound(), workflow_id)
         future.add_done_callback(_log_crash)
 
     def shutdown(self, *, wait: bool = True) -> None:
@@ -72,10 +74,16 @@ class InlineExecutor(_LocalExecutor):
     """Runs each job at once in the caller's thread: tests and scripts that want no threads."""
 
     def submit(self, workflow_id: str) -> None:
-        self._bound()(workflow_id)
+        _in_run_context(self._bound(), workflow_id)
 
     def shutdown(self, *, wait: bool = True) -> None:
         return None
+
+
+def _in_run_context(job: Job, workflow_id: str) -> Any:
+    """The run's id (and then its step) on every line logged while it runs (core.logs)."""
+    with run_context(workflow_id):
+        return job(workflow_id)
 
 
 def _log_crash(future) -> None:

@@ -1,8 +1,11 @@
 """Health checks: the database (and its schema version), a storage write/read/delete probe, and
-each provider's credentials through its cheapest call; each with its latency."""
+each provider's credentials through its cheapest call; each with its latency. And readiness for a
+process supervisor or Kubernetes: only what a process cannot work without (the database, and the
+broker where runs go through it), cheap enough to ask every few seconds."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -10,12 +13,16 @@ from dataclasses import dataclass
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from kombu import Connection
+from sqlalchemy import text
 
 from core.config import Settings
 from core.db import Database, alembic_config
 from core.errors import ProviderConfigError, ReelforgeError
 from core.providers.base import Providers
 from core.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,45 @@ def check_storage(providers: Providers) -> str:
     finally:
         storage.delete(key)
     return f"{storage.name}: write/read/delete ok"
+
+
+# A probe answers within its own timeout (Kubernetes' default is 1 s): a broker that does not
+# answer in this long counts as down.
+_BROKER_TIMEOUT_S = 0.8
+
+
+def ping_database(db: Database) -> str:
+    with db.engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    return "ok"
+
+
+def ping_broker(url: str) -> str:
+    options = {"socket_timeout": _BROKER_TIMEOUT_S, "socket_connect_timeout": _BROKER_TIMEOUT_S}
+    with Connection(url, connect_timeout=_BROKER_TIMEOUT_S, transport_options=options) as broker:
+        broker.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+    return "ok"
+
+
+def readiness(db: Database, broker_url: str | None) -> list[Check]:
+    """The database, and the broker when `broker_url` is given (runs go through it)."""
+    checks = [_timed("database", lambda: ping_database(db))]
+    if broker_url is not None:
+        checks.append(_timed("broker", lambda: ping_broker(broker_url)))
+    for check in checks:
+        if not check.ok:
+            log.warning("Readiness - %s down: %s", check.name, check.detail)
+    return checks
+
+
+def readiness_body(checks: list[Check]) -> dict[str, object]:
+    """The probes' JSON: each check's name and state, never a detail (the probes answer anyone;
+    the details go to the log)."""
+    return {
+        "ready": all(c.ok for c in checks),
+        "checks": {c.name: "ok" if c.ok else "down" for c in checks},
+        "failed": [c.name for c in checks if not c.ok],
+    }
 
 
 def check_all(runtime: Runtime) -> list[Check]:

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from core import liveness, workflows
+from core import liveness, logs, metrics, workflows
 from core.clock import utcnow
 from core.config import Settings
 from core.db import Database
@@ -274,6 +274,7 @@ class Orchestrator:
     def _execution(self, view: WorkflowView, step: StepName) -> StepExecution:
         current = view.step(step)
         assert current.deadline_at is not None  # set by _start
+        logs.set_step(step)
         return StepExecution(
             db=self.db,
             providers=self.providers,
@@ -294,6 +295,7 @@ class Orchestrator:
         last = step is STEP_ORDER[-1]
         execution.flush(session, final=True)
         workflows.complete_step(session, view.id, step, self.runner_id, output)
+        metrics.step_finished(session, step, StepStatus.COMPLETED, execution.started)
         if last:
             workflows.complete_run(session, view.id, self.runner_id)
         done = replace(execution.step, status=StepStatus.COMPLETED, progress=100, output=output)
@@ -314,6 +316,7 @@ class Orchestrator:
         with self.db.begin() as session:
             if execution is not None:
                 execution.flush(session, final=True)
+                metrics.step_finished(session, execution.step.name, status, execution.started)
             if action.status is WorkflowStatus.COMPLETED:
                 workflows.complete_run(session, view.id, self.runner_id)
             else:

@@ -27,7 +27,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
-from core import credits, reuse, workflows
+from core import credits, metrics, reuse, workflows
 from core.clock import utcnow
 from core.config import Settings
 from core.db import Database
@@ -97,6 +97,7 @@ class StepExecution:
         self._reused_from: str | None = None
         self._pending_progress: tuple[int, str, VideoJobProgress | None] | None = None
         self._last_write = time.monotonic()  # the step's start was just written
+        self.started = time.monotonic()
         self.last_progress = step.progress
 
     def run(self, step_function: StepFunction) -> dict[str, Any] | EndRun:
@@ -300,6 +301,7 @@ class StepExecution:
             outcome = "permanent"
         else:
             outcome = "error"
+        metrics.call_finished(provider, operation, outcome, attempt, error, started_monotonic=clock)
         self._calls.append(
             ApiCallRecord(
                 workflow_id=self.workflow.id,

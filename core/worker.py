@@ -18,6 +18,7 @@ from kombu.exceptions import OperationalError
 
 from core.config import STEP_TIMEOUT_DEFAULTS_S, Settings, load_settings
 from core.errors import ConfigurationError
+from core.logs import JsonFormatter, run_context
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,8 @@ def worker_runtime() -> Any:
 
 @app.task(name=TASK_NAME, ignore_result=True)
 def run_workflow(workflow_id: str) -> None:
-    worker_runtime().orchestrator.run_workflow(workflow_id)
+    with run_context(workflow_id):
+        worker_runtime().orchestrator.run_workflow(workflow_id)
 
 
 @signals.worker_ready.connect
@@ -161,6 +163,12 @@ def _stop_engine(**_: Any) -> None:
         _runtime.shutdown()
 
 
+def _json_formatters(logger: logging.Logger, **_: Any) -> None:
+    """LOG_FORMAT=json: Celery sets up its loggers' handlers itself; give them our formatter."""
+    for handler in logger.handlers:
+        handler.setFormatter(JsonFormatter())
+
+
 def run_worker(settings: Settings, *, concurrency: int | None) -> None:
     """`python -m core worker`: consume runs until stopped (Ctrl-C, SIGTERM).
 
@@ -171,20 +179,30 @@ def run_worker(settings: Settings, *, concurrency: int | None) -> None:
     pool, one run-lock connection, one housekeeping thread) in about 250 MB, where prefork
     holds one per child (about 200 MB each), and nothing has to be rebuilt after a fork.
     """
+    from core import probes
     from core.db import upgrade_schema
     from core.liveness import this_worker_id
 
     upgrade_schema(settings.resolved_database_url)
     app.conf.update(celery_config(settings))
     logging.getLogger("core").setLevel(logging.INFO)  # a worker's log is its runs' story
-    app.worker_main(
-        [
-            "worker",
-            "--pool=threads",
-            f"--concurrency={concurrency or settings.worker_threads}",
-            f"--hostname=reelforge-{this_worker_id().replace(':', '-')}@%h",
-            "--loglevel=INFO",
-            "--without-mingle",  # workers share nothing worth syncing; start faster
-            "--without-gossip",
-        ]
-    )
+    if settings.log_format == "json":
+        signals.after_setup_logger.connect(_json_formatters)
+        signals.after_setup_task_logger.connect(_json_formatters)
+    # Before Celery starts: a supervisor sees the process live from its first seconds.
+    stop_probes = probes.serve(settings, settings.metrics_port) if settings.metrics_port else None
+    try:
+        app.worker_main(
+            [
+                "worker",
+                "--pool=threads",
+                f"--concurrency={concurrency or settings.worker_threads}",
+                f"--hostname=reelforge-{this_worker_id().replace(':', '-')}@%h",
+                "--loglevel=INFO",
+                "--without-mingle",  # workers share nothing worth syncing; start faster
+                "--without-gossip",
+            ]
+        )
+    finally:
+        if stop_probes is not None:
+            stop_probes()

@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, Row, and_, exists, func, insert, or_, sele
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core import budgets, credits, idempotency, inbox, reuse, webhooks
+from core import budgets, credits, idempotency, inbox, metrics, reuse, webhooks
 from core.auth import UserView
 from core.db import Database
 from core.errors import (
@@ -284,6 +284,7 @@ def _create(
     )
     credits.reserve(session, user_id, workflow.cost_credits, workflow_id=workflow.id, actor=actor)
     append_event(session, workflow.id, EventKind.RUN, run_payload(WorkflowStatus.QUEUED))
+    metrics.run_started(session, workflow.video_model)
     return workflow.id, True
 
 
@@ -407,6 +408,7 @@ def request_cancel(db: Database, workflow_id: str, viewer: UserView) -> Workflow
             )
             final = final_payload(WorkflowStatus.CANCELLED, refunded=refunded, message=message)
             append_event(session, workflow_id, EventKind.FINAL, final)
+            metrics.run_finished(session, workflow_id)
         return load_workflow(session, workflow_id)
 
 
@@ -617,6 +619,7 @@ def complete_run(session: Session, workflow_id: str, runner_id: str) -> None:
     inbox.run_ended(session, workflow_id)
     webhooks.enqueue(session, workflow_id, "completed", {"status": WorkflowStatus.COMPLETED.value})
     append_event(session, workflow_id, EventKind.FINAL, final_payload(WorkflowStatus.COMPLETED))
+    metrics.run_finished(session, workflow_id)
 
 
 def end_run(
@@ -671,6 +674,7 @@ def end_run(
         step=in_flight,
     )
     append_event(session, workflow_id, EventKind.FINAL, final)
+    metrics.run_finished(session, workflow_id)
     return refunded
 
 

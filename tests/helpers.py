@@ -7,8 +7,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 from sqlalchemy import select
 
 from core import credits, workflows
@@ -36,6 +40,9 @@ ENGINE_ENV = (
     "REDIS_URL",
     "CELERY_BROKER_URL",
     "MAX_ACTIVE_RUNS_PER_USER",
+    "LOG_FORMAT",
+    "METRICS_PORT",
+    "PROMETHEUS_MULTIPROC_DIR",
 )
 
 
@@ -106,3 +113,26 @@ class ParkedExecutor:
 
     def shutdown(self, *, wait: bool = True) -> None:
         pass
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One `/metrics` answer, parsed with the Prometheus text parser."""
+
+    samples: list[Sample]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of the samples called `name` whose labels include `labels` (0 when none)."""
+        return sum(
+            s.value for s in self.samples if s.name == name and labels.items() <= s.labels.items()
+        )
+
+    def moved(self, before: Scrape, name: str, **labels: str) -> float:
+        return self.value(name, **labels) - before.value(name, **labels)
+
+
+def scrape(url: str) -> Scrape:
+    answer = httpx.get(url, timeout=10)
+    assert answer.status_code == 200, answer.text
+    families = text_string_to_metric_families(answer.text)
+    return Scrape([sample for family in families for sample in family.samples])

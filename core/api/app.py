@@ -8,10 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 
+from core import metrics
 from core.api import openapi, problems
 from core.api.deps import rate_limited, sound_parameters
 from core.api.ratelimit import RateLimiter, RateLimitHeaders
-from core.api.routes import health, me, stream, workflows
+from core.api.routes import health, me, probes, stream, workflows
 from core.api.watcher import RunEventWatcher
 from core.runtime import Runtime
 
@@ -52,10 +53,14 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.runtime = runtime
     app.state.watcher = watcher
     app.state.limiter = RateLimiter(runtime.settings)
+    app.state.metrics = metrics.exposition(
+        runtime.db, worker_stale_s=runtime.settings.heartbeat_stale_s
+    )
     for module in (workflows, stream, me, health):
         app.include_router(
             module.router, dependencies=[Depends(rate_limited), Depends(sound_parameters)]
         )
+    app.include_router(probes.router)
     problems.install(app)
     app.add_middleware(RateLimitHeaders)
     openapi.install(app)

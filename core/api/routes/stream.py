@@ -18,6 +18,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
+from core import metrics
 from core.api.deps import CurrentUser, RuntimeDep, WatcherDep
 from core.api.responses import problems
 from core.api.routes.workflows import snapshot, status_body
@@ -99,16 +100,19 @@ async def run_stream(
 async def _events(
     watcher: RunEventWatcher, workflow_id: str, start: Opening, state: dict[str, Any] | None
 ) -> AsyncIterator[ServerSentEvent]:
-    if state is not None:
-        yield ServerSentEvent(_json(state), event="reset", id=str(start.after))
-    if start.done:
-        return
-    async with watcher.subscribe(workflow_id, start.after) as subscription:
-        while True:
-            event = await subscription.next()
-            yield ServerSentEvent(_json(event.payload), event=event.kind.value, id=str(event.seq))
-            if event.kind.is_final:
-                return
+    with metrics.sse_stream_open():
+        if state is not None:
+            yield ServerSentEvent(_json(state), event="reset", id=str(start.after))
+        if start.done:
+            return
+        async with watcher.subscribe(workflow_id, start.after) as subscription:
+            while True:
+                event = await subscription.next()
+                yield ServerSentEvent(
+                    _json(event.payload), event=event.kind.value, id=str(event.seq)
+                )
+                if event.kind.is_final:
+                    return
 
 
 def _json(payload: dict[str, Any]) -> str:
