@@ -91,6 +91,7 @@ def configure_logging(
 ) -> None:
     if settings.log_format == "json":
         handler = json_handler()
+        logging.captureWarnings(True)  # a library's warning is a line of the log too
     else:
         handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)

@@ -186,14 +186,17 @@ def run_worker(settings: Settings, *, concurrency: int | None) -> None:
     upgrade_schema(settings.resolved_database_url)
     app.conf.update(celery_config(settings))
     logging.getLogger("core").setLevel(logging.INFO)  # a worker's log is its runs' story
-    if settings.log_format == "json":
+    json_logs = settings.log_format == "json"
+    if json_logs:
         signals.after_setup_logger.connect(_json_formatters)
         signals.after_setup_task_logger.connect(_json_formatters)
     # Before Celery starts: a supervisor sees the process live from its first seconds.
     stop_probes = probes.serve(settings, settings.metrics_port) if settings.metrics_port else None
     try:
         app.worker_main(
-            [
+            # --quiet: no start-up banner, which Celery prints outside logging (JSON lines only).
+            (["--quiet"] if json_logs else [])
+            + [
                 "worker",
                 "--pool=threads",
                 f"--concurrency={concurrency or settings.worker_threads}",
