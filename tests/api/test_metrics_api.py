@@ -4,6 +4,9 @@ supervisor sees them, before and after the database goes away."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from sqlalchemy import create_engine, make_url, text
 
 from core.db import scratch_database
@@ -68,6 +71,28 @@ def test_metrics_and_probes_need_no_token_and_are_not_rate_limited(start_api):
         assert anonymous.get("/livez").json() == {"live": True}
         assert anonymous.get("/readyz").status_code == 200
     assert "/metrics" not in anonymous.get("/openapi.json").json()["paths"]
+
+
+def test_with_log_format_json_every_line_the_api_writes_is_json_and_a_runs_lines_carry_its_id(
+    start_api, tmp_path: Path
+):
+    api = start_api(LOG_FORMAT="json", DEBUG="workflow:*")  # the API logs warnings only, else
+    alice = api.account()
+    run = alice.client.post("/api/workflow/start", json=BODY).json()
+    wait_for(
+        lambda: alice.client.get(run["links"]["status"]).json()["status"] == "completed",
+        timeout_s=60,
+    )
+    port = api.url.rsplit(":", 1)[1]
+    entries = [
+        json.loads(line)
+        for line in (tmp_path / f"api-{port}.log").read_text().splitlines()
+        if line.strip()
+    ]
+    assert any(e["logger"].startswith("uvicorn") for e in entries)  # the server's own lines too
+    of_run = [e for e in entries if e.get("run_id") == run["workflowId"]]
+    steps = {e["step"] for e in of_run if e["message"].endswith("completed (100%)")}
+    assert steps == {step.value for step in StepName}
 
 
 def test_readiness_fails_with_the_database_named_when_it_goes_away_and_liveness_holds(
