@@ -134,5 +134,9 @@ class Scrape:
 def scrape(url: str) -> Scrape:
     answer = httpx.get(url, timeout=10)
     assert answer.status_code == 200, answer.text
-    families = text_string_to_metric_families(answer.text)
+    return scrape_text(answer.text)
+
+
+def scrape_text(exposition: str) -> Scrape:
+    families = text_string_to_metric_families(exposition)
     return Scrape([sample for family in families for sample in family.samples])

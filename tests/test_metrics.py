@@ -4,17 +4,20 @@ exposition the API and the workers serve, parsed with the Prometheus text parser
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from core import metrics
 from core.auth import Role, UserView
 from core.runtime import Runtime
 from core.schemas import parse_request
-from tests.helpers import ParkedExecutor, Scrape
+from tests.helpers import ParkedExecutor, Scrape, scrape_text
 
 REQUEST = parse_request(
     {
@@ -28,8 +31,7 @@ OPERATOR = UserView(0, "ops", "ops", Role.ADMIN, 0, True)
 
 def _scrape(runtime: Runtime) -> Scrape:
     registry = metrics.exposition(runtime.db, worker_stale_s=60)
-    families = text_string_to_metric_families(generate_latest(registry).decode())
-    return Scrape([sample for family in families for sample in family.samples])
+    return scrape_text(generate_latest(registry).decode())
 
 
 @pytest.fixture
@@ -76,3 +78,32 @@ def test_a_queued_run_shows_in_the_gauges_and_its_cancel_counts_once_with_its_re
     assert spent > 0 and after.moved(before, "reelforge_credits_refunded_total") == spent
     assert after.value("reelforge_runs_queued") == 0
     assert after.value("reelforge_workers_alive", kind="threads") == 0
+
+
+def test_in_multiprocess_mode_one_scrape_adds_up_the_counts_of_every_process(
+    tmp_path: Path, database_url: str
+):
+    """PROMETHEUS_MULTIPROC_DIR (prometheus-client reads it when it is imported, hence real
+    processes): two processes count a refund each, a third answers the scrape for both."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc")}
+    (tmp_path / "multiproc").mkdir()
+
+    def python(code: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    for _ in range(2):
+        python("from core import metrics; metrics.REFUNDS.inc()")
+    exposed = python(
+        "from prometheus_client import generate_latest\n"
+        "from core import metrics\n"
+        "from core.db import Database\n"
+        f"db = Database.from_url({database_url!r})\n"
+        "print(generate_latest(metrics.exposition(db, worker_stale_s=60)).decode())\n"
+    )
+    scraped = scrape_text(exposed)
+    assert scraped.value("reelforge_refunds_total") == 2
+    assert scraped.value("reelforge_runs_queued") == 0  # the database's gauges beside them
