@@ -17,6 +17,7 @@ from prometheus_client import make_wsgi_app
 from core import health, metrics
 from core.config import Settings
 from core.db import Database, make_engine
+from core.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,19 @@ def serve(settings: Settings, port: int) -> Callable[[], None]:
     """Serve the probes on METRICS_HOST:`port` from a daemon thread, with a small pool of
     database connections of their own (a scrape never waits behind the runs). Returns stop."""
     db = Database(make_engine(settings.resolved_database_url, pool_size=2))
-    server = make_server(
-        settings.metrics_host,
-        port,
-        probes_app(db, settings),
-        server_class=_Server,
-        handler_class=_QuietHandler,
-    )
+    try:
+        server = make_server(
+            settings.metrics_host,
+            port,
+            probes_app(db, settings),
+            server_class=_Server,
+            handler_class=_QuietHandler,
+        )
+    except OSError as exc:  # the port taken (another worker's?), or the host not ours
+        db.dispose()
+        raise ConfigurationError(
+            f"METRICS_PORT {port} on METRICS_HOST {settings.metrics_host}: {exc.strerror}"
+        ) from None
     thread = threading.Thread(target=server.serve_forever, name="reelforge-probes", daemon=True)
     thread.start()
     log.info("Worker - metrics and probes on http://%s:%d", settings.metrics_host, port)

@@ -97,7 +97,7 @@ class StepExecution:
         self._reused_from: str | None = None
         self._pending_progress: tuple[int, str, VideoJobProgress | None] | None = None
         self._last_write = time.monotonic()  # the step's start was just written
-        self.started = time.monotonic()
+        self.started = time.monotonic()  # for the step's duration (core.metrics)
         self.last_progress = step.progress
 
     def run(self, step_function: StepFunction) -> dict[str, Any] | EndRun:

@@ -28,7 +28,7 @@ from core.db import scratch_database, upgrade_schema
 from core.runtime import Runtime
 from core.schemas import parse_request
 from core.states import WorkflowStatus
-from tests.helpers import ENGINE_ENV, free_port, scrape, wait_for
+from tests.helpers import ENGINE_ENV, free_port, run_core, scrape, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 REQUEST = parse_request(
@@ -187,3 +187,20 @@ def test_the_workers_readiness_fails_naming_the_database_once_it_is_dropped(work
         "failed": ["database"],
     }
     assert httpx.get(f"{worker.url}/livez", timeout=10).status_code == 200
+
+
+def test_a_worker_whose_metrics_port_is_taken_says_so_and_exits(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k not in ENGINE_ENV}
+        env.update(
+            DATABASE_URL=f"sqlite:///{tmp_path / 'reelforge.db'}",
+            REDIS_URL="redis://127.0.0.1:1/0",  # never reached: the worker stops before
+            METRICS_PORT=str(port),
+        )
+        done = run_core(env, REPO, "worker")
+    assert done.returncode == 1
+    assert f"METRICS_PORT {port}" in done.stderr
+    assert "Traceback" not in done.stderr
