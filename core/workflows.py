@@ -13,7 +13,18 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    and_,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -93,6 +104,7 @@ class WorkflowView:
     provider_cancel_confirmed: bool | None = None
     reuse_image_from: str | None = None  # the run whose still this one reuses (core.reuse)
     worker_id: str | None = None  # host:pid of the process that last claimed it
+    global_webhook_url: str | None = None  # the installation's WEBHOOK_URL when it was created
 
     def step(self, name: StepName) -> StepView:
         return next(s for s in self.steps if s.name == name)
@@ -304,6 +316,23 @@ def load_workflow(session: Session, workflow_id: str) -> WorkflowView:
     return _workflow_view(workflow, [_step_view(s) for s in steps])
 
 
+def read_workflow(connection: Connection, workflow_id: str) -> WorkflowView | None:
+    """The run as it stands, read with two plain statements on a connection (the runner's
+    read before it claims: no ORM on the hot path). None when there is no such run."""
+    run = connection.execute(
+        select(Workflow.__table__).where(Workflow.__table__.c.id == workflow_id)
+    ).first()
+    if run is None:
+        return None
+    steps = WorkflowStep.__table__.c
+    rows = connection.execute(
+        select(WorkflowStep.__table__)
+        .where(steps.workflow_id == workflow_id)
+        .order_by(steps.position)
+    )
+    return _workflow_view(run, [_step_view(s) for s in rows])
+
+
 def workflow_for(session: Session, workflow_id: str, viewer: UserView) -> WorkflowView:
     """A workflow the viewer may see: their own, or any for an admin. Others look missing."""
     view = load_workflow(session, workflow_id)
@@ -312,7 +341,7 @@ def workflow_for(session: Session, workflow_id: str, viewer: UserView) -> Workfl
     return view
 
 
-def _workflow_view(w: Workflow, steps: Sequence[StepView]) -> WorkflowView:
+def _workflow_view(w: Workflow | Row[Any], steps: Sequence[StepView]) -> WorkflowView:
     return WorkflowView(
         id=w.id,
         user_id=w.user_id,
@@ -333,10 +362,11 @@ def _workflow_view(w: Workflow, steps: Sequence[StepView]) -> WorkflowView:
         provider_cancel_confirmed=w.provider_cancel_confirmed,
         reuse_image_from=w.reuse_image_from,
         worker_id=w.worker_id,
+        global_webhook_url=w.global_webhook_url,
     )
 
 
-def _step_view(s: WorkflowStep) -> StepView:
+def _step_view(s: WorkflowStep | Row[Any]) -> StepView:
     return StepView(
         name=StepName(s.name),
         position=s.position,
