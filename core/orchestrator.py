@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from core import liveness, webhooks, workflows
+from core import liveness, run_writes, webhooks, workflows
 from core.clock import utcnow
 from core.config import Settings
 from core.db import Database
@@ -305,19 +305,10 @@ class Orchestrator:
                 log.info("Workflow %s: %s", view.id, view.status)
 
     def _started(self, view: WorkflowView, step: StepName) -> StepView:
-        """`step` as its start leaves it. A resumed step keeps its first start and deadline, so
-        a crash loop cannot stretch its time budget; a fresh one gets its full budget."""
-        current = view.step(step)
         now = utcnow()
         budget = timedelta(seconds=self.settings.step_timeout_s(step))
-        return replace(
-            current,
-            status=StepStatus.PROCESSING,
-            attempts=current.attempts + 1,
-            started_at=current.started_at or now,
-            deadline_at=current.deadline_at or now + budget,
-            message="started",
-            worker_id=self.worker_id,
+        return run_writes.started(
+            view.step(step), now=now, deadline_at=now + budget, worker_id=self.worker_id
         )
 
     def _execution(self, view: WorkflowView, step: StepName, held: HeldRun) -> StepExecution:
@@ -341,14 +332,7 @@ class Orchestrator:
         after the last step, the run's completion. Returns the run's view after it, and whether
         a next step was started."""
         released = execution.release_reused_still()
-        done = replace(
-            execution.step,
-            status=StepStatus.COMPLETED,
-            progress=100,
-            output=output,
-            message="done",
-            finished_at=utcnow(),
-        )
+        done = run_writes.completed(execution.step, output, now=utcnow())
         view = replace(_with_step(view, done), cost_credits=view.cost_credits - released)
         last = done.name is STEP_ORDER[-1]
         following = None if last else next_action(view, max_recoveries=self.settings.max_recoveries)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, bindparam, create_engine, func, insert, select, update
 from sqlalchemy.dialects import sqlite
@@ -47,7 +47,7 @@ from core.models import (
     WorkflowStep,
 )
 from core.run_events import EventKind, final_payload, run_payload, step_payload
-from core.states import WorkflowStatus, step_sources
+from core.states import StepStatus, WorkflowStatus, step_sources
 from core.workflows import ApiCallRecord, StepView, WorkflowView
 
 # The columns of a step a runner writes (the rest never change after creation).
@@ -130,9 +130,12 @@ class RunWriter:
 
     def _apply_once(self, change: StateChange) -> Applied:
         with self.engine.connect() as connection:
-            if self._postgres:
-                return _apply_in_one_statement(connection, change)
-            return _apply_in_order(connection, change)
+            return apply_on(connection, change)
+
+    def cancel_requested(self, workflow_id: str) -> bool:
+        """The run's cancel flag as it stands now (one read)."""
+        with self.engine.connect() as connection:
+            return cancel_requested(connection, workflow_id)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -191,7 +194,7 @@ written AS (
     RETURNING s.name
 ),
 fenced AS (
-    SELECT count(*) = %(step_count)s AS ok FROM written
+    SELECT EXISTS (SELECT 1 FROM held) AND count(*) = %(step_count)s AS ok FROM written
 ),
 run AS (
     UPDATE workflows SET
@@ -243,6 +246,18 @@ SELECT (SELECT ok FROM fenced) AS written, (SELECT cancel_requested FROM held) A
 """
 _APPLY = "WITH" + _HELD + _WRITES
 _CLAIM = _CLAIM_LOCKS + "WITH" + _CLAIMED + _WRITES
+
+
+def apply_on(connection: Connection, change: StateChange) -> Applied:
+    """Write `change` on `connection`: alone, as its own transaction, or inside the
+    connection's transaction when it has one (then its fence losing undoes only the change)."""
+    if connection.dialect.name == "postgresql":
+        return _apply_in_one_statement(connection, change)
+    return _apply_in_order(connection, change)
+
+
+def cancel_requested(connection: Connection, workflow_id: str) -> bool:
+    return bool(connection.execute(_CANCEL_FLAG, {"workflow_id": workflow_id}).scalar())
 
 
 def _apply_in_one_statement(connection: Connection, change: StateChange) -> Applied:
@@ -304,8 +319,9 @@ class _FenceLost(Exception):
 
 
 def _apply_in_order(connection: Connection, change: StateChange) -> Applied:
+    transaction = connection.begin_nested if connection.in_transaction() else connection.begin
     try:
-        with connection.begin():
+        with transaction():
             cancel_requested = _take_fence(connection, change)
             for step in change.steps:
                 _write_step(connection, change.workflow_id, step)
@@ -412,13 +428,49 @@ def _plain(value: Any) -> Any:
 # A run as its runner holds it
 
 
+class Writer(Protocol):
+    """Where a HeldRun's changes go: a RunWriter, or (tests) a connection already in a
+    transaction, through `apply_on`."""
+
+    def apply(self, change: StateChange) -> Applied: ...
+
+    def cancel_requested(self, workflow_id: str) -> bool: ...
+
+
+def started(
+    step: StepView, *, now: datetime, deadline_at: datetime, worker_id: str | None
+) -> StepView:
+    """`step` as its start leaves it. A resumed step keeps its first start and its first
+    deadline, so a crash loop cannot stretch its time budget."""
+    return replace(
+        step,
+        status=StepStatus.PROCESSING,
+        attempts=step.attempts + 1,
+        started_at=step.started_at or now,
+        deadline_at=step.deadline_at or deadline_at,
+        message="started",
+        worker_id=worker_id,
+    )
+
+
+def completed(step: StepView, output: dict[str, Any], *, now: datetime) -> StepView:
+    return replace(
+        step,
+        status=StepStatus.COMPLETED,
+        progress=100,
+        output=output,
+        message="done",
+        finished_at=now,
+    )
+
+
 @dataclass(frozen=True)
 class HeldRun:
     """What every change of one run repeats (its ids, its owner, where its webhooks go), and
     the changes a runner makes to it. Each method is one `RunWriter.apply`; it returns the
     run's cancel flag, and raises InvalidTransitionError when the run is no longer held."""
 
-    writer: RunWriter
+    writer: Writer
     workflow_id: str
     user_id: int
     runner_id: str
@@ -495,9 +547,7 @@ class HeldRun:
 
     def cancel_requested(self) -> bool:
         """The run's cancel flag as it stands now (one read)."""
-        with self.writer.engine.connect() as connection:
-            flag = connection.execute(_CANCEL_FLAG, {"workflow_id": self.workflow_id}).scalar()
-        return bool(flag)
+        return self.writer.cancel_requested(self.workflow_id)
 
     def _apply(self, change: StateChange) -> bool:
         applied = self.writer.apply(change)

@@ -14,11 +14,9 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Row,
     and_,
-    exists,
     func,
     insert,
     or_,
@@ -55,7 +53,6 @@ from core.states import (
     StepName,
     StepStatus,
     WorkflowStatus,
-    step_sources,
     workflow_sources,
 )
 
@@ -392,18 +389,6 @@ def assets_of(session: Session, workflow_id: str) -> list[AssetView]:
     return [view_of(AssetView, a) for a in rows]
 
 
-def is_cancel_requested(session: Session, workflow_id: str) -> bool:
-    return bool(
-        session.execute(
-            select(Workflow.cancel_requested).where(Workflow.id == workflow_id)
-        ).scalar()
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Cancel (from users) and the runner's writes
-
-
 def request_cancel(db: Database, workflow_id: str, viewer: UserView) -> WorkflowView:
     """Flag a run for cancellation. A run nobody has picked up yet ends here and now, refunded;
     a running one is stopped by its runner at the next step boundary or poll."""
@@ -445,11 +430,6 @@ def _update(session: Session, statement: Any) -> int:
     update, so the ORM's session synchronisation (an extra RETURNING or SELECT) is skipped."""
     result = session.execute(statement, execution_options={"synchronize_session": False})
     return result.rowcount
-
-
-def _owned_by(workflow_id: str, runner_id: str) -> ColumnElement[bool]:
-    """True while `runner_id` still holds the workflow: fences out a runner that lost its claim."""
-    return exists().where(Workflow.id == workflow_id, Workflow.runner_id == runner_id)
 
 
 def claim(
@@ -566,79 +546,6 @@ def release(session: Session, workflow_id: str, runner_id: str) -> None:
         update(Workflow)
         .where(Workflow.id == workflow_id, Workflow.runner_id == runner_id)
         .values(runner_id=None, heartbeat_at=None),
-    )
-
-
-def write_step(
-    session: Session,
-    workflow_id: str,
-    step: StepName,
-    target: StepStatus,
-    runner_id: str,
-    **values: Any,
-) -> None:
-    """Move a step to `target` (or update it in place when already there: progress), checked
-    and fenced, and log the step as it now stands."""
-    written = _update_steps(
-        session,
-        update(WorkflowStep)
-        .where(
-            WorkflowStep.workflow_id == workflow_id,
-            WorkflowStep.name == step.value,
-            WorkflowStep.status.in_(step_sources(target)),
-            _owned_by(workflow_id, runner_id),
-        )
-        .values(status=target.value, **values),
-    )
-    if not written:
-        raise InvalidTransitionError(f"workflow {workflow_id} step {step}: cannot become {target}")
-    _append_steps(session, written)
-
-
-def start_step(
-    session: Session,
-    workflow_id: str,
-    step: StepName,
-    runner_id: str,
-    *,
-    deadline_at: datetime,
-    worker_id: str | None = None,
-) -> None:
-    """Mark a step processing. A resumed step keeps its first start and its first deadline, so
-    a crash loop cannot stretch a step's time budget."""
-    write_step(
-        session,
-        workflow_id,
-        step,
-        StepStatus.PROCESSING,
-        runner_id,
-        attempts=WorkflowStep.attempts + 1,
-        started_at=func.coalesce(WorkflowStep.started_at, utcnow()),
-        deadline_at=func.coalesce(WorkflowStep.deadline_at, deadline_at),
-        message="started",
-        worker_id=worker_id,
-    )
-    webhooks.enqueue(
-        session, workflow_id, "step", {"step": step.value, "state": StepStatus.PROCESSING.value}
-    )
-
-
-def complete_step(
-    session: Session, workflow_id: str, step: StepName, runner_id: str, output: dict[str, Any]
-) -> None:
-    write_step(
-        session,
-        workflow_id,
-        step,
-        StepStatus.COMPLETED,
-        runner_id,
-        progress=100,
-        output=output,
-        message="done",
-        finished_at=utcnow(),
-    )
-    webhooks.enqueue(
-        session, workflow_id, "step", {"step": step.value, "state": StepStatus.COMPLETED.value}
     )
 
 
