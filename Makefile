@@ -80,9 +80,9 @@ reliability-report: install
 # and the transition check, against their tests, on Postgres. Not part of `make test`.
 MUTANT_FUNCTIONS := core.credits.x__apply core.credits.x_grant core.credits.x_adjust \
 	core.credits.x_reserve core.credits.x_refund core.workflows.x_claim \
-	core.workflows.x_heartbeat core.workflows.x_release core.workflows.x__owned_by \
-	core.workflows.x_write_step core.workflows.x__move_run core.states.x_step_sources \
-	core.states.x_workflow_sources
+	core.workflows.x_heartbeat core.workflows.x_release core.workflows.x__move_run \
+	core.run_writes.x_apply_on core.run_writes.x__apply_in_one_statement core.run_writes.x__parameters \
+	core.run_writes.x__step_row core.states.x_step_sources core.states.x_workflow_sources
 mutants: install
 	@test -n "$$TEST_DATABASE_URL" || { echo "make mutants runs on Postgres: set TEST_DATABASE_URL"; exit 1; }
 	REQUIRE_POSTGRES=1 $(VENV)/bin/mutmut run --max-children 2 $(foreach f,$(MUTANT_FUNCTIONS),'$(f)__mutmut_*')

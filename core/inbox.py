@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -92,17 +93,24 @@ def notify(
     exists for `key` is left alone. Returns how many were written."""
     written = 0
     for user_id in dict.fromkeys(user_ids):
-        row = {
-            "user_id": user_id,
-            "kind": kind.value,
-            "title": title[:TITLE_MAX_CHARS],
-            "body": body,
-            "link": link,
-            "idempotency_key": f"{key}:to:{user_id}",
-            "created_at": utcnow(),
-        }
+        row = notice_row(user_id, kind=kind, title=title, body=body, link=link, key=key)
         written += insert_once(session, Notification, row) is not None
     return written
+
+
+def notice_row(
+    user_id: int, *, kind: NoticeKind, title: str, body: str, link: str, key: str
+) -> dict[str, Any]:
+    """One `notifications` row; its idempotency key is `key` and the recipient."""
+    return {
+        "user_id": user_id,
+        "kind": kind.value,
+        "title": title[:TITLE_MAX_CHARS],
+        "body": body,
+        "link": link,
+        "idempotency_key": f"{key}:to:{user_id}",
+        "created_at": utcnow(),
+    }
 
 
 def admin_ids(session: Session) -> list[int]:
@@ -124,24 +132,46 @@ def run_ended(session: Session, workflow_id: str) -> None:
             Workflow.error_message,
         ).where(Workflow.id == workflow_id)
     ).one()
-    status = WorkflowStatus(run.status)
     refunded = session.execute(
         select(CreditTransaction.amount).where(
             CreditTransaction.idempotency_key == f"refund:{workflow_id}"
         )
     ).scalar()
+    row = run_ended_notice(
+        workflow_id,
+        user_id=run.user_id,
+        status=WorkflowStatus(run.status),
+        image_prompt=run.image_prompt,
+        cost_credits=run.cost_credits,
+        refunded=refunded or 0,
+        error_message=run.error_message,
+    )
+    insert_once(session, Notification, row)
+
+
+def run_ended_notice(
+    workflow_id: str,
+    *,
+    user_id: int,
+    status: WorkflowStatus,
+    image_prompt: str,
+    cost_credits: int,
+    refunded: int = 0,
+    error_message: str | None = None,
+) -> dict[str, Any]:
+    """The inbox row telling a run's owner how it ended (a runner completing the run writes it
+    in its own one-statement write: core.run_writes)."""
     if status is WorkflowStatus.COMPLETED:
-        title = f"Your run finished ({run.cost_credits:,} credits)"
+        title = f"Your run finished ({cost_credits:,} credits)"
     else:
         ended = "failed" if status is WorkflowStatus.FAILED else "was cancelled"
         back = f"; {refunded:,} credits refunded" if refunded else ""
         title = f"Your run {ended}{back}"
-    body = run.image_prompt[:PROMPT_PREVIEW_CHARS]
-    if status is WorkflowStatus.FAILED and run.error_message:
-        body += f"\n{run.error_message}"
-    notify(
-        session,
-        [run.user_id],
+    body = image_prompt[:PROMPT_PREVIEW_CHARS]
+    if status is WorkflowStatus.FAILED and error_message:
+        body += f"\n{error_message}"
+    return notice_row(
+        user_id,
         kind=RUN_KINDS[status],
         title=title,
         body=body,

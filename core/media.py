@@ -1,5 +1,5 @@
 """Real media, no provider logic: a Ken Burns H.264/AAC clip over a still, a landscape still
-drawn from a prompt, and probes that decode what a provider (or we) produced.
+drawn from a prompt, and probes that check what a provider (or we) produced.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import io
 import math
 import random
 import re
+import struct
 import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -144,26 +145,57 @@ class _BufferReader(io.RawIOBase):
 
 
 def probe_video(data: bytes) -> VideoProbe:
-    """Decode the first video frame to prove the clip plays; ValueError when it does not."""
+    """Size, length and streams of a clip from its container header; ValueError when the file
+    is not a whole, readable clip.
+
+    Nothing is decoded: a frame decode cost ~8 ms per 720p clip and proved less than it seems,
+    since a clip cut short after its first frames decodes that frame fine. What catches a cut
+    clip is that an ISO-BMFF file (MP4/MOV) is a sequence of boxes that each state their size:
+    every one must be whole (`_check_boxes_whole`)."""
+    _check_boxes_whole(data)
     try:
         with av.open(io.BytesIO(data), "r") as box:
             if not box.streams.video:
                 raise ValueError("media has no video stream")
             stream = box.streams.video[0]
-            frame = next(box.decode(stream), None)
-            if frame is None:
-                raise ValueError("video stream has no decodable frame")
-            duration_s = _duration_s(box, stream)
+            codec = stream.codec_context
+            if not codec.width or not codec.height or not stream.frames:
+                raise ValueError("video stream has no frames")
             return VideoProbe(
-                width=frame.width,
-                height=frame.height,
-                duration_s=duration_s,
+                width=codec.width,
+                height=codec.height,
+                duration_s=_duration_s(box, stream),
                 fps=float(stream.average_rate or stream.guessed_rate or 0),
-                video_codec=stream.codec_context.name,
+                video_codec=codec.name,
                 has_audio=bool(box.streams.audio),
             )
     except av.FFmpegError as exc:
-        raise ValueError(f"undecodable video: {exc}") from exc
+        raise ValueError(f"unreadable video: {exc}") from exc
+
+
+def _check_boxes_whole(data: bytes) -> None:
+    """Walk the file's top-level ISO-BMFF boxes (size, type, then a 64-bit size when the size
+    is 1, or "to the end of the file" when it is 0): they must tile the file exactly, with a
+    `moov` (the index) among them. A clip cut short ends inside its last box."""
+    position, kinds = 0, set()
+    while position < len(data):
+        if len(data) - position < 8:
+            raise ValueError("video is cut short inside a box header")
+        size, kind = struct.unpack_from(">I4s", data, position)
+        header = 8
+        if size == 1:
+            if len(data) - position < 16:
+                raise ValueError("video is cut short inside a box header")
+            (size,) = struct.unpack_from(">Q", data, position + 8)
+            header = 16
+        elif size == 0:
+            size = len(data) - position
+        if size < header or position + size > len(data):
+            raise ValueError(f"video is cut short: its {kind!r} box is not whole")
+        kinds.add(kind)
+        position += size
+    if b"moov" not in kinds:
+        raise ValueError("video has no index (moov box)")
 
 
 def probe_image(data: bytes) -> ImageProbe:

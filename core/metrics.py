@@ -123,8 +123,12 @@ def run_finished(session: Session, workflow_id: str) -> None:
     row = session.execute(
         select(Workflow.status, Workflow.video_model).where(Workflow.id == workflow_id)
     ).one()
-    model = _model_label(row.video_model)
-    on_commit(session, RUNS_FINISHED.labels(model=model, status=row.status).inc)
+    on_commit(session, lambda: run_observed(row.video_model, row.status))
+
+
+def run_observed(model: str | None, status: str) -> None:
+    """A run's end, already committed (a runner's one-statement write: core.run_writes)."""
+    RUNS_FINISHED.labels(model=_model_label(model), status=str(status)).inc()
 
 
 def _model_label(model: str | None) -> str:
@@ -137,6 +141,11 @@ def step_finished(session: Session, step: str, outcome: str, started_monotonic: 
     seconds = time.monotonic() - started_monotonic
     child = STEP_DURATION.labels(step=step, outcome=outcome)
     on_commit(session, lambda: child.observe(seconds))
+
+
+def step_observed(step: str, outcome: str, started_monotonic: float) -> None:
+    """A step's end, already committed (a runner's one-statement write: core.run_writes)."""
+    STEP_DURATION.labels(step=step, outcome=outcome).observe(time.monotonic() - started_monotonic)
 
 
 def call_finished(

@@ -14,13 +14,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from core import liveness, logs, metrics, workflows
+from core import liveness, logs, metrics, run_writes, webhooks, workflows
 from core.clock import utcnow
 from core.config import Settings
 from core.db import Database
@@ -28,11 +28,16 @@ from core.errors import InvalidTransitionError, RunnerStoppingError
 from core.executor import Executor, ThreadExecutor
 from core.pipeline import STEPS, EndRun, NextStep, next_action
 from core.providers.base import Providers
+from core.run_writes import HeldRun, RunWriter
 from core.states import STEP_ORDER, StepName, StepStatus, WorkflowStatus
 from core.step_execution import StepExecution
-from core.workflows import WorkflowView
+from core.workflows import StepView, WorkflowView
 
 log = logging.getLogger(__name__)
+
+
+def _with_step(view: WorkflowView, step: StepView) -> WorkflowView:
+    return replace(view, steps=tuple(step if s.name == step.name else s for s in view.steps))
 
 
 def log_step(workflow_id: str, step: str, status: str, progress: int) -> None:
@@ -67,6 +72,7 @@ class Orchestrator:
         # process that only hands runs to Celery workers is not one).
         self.listed_as: str | None = settings.executor if self.executor.runs_here else None
         self.run_locks = liveness.RunLocks(db)
+        self.writer = RunWriter(db.engine.url, pool_size=settings.worker_threads)
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._local: set[str] = set()  # submitted here and not finished yet
@@ -102,6 +108,7 @@ class Orchestrator:
         if self._housekeeper is not None and wait:
             self._housekeeper.join(timeout=5)
         self.run_locks.close()
+        self.writer.dispose()
         if self.listed_as is not None:
             try:
                 with self.db.begin() as session:
@@ -170,15 +177,16 @@ class Orchestrator:
             if not locked:
                 log.info("Workflow %s - already running elsewhere", workflow_id)
                 return None
-            view = self._claim(workflow_id)
-            if view is None:
+            claimed = self._claim(workflow_id)
+            if claimed is None:
                 log.info(
                     "Workflow %s - not claimed: held, ended, or its user's slots full", workflow_id
                 )
                 return None
+            view, held = claimed
             with self._lock:
                 self._active.add(workflow_id)
-            status = self._drive(view)
+            status = self._drive(view, held)
             self._nudge_waiting(view.user_id)
             return status
         except RunnerStoppingError:
@@ -211,7 +219,35 @@ class Orchestrator:
 
     # -- the run loop ---------------------------------------------------------------------
 
-    def _claim(self, workflow_id: str) -> WorkflowView | None:
+    def _claim(self, workflow_id: str) -> tuple[WorkflowView, HeldRun] | None:
+        """Take the run: a queued one with its first step started in the same write, or a
+        running one whose runner stopped beating (a takeover, which starts nothing yet)."""
+        with self.writer.engine.connect() as connection:
+            view = workflows.read_workflow(connection, workflow_id)
+        if view is None or view.status.is_terminal:
+            return None
+        action = next_action(view, max_recoveries=self.settings.max_recoveries)
+        if view.status is not WorkflowStatus.QUEUED or not isinstance(action, NextStep):
+            return self._take_over(workflow_id)
+        held = self._hold(view, started_at=utcnow())
+        first = self._started(view, action.step)
+        cancel = held.claim(
+            first, limit=self.settings.max_active_runs_per_user, recoveries=view.recoveries
+        )
+        if cancel is None:
+            return None
+        held = replace(held, first_step_started=True)
+        claimed = replace(
+            _with_step(view, first),
+            status=WorkflowStatus.RUNNING,
+            runner_id=self.runner_id,
+            worker_id=self.worker_id,
+            started_at=held.started_at,
+            cancel_requested=cancel,
+        )
+        return claimed, held
+
+    def _take_over(self, workflow_id: str) -> tuple[WorkflowView, HeldRun] | None:
         stale_before = utcnow() - timedelta(seconds=self.settings.heartbeat_stale_s)
         with self.db.begin() as session:
             claimed = workflows.claim(
@@ -224,16 +260,28 @@ class Orchestrator:
             )
             if not claimed:
                 return None
-            return workflows.load_workflow(session, workflow_id)
+            view = workflows.load_workflow(session, workflow_id)
+        return view, self._hold(view, started_at=view.started_at)
 
-    def _drive(self, view: WorkflowView) -> WorkflowStatus:
+    def _hold(self, view: WorkflowView, *, started_at: datetime | None) -> HeldRun:
+        return HeldRun(
+            writer=self.writer,
+            workflow_id=view.id,
+            user_id=view.user_id,
+            runner_id=self.runner_id,
+            worker_id=self.worker_id,
+            started_at=started_at,
+            destinations=webhooks.destinations_of(view.request, view.global_webhook_url),
+        )
+
+    def _drive(self, view: WorkflowView, held: HeldRun) -> WorkflowStatus:
         """Step until the run ends. `view` is kept current in memory rather than re-read: this
         runner is its run's only writer (every write is fenced by runner id), and the one write
-        from outside, the cancel flag, is re-read with every step's completion. The decision
-        after a step is taken inside the transaction recording its completion, so the next
-        step's start is written with it."""
+        from outside, the cancel flag, comes back with every write. A step's completion, the
+        next step's start (or the run's completion) and the step's records are one write; when
+        that write finds the cancel flag up, the step it just started ends cancelled."""
         action = next_action(view, max_recoveries=self.settings.max_recoveries)
-        started = False  # whether the start of `action`'s step is already written
+        started = held.first_step_started  # whether `action`'s step start is already written
         while True:
             if self.stopping.is_set():
                 raise RunnerStoppingError()
@@ -242,44 +290,36 @@ class Orchestrator:
             if isinstance(action, EndRun):
                 return self._end(view, action)
             if not started:
-                with self.db.begin() as session:
-                    view = self._start(session, view, action.step)
-            execution = self._execution(view, action.step)
+                step = self._started(view, action.step)
+                cancel = held.advance([step])
+                view = replace(_with_step(view, step), cancel_requested=cancel)
+            execution = self._execution(view, action.step, held)
             log_step(view.id, action.step, StepStatus.PROCESSING, execution.last_progress)
             result = execution.run(STEPS[action.step])
             if isinstance(result, EndRun):
                 return self._end(view, result, execution)
-            with self.db.begin() as session:
-                view = self._complete(session, execution, result)
-                action = next_action(view, max_recoveries=self.settings.max_recoveries)
-                started = isinstance(action, NextStep) and not self.stopping.is_set()
-                if started:
-                    view = self._start(session, view, action.step)
+            view, started = self._complete(view, execution, result, held)
+            action = next_action(view, max_recoveries=self.settings.max_recoveries)
             log_step(view.id, execution.step.name, StepStatus.COMPLETED, 100)
             if view.status is WorkflowStatus.COMPLETED:
                 log.info("Workflow %s: %s", view.id, view.status)
 
-    def _start(self, session: Session, view: WorkflowView, step: StepName) -> WorkflowView:
-        """Mark `step` processing. A resumed step keeps its first deadline; a fresh one gets its
-        full budget."""
-        current = view.step(step)
+    def _started(self, view: WorkflowView, step: StepName) -> StepView:
+        now = utcnow()
         budget = timedelta(seconds=self.settings.step_timeout_s(step))
-        deadline = current.deadline_at or utcnow() + budget
-        workflows.start_step(
-            session, view.id, step, self.runner_id, deadline_at=deadline, worker_id=self.worker_id
+        return run_writes.started(
+            view.step(step), now=now, deadline_at=now + budget, worker_id=self.worker_id
         )
-        started = replace(current, status=StepStatus.PROCESSING, deadline_at=deadline)
-        return replace(view, steps=tuple(started if s.name == step else s for s in view.steps))
 
-    def _execution(self, view: WorkflowView, step: StepName) -> StepExecution:
+    def _execution(self, view: WorkflowView, step: StepName, held: HeldRun) -> StepExecution:
         current = view.step(step)
-        assert current.deadline_at is not None  # set by _start
+        assert current.deadline_at is not None  # set by _started
         logs.set_step(step)
         return StepExecution(
             db=self.db,
+            held=held,
             providers=self.providers,
             settings=self.settings,
-            runner_id=self.runner_id,
             stopping=self.stopping,
             workflow=view,
             step=current,
@@ -287,24 +327,31 @@ class Orchestrator:
         )
 
     def _complete(
-        self, session: Session, execution: StepExecution, output: dict[str, Any]
-    ) -> WorkflowView:
-        """The step's buffered records and its completion, the run's completion after the last
-        step, and a fresh read of the cancel flag. Returns the run's view after it."""
-        view, step = execution.workflow, execution.step.name
-        last = step is STEP_ORDER[-1]
-        execution.flush(session, final=True)
-        workflows.complete_step(session, view.id, step, self.runner_id, output)
-        metrics.step_finished(session, step, StepStatus.COMPLETED, execution.started)
-        if last:
-            workflows.complete_run(session, view.id, self.runner_id)
-        done = replace(execution.step, status=StepStatus.COMPLETED, progress=100, output=output)
-        return replace(
-            view,
-            status=WorkflowStatus.COMPLETED if last else view.status,
-            cancel_requested=workflows.is_cancel_requested(session, view.id),
-            steps=tuple(done if s.name == step else s for s in view.steps),
+        self, view: WorkflowView, execution: StepExecution, output: dict[str, Any], held: HeldRun
+    ) -> tuple[WorkflowView, bool]:
+        """Write the step's completion with its records, and with it the next step's start or,
+        after the last step, the run's completion. Returns the run's view after it, and whether
+        a next step was started."""
+        released = execution.release_reused_still()
+        done = run_writes.completed(execution.step, output, now=utcnow())
+        view = replace(_with_step(view, done), cost_credits=view.cost_credits - released)
+        last = done.name is STEP_ORDER[-1]
+        following = None if last else next_action(view, max_recoveries=self.settings.max_recoveries)
+        steps = [done]
+        if isinstance(following, NextStep) and not self.stopping.is_set():
+            steps.append(self._started(view, following.step))
+            view = _with_step(view, steps[-1])
+        cancel = held.advance(
+            steps,
+            calls=execution.take_calls(),
+            assets=execution.take_assets(),
+            completed=view if last else None,
         )
+        metrics.step_observed(done.name, StepStatus.COMPLETED, execution.started)
+        if last:
+            metrics.run_observed(view.request.video_model, WorkflowStatus.COMPLETED)
+        status = WorkflowStatus.COMPLETED if last else view.status
+        return replace(view, status=status, cancel_requested=cancel), len(steps) > 1
 
     def _end(
         self, view: WorkflowView, action: EndRun, execution: StepExecution | None = None
@@ -315,7 +362,7 @@ class Orchestrator:
             log_step(view.id, execution.step.name, status, execution.last_progress)
         with self.db.begin() as session:
             if execution is not None:
-                execution.flush(session, final=True)
+                execution.record_on_end(session)
                 metrics.step_finished(session, execution.step.name, status, execution.started)
             if action.status is WorkflowStatus.COMPLETED:
                 workflows.complete_run(session, view.id, self.runner_id)

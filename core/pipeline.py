@@ -84,8 +84,9 @@ class StepContext(Protocol):
         """The run whose still this one reuses, as it stands now."""
         ...
 
-    def release_reused_still(self, source_id: str) -> None:
-        """Give the still's credits back, with the step's completion."""
+    def mark_still_reused(self, source_id: str) -> None:
+        """The step copied `source_id`'s still: its credits come back (exactly once) before
+        the step's completion is written."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +275,7 @@ def _reuse_still(ctx: StepContext, source_id: str, spec: ImageSpec) -> dict[str,
         return None
     ctx.call(reuse.REUSE_OPERATION, lambda: data, provider=reuse.CACHE_PROVIDER)
     output = _stage_image(ctx, data, still.content_type)
-    ctx.release_reused_still(source_id)
+    ctx.mark_still_reused(source_id)
     return {
         **output,
         "model": spec.model,

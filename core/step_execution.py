@@ -12,11 +12,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -45,7 +47,8 @@ from core.errors import (
 from core.pipeline import EndRun, StepFunction
 from core.progress import VideoJobProgress
 from core.providers.base import Providers
-from core.states import StepName, StepStatus, WorkflowStatus
+from core.run_writes import HeldRun
+from core.states import StepName, WorkflowStatus
 from core.workflows import ApiCallRecord, StepView, WorkflowView
 
 log = logging.getLogger(__name__)
@@ -76,16 +79,16 @@ class StepExecution:
         self,
         *,
         db: Database,
+        held: HeldRun,
         providers: Providers,
         settings: Settings,
-        runner_id: str,
         stopping: threading.Event,
         workflow: WorkflowView,
         step: StepView,
         deadline: datetime,
     ) -> None:
         self._db = db
-        self._runner_id = runner_id
+        self._held = held
         self._stopping = stopping
         self.workflow = workflow
         self.step = step
@@ -106,7 +109,8 @@ class StepExecution:
         try:
             return step_function(self)
         except (RunnerStoppingError, InvalidTransitionError):
-            self.flush()
+            if self._calls:  # what the providers were asked (and may bill) is kept
+                self._write_progress()
             raise
         except DBAPIError:
             raise
@@ -148,9 +152,8 @@ class StepExecution:
 
     def check(self) -> None:
         self._check_local()
-        with self._db.read() as session:
-            if workflows.is_cancel_requested(session, self.workflow.id):
-                raise WorkflowCancelledError("cancelled by the user")
+        if self._held.cancel_requested():
+            raise WorkflowCancelledError("cancelled by the user")
 
     def wait(self, seconds: float) -> None:
         self._stopping.wait(max(0.0, min(seconds, self.remaining_s)))
@@ -165,55 +168,46 @@ class StepExecution:
         self.last_progress = progress
         self._pending_progress = (progress, message, detail)
         log.debug("Workflow %s - Step %s: %s", self.workflow.id, self.step.name, message)
-        if self._progress_due():
-            with self._db.begin() as session:
-                self.flush(session)
+        if time.monotonic() - self._last_write >= self.settings.progress_min_interval_s:
+            self._write_progress()
 
-    def _progress_due(self) -> bool:
-        return time.monotonic() - self._last_write >= self.settings.progress_min_interval_s
-
-    def flush(self, session: Any = None, *, final: bool = False) -> None:
-        """Write buffered api_calls, and the held-back progress report when it is due. `final`
-        drops that report: the step's last write sets its own progress and message."""
-        if final:
-            self._pending_progress = None
-        if session is None:
-            if self._calls or self._assets or self._pending_progress:
-                with self._db.begin() as own:
-                    self.flush(own)
-            return
-        if final and self._reused_from is not None:
-            credits.release_reused_still(session, self.workflow.id, source_id=self._reused_from)
-            self._reused_from = None
-        workflows.record_calls(session, self._calls)
-        self._calls = []
-        for fields in self._assets:
-            workflows.add_asset(session, **fields)
-        self._assets = []
-        if self._pending_progress is not None and self._progress_due():
+    def _write_progress(self, **step_values: Any) -> None:
+        """One write of the step as it now stands (the report held back, if any, and
+        `step_values`), with the provider calls buffered so far."""
+        if self._pending_progress is not None:
             progress, message, detail = self._pending_progress
-            values: dict[str, Any] = {"progress": progress, "message": message}
-            if detail is not None:
-                values["output"] = detail.to_output()
-            self._write(session, **values)
+            output = self.step.output if detail is None else detail.to_output()
+            step_values = {
+                "progress": progress,
+                "message": message,
+                "output": output,
+                **step_values,
+            }
             self._pending_progress = None
-            self._last_write = time.monotonic()
+        self.step = replace(self.step, **step_values)
+        self._held.progress(self.step, self.take_calls())
+        self._last_write = time.monotonic()
 
-    def _write(self, session: Any, **values: Any) -> None:
-        """Update this step in place (it stays processing), fenced by our claim."""
-        workflows.write_step(
-            session,
-            self.workflow.id,
-            self.step.name,
-            StepStatus.PROCESSING,
-            self._runner_id,
-            **values,
-        )
+    def take_calls(self) -> list[ApiCallRecord]:
+        """The provider calls recorded since the last write (they go with the next one)."""
+        calls, self._calls = self._calls, []
+        return calls
+
+    def take_assets(self) -> list[dict[str, Any]]:
+        """The assets stored by the step (they go with its completion)."""
+        assets, self._assets = self._assets, []
+        return assets
+
+    def record_on_end(self, session: Session) -> None:
+        """The step's records, in the transaction that ends the run (failed or cancelled): its
+        calls and assets, and the credits of a still it reused."""
+        self.release_reused_still(session)
+        workflows.record_calls(session, self.take_calls())
+        for fields in self.take_assets():
+            workflows.add_asset(session, **fields)
 
     def save_provider_request_id(self, request_id: str) -> None:
-        with self._db.begin() as session:
-            self.flush(session)
-            self._write(session, provider_request_id=request_id)
+        self._write_progress(provider_request_id=request_id)
         log.info(
             "Workflow %s - Step %s: provider job %s", self.workflow.id, self.step.name, request_id
         )
@@ -237,10 +231,22 @@ class StepExecution:
         with self._db.read() as session:
             return reuse.source_still(session, workflow_id)
 
-    def release_reused_still(self, source_id: str) -> None:
-        """Buffered into the step's completion transaction: the still's credits come back
-        only together with the step that reused it."""
+    def mark_still_reused(self, source_id: str) -> None:
+        """The step copied run `source_id`'s still: its credits come back before the step's
+        completion is written (`release_reused_still`)."""
         self._reused_from = source_id
+
+    def release_reused_still(self, session: Session | None = None) -> int:
+        """Give back the credits of the still this step reused, if it did: exactly once (a
+        resumed run that reuses it again gives nothing more), and before the step's completion,
+        so a crash between the two cannot keep them. Returns the credits given back."""
+        if self._reused_from is None:
+            return 0
+        source, self._reused_from = self._reused_from, None
+        if session is not None:
+            return credits.release_reused_still(session, self.workflow.id, source_id=source)
+        with self._db.begin() as own:
+            return credits.release_reused_still(own, self.workflow.id, source_id=source)
 
     # -- provider calls -------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -88,46 +88,80 @@ class DeliveryView:
 # Writing events (inside the state change's transaction)
 
 
+@dataclass(frozen=True)
+class Destination:
+    """Where a run's events go: its own webhookUrl (the events it subscribed to) or the
+    installation's WEBHOOK_URL (`events` None: every event)."""
+
+    scope: Scope
+    url: str
+    events: frozenset[str] | None
+
+
+def destinations_of(request: WorkflowRequest, global_url: str | None) -> tuple[Destination, ...]:
+    found = []
+    if request.webhook_url:
+        found.append(Destination(Scope.RUN, request.webhook_url, frozenset(request.webhook_events)))
+    if global_url:
+        found.append(Destination(Scope.GLOBAL, global_url, None))
+    return tuple(found)
+
+
+def deliveries(
+    destinations: Sequence[Destination],
+    *,
+    workflow_id: str,
+    user_id: int,
+    event: str,
+    data: dict[str, Any],
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The `webhook_deliveries` rows of one event of a run: one per destination that wants it."""
+    payload = {
+        "type": EVENT_TYPES[event],
+        "timestamp": now.isoformat().replace("+00:00", "Z"),
+        "data": {"workflowId": workflow_id, **data},
+    }
+    return [
+        {
+            "id": f"msg_{uuid.uuid4().hex}",
+            "workflow_id": workflow_id,
+            "user_id": user_id,
+            "url": destination.url,
+            "scope": destination.scope.value,
+            "event": event,
+            "payload": payload,
+            "status": DeliveryStatus.PENDING.value,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        for destination in destinations
+        if destination.events is None or event in destination.events
+    ]
+
+
 def enqueue(session: Session, workflow_id: str, event: str, data: dict[str, Any]) -> None:
     """Queue `event` ("started", "step" or "completed") of a run for every destination that
     wants it. The caller's transaction holds the state change; these rows commit or roll back
-    with it."""
+    with it. (A runner holding the run writes the same rows, from `deliveries`, in its own
+    one-statement writes: core.run_writes.)"""
     run = session.execute(
         select(Workflow.user_id, Workflow.request, Workflow.global_webhook_url).where(
             Workflow.id == workflow_id
         )
     ).one()
     request = WorkflowRequest.model_validate(run.request)
-    destinations = []
-    if request.webhook_url and event in request.webhook_events:
-        destinations.append((Scope.RUN, request.webhook_url))
-    if run.global_webhook_url:
-        destinations.append((Scope.GLOBAL, run.global_webhook_url))
-    if not destinations:
-        return
-    now = utcnow()
-    payload = {
-        "type": EVENT_TYPES[event],
-        "timestamp": now.isoformat().replace("+00:00", "Z"),
-        "data": {"workflowId": workflow_id, **data},
-    }
-    session.add_all(
-        WebhookDelivery(
-            id=f"msg_{uuid.uuid4().hex}",
-            workflow_id=workflow_id,
-            user_id=run.user_id,
-            url=url,
-            scope=scope.value,
-            event=event,
-            payload=payload,
-            status=DeliveryStatus.PENDING.value,
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-        )
-        for scope, url in destinations
+    rows = deliveries(
+        destinations_of(request, run.global_webhook_url),
+        workflow_id=workflow_id,
+        user_id=run.user_id,
+        event=event,
+        data=data,
+        now=utcnow(),
     )
-    session.flush()
+    if rows:
+        session.execute(insert(WebhookDelivery.__table__), rows)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,16 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -44,7 +53,6 @@ from core.states import (
     StepName,
     StepStatus,
     WorkflowStatus,
-    step_sources,
     workflow_sources,
 )
 
@@ -93,6 +101,7 @@ class WorkflowView:
     provider_cancel_confirmed: bool | None = None
     reuse_image_from: str | None = None  # the run whose still this one reuses (core.reuse)
     worker_id: str | None = None  # host:pid of the process that last claimed it
+    global_webhook_url: str | None = None  # the installation's WEBHOOK_URL when it was created
 
     def step(self, name: StepName) -> StepView:
         return next(s for s in self.steps if s.name == name)
@@ -305,6 +314,23 @@ def load_workflow(session: Session, workflow_id: str) -> WorkflowView:
     return _workflow_view(workflow, [_step_view(s) for s in steps])
 
 
+def read_workflow(connection: Connection, workflow_id: str) -> WorkflowView | None:
+    """The run as it stands, read with two plain statements on a connection (the runner's
+    read before it claims: no ORM on the hot path). None when there is no such run."""
+    run = connection.execute(
+        select(Workflow.__table__).where(Workflow.__table__.c.id == workflow_id)
+    ).first()
+    if run is None:
+        return None
+    steps = WorkflowStep.__table__.c
+    rows = connection.execute(
+        select(WorkflowStep.__table__)
+        .where(steps.workflow_id == workflow_id)
+        .order_by(steps.position)
+    )
+    return _workflow_view(run, [_step_view(s) for s in rows])
+
+
 def workflow_for(session: Session, workflow_id: str, viewer: UserView) -> WorkflowView:
     """A workflow the viewer may see: their own, or any for an admin. Others look missing."""
     view = load_workflow(session, workflow_id)
@@ -313,7 +339,7 @@ def workflow_for(session: Session, workflow_id: str, viewer: UserView) -> Workfl
     return view
 
 
-def _workflow_view(w: Workflow, steps: Sequence[StepView]) -> WorkflowView:
+def _workflow_view(w: Workflow | Row[Any], steps: Sequence[StepView]) -> WorkflowView:
     return WorkflowView(
         id=w.id,
         user_id=w.user_id,
@@ -334,10 +360,11 @@ def _workflow_view(w: Workflow, steps: Sequence[StepView]) -> WorkflowView:
         provider_cancel_confirmed=w.provider_cancel_confirmed,
         reuse_image_from=w.reuse_image_from,
         worker_id=w.worker_id,
+        global_webhook_url=w.global_webhook_url,
     )
 
 
-def _step_view(s: WorkflowStep) -> StepView:
+def _step_view(s: WorkflowStep | Row[Any]) -> StepView:
     return StepView(
         name=StepName(s.name),
         position=s.position,
@@ -361,18 +388,6 @@ def assets_of(session: Session, workflow_id: str) -> list[AssetView]:
         select(Asset).where(Asset.workflow_id == workflow_id).order_by(Asset.id)
     ).scalars()
     return [view_of(AssetView, a) for a in rows]
-
-
-def is_cancel_requested(session: Session, workflow_id: str) -> bool:
-    return bool(
-        session.execute(
-            select(Workflow.cancel_requested).where(Workflow.id == workflow_id)
-        ).scalar()
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Cancel (from users) and the runner's writes
 
 
 def request_cancel(db: Database, workflow_id: str, viewer: UserView) -> WorkflowView:
@@ -417,11 +432,6 @@ def _update(session: Session, statement: Any) -> int:
     update, so the ORM's session synchronisation (an extra RETURNING or SELECT) is skipped."""
     result = session.execute(statement, execution_options={"synchronize_session": False})
     return result.rowcount
-
-
-def _owned_by(workflow_id: str, runner_id: str) -> ColumnElement[bool]:
-    """True while `runner_id` still holds the workflow: fences out a runner that lost its claim."""
-    return exists().where(Workflow.id == workflow_id, Workflow.runner_id == runner_id)
 
 
 def claim(
@@ -538,79 +548,6 @@ def release(session: Session, workflow_id: str, runner_id: str) -> None:
         update(Workflow)
         .where(Workflow.id == workflow_id, Workflow.runner_id == runner_id)
         .values(runner_id=None, heartbeat_at=None),
-    )
-
-
-def write_step(
-    session: Session,
-    workflow_id: str,
-    step: StepName,
-    target: StepStatus,
-    runner_id: str,
-    **values: Any,
-) -> None:
-    """Move a step to `target` (or update it in place when already there: progress), checked
-    and fenced, and log the step as it now stands."""
-    written = _update_steps(
-        session,
-        update(WorkflowStep)
-        .where(
-            WorkflowStep.workflow_id == workflow_id,
-            WorkflowStep.name == step.value,
-            WorkflowStep.status.in_(step_sources(target)),
-            _owned_by(workflow_id, runner_id),
-        )
-        .values(status=target.value, **values),
-    )
-    if not written:
-        raise InvalidTransitionError(f"workflow {workflow_id} step {step}: cannot become {target}")
-    _append_steps(session, written)
-
-
-def start_step(
-    session: Session,
-    workflow_id: str,
-    step: StepName,
-    runner_id: str,
-    *,
-    deadline_at: datetime,
-    worker_id: str | None = None,
-) -> None:
-    """Mark a step processing. A resumed step keeps its first start and its first deadline, so
-    a crash loop cannot stretch a step's time budget."""
-    write_step(
-        session,
-        workflow_id,
-        step,
-        StepStatus.PROCESSING,
-        runner_id,
-        attempts=WorkflowStep.attempts + 1,
-        started_at=func.coalesce(WorkflowStep.started_at, utcnow()),
-        deadline_at=func.coalesce(WorkflowStep.deadline_at, deadline_at),
-        message="started",
-        worker_id=worker_id,
-    )
-    webhooks.enqueue(
-        session, workflow_id, "step", {"step": step.value, "state": StepStatus.PROCESSING.value}
-    )
-
-
-def complete_step(
-    session: Session, workflow_id: str, step: StepName, runner_id: str, output: dict[str, Any]
-) -> None:
-    write_step(
-        session,
-        workflow_id,
-        step,
-        StepStatus.COMPLETED,
-        runner_id,
-        progress=100,
-        output=output,
-        message="done",
-        finished_at=utcnow(),
-    )
-    webhooks.enqueue(
-        session, workflow_id, "step", {"step": step.value, "state": StepStatus.COMPLETED.value}
     )
 
 

@@ -34,6 +34,7 @@ from core.providers.offline import OfflineVideoGenerator
 from core.runtime import Runtime
 from core.schemas import parse_request
 from core.states import STEP_ORDER, StepName, StepStatus, WorkflowStatus
+from tests import stepping
 from tests.fakes import Crash, Spy
 from tests.helpers import balance, load, refunds, wait_for
 
@@ -365,7 +366,7 @@ def test_a_runner_that_lost_its_claim_can_no_longer_write(settings, user, db):
     with db.begin() as session:  # runner-a's heartbeat is older than "now": b takes over
         assert workflows.claim(session, workflow_id, "runner-b", stale_before=utcnow())
     with pytest.raises(InvalidTransitionError), db.begin() as session:
-        workflows.start_step(
+        stepping.start_step(
             session, workflow_id, StepName.VALIDATE, "runner-a", deadline_at=utcnow()
         )
 

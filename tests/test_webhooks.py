@@ -26,6 +26,7 @@ from core.schemas import parse_request
 from core.states import STEP_ORDER, StepName, WorkflowStatus
 from core.webhook_sender import WebhookSender
 from core.webhooks import Attempt, DeliveryStatus
+from tests import stepping
 from tests.helpers import ParkedExecutor, balance, free_port, load, wait_for
 from tests.local_http import local_server
 
@@ -186,8 +187,8 @@ def complete_by_hand(db: Database, workflow_id: str, runner: str = "runner-a") -
         assert workflows.claim(session, workflow_id, runner, stale_before=utcnow())
     for step in STEP_ORDER:
         with db.begin() as session:
-            workflows.start_step(session, workflow_id, step, runner, deadline_at=utcnow())
-            workflows.complete_step(session, workflow_id, step, runner, {})
+            stepping.start_step(session, workflow_id, step, runner, deadline_at=utcnow())
+            stepping.complete_step(session, workflow_id, step, runner, {})
     with db.begin() as session:
         workflows.complete_run(session, workflow_id, runner)
 
@@ -285,7 +286,7 @@ def test_a_failed_run_tells_which_step_failed_and_what_came_back(runtime, make_u
     workflow_id = queued(runtime, user, request("http://receiver.test/hook"))
     with runtime.db.begin() as session:
         workflows.claim(session, workflow_id, "runner-a", stale_before=utcnow())
-        workflows.start_step(
+        stepping.start_step(
             session, workflow_id, StepName.VALIDATE, "runner-a", deadline_at=utcnow()
         )
         workflows.end_run(

@@ -137,6 +137,22 @@ def test_probe_video_refuses_a_clip_cut_short_before_its_index(clip_720p: bytes)
         probe_video(clip_720p[:200])
 
 
+def test_probe_video_refuses_a_clip_cut_short_inside_its_media(clip_720p: bytes) -> None:
+    # The index sits in front of the media, so a clip cut anywhere in its media keeps a whole
+    # index and still decodes its first frames: only the box sizes give the cut away.
+    cut = clip_720p[: len(clip_720p) - 1000]
+    with av.open(io.BytesIO(cut)) as box:
+        assert next(box.decode(video=0)).width == 1280
+
+    with pytest.raises(ValueError, match="cut short"):
+        probe_video(cut)
+
+
+def test_probe_video_refuses_a_clip_with_bytes_appended(clip_720p: bytes) -> None:
+    with pytest.raises(ValueError, match="cut short"):
+        probe_video(clip_720p + b"\x00\x00\x01\x00junk")
+
+
 def test_probe_image_reads_size_and_format(photo: bytes) -> None:
     probe = probe_image(photo)
 

@@ -24,6 +24,7 @@ from core.schemas import parse_request
 from core.states import StepName, StepStatus, WorkflowStatus
 from core.ui.runtime import AppServices, get_services
 from core.workflows import WorkflowView
+from tests import stepping
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_EMAIL = "admin@example.com"
@@ -182,12 +183,12 @@ def running_run(runtime: Runtime, user: UserView, video_output: dict[str, Any]) 
         )
         deadline = utcnow() + timedelta(hours=1)
         for step in (StepName.VALIDATE, StepName.GENERATE_IMAGE, StepName.UPLOAD_IMAGE):
-            workflows.start_step(session, workflow_id, step, TEST_RUNNER, deadline_at=deadline)
-            workflows.complete_step(session, workflow_id, step, TEST_RUNNER, {})
-        workflows.start_step(
+            stepping.start_step(session, workflow_id, step, TEST_RUNNER, deadline_at=deadline)
+            stepping.complete_step(session, workflow_id, step, TEST_RUNNER, {})
+        stepping.start_step(
             session, workflow_id, StepName.GENERATE_VIDEO, TEST_RUNNER, deadline_at=deadline
         )
-        workflows.write_step(
+        stepping.write_step(
             session,
             workflow_id,
             StepName.GENERATE_VIDEO,

@@ -23,6 +23,7 @@ from core.schemas import parse_request
 from core.states import StepName, WorkflowStatus
 from core.ui import format as fmt
 from core.ui import nav
+from tests import stepping
 from tests.ui.conftest import (
     ADMIN_EMAIL,
     PAYLOAD,
@@ -98,7 +99,7 @@ def world(engine) -> World:
             session, failed, TEST_RUNNER, stale_before=utcnow() - timedelta(hours=1)
         )
         deadline = utcnow() + timedelta(hours=1)
-        workflows.start_step(session, failed, StepName.VALIDATE, TEST_RUNNER, deadline_at=deadline)
+        stepping.start_step(session, failed, StepName.VALIDATE, TEST_RUNNER, deadline_at=deadline)
     end_running(runtime, failed, WorkflowStatus.FAILED, PROVIDER_ERROR)
     completed, _ = runtime.start_workflow(
         owner, parse_request(payload), client_key=uuid.uuid4().hex

@@ -10,6 +10,7 @@ from core import workflows
 from core.models import Asset, WorkflowStep, utcnow
 from core.schemas import parse_request
 from core.states import StepName, StepStatus
+from tests import stepping
 
 REQUEST = {"imagePrompt": "a red fox in snow", "videoPrompt": "slow pan"}
 RUNNER = "runner-test"
@@ -32,8 +33,8 @@ def finish(db, workflow_id: str, seconds: dict[StepName, float], *, status=StepS
         workflows.claim(session, workflow_id, RUNNER, stale_before=utcnow())
         deadline = utcnow() + timedelta(hours=1)
         for step in StepName:
-            workflows.start_step(session, workflow_id, step, RUNNER, deadline_at=deadline)
-            workflows.complete_step(session, workflow_id, step, RUNNER, {})
+            stepping.start_step(session, workflow_id, step, RUNNER, deadline_at=deadline)
+            stepping.complete_step(session, workflow_id, step, RUNNER, {})
         workflows.complete_run(session, workflow_id, RUNNER)
         for row in session.query(WorkflowStep).filter_by(workflow_id=workflow_id):
             started = utcnow() - timedelta(minutes=5)

@@ -8,6 +8,7 @@ from core import workflows
 from core.models import utcnow
 from core.states import StepName, StepStatus, WorkflowStatus
 from core.views import watch
+from tests import stepping
 from tests.views.runs import RUNNER, start
 
 
@@ -58,7 +59,7 @@ def test_a_failed_run_names_its_step_and_the_providers_verdict(db, make_user):
     workflow_id = start(db, user)
     with db.begin() as session:
         workflows.claim(session, workflow_id, RUNNER, stale_before=utcnow())
-        workflows.start_step(session, workflow_id, StepName.VALIDATE, RUNNER, deadline_at=utcnow())
+        stepping.start_step(session, workflow_id, StepName.VALIDATE, RUNNER, deadline_at=utcnow())
         workflows.record_provider_cancel(session, workflow_id, RUNNER, confirmed=False)
         workflows.end_run(
             session,
