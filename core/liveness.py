@@ -173,9 +173,9 @@ def mark_nudged(session: Session, workflow_ids: Sequence[str]) -> None:
         )
 
 
-def next_waiting(session: Session, user_id: int) -> str | None:
+def next_waiting(connection: Session | Connection, user_id: int) -> str | None:
     """The user's oldest queued run: the one to nudge when one of their slots frees."""
-    return session.execute(
+    return connection.execute(
         select(Workflow.id)
         .where(Workflow.user_id == user_id, Workflow.status == WorkflowStatus.QUEUED.value)
         .order_by(Workflow.created_at)

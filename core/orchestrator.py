@@ -212,8 +212,8 @@ class Orchestrator:
     def _nudge_waiting(self, user_id: int) -> None:
         """A slot of the user's just freed: hand their oldest waiting run to the executor. Past
         the submit dedup on purpose: that run may be on its way out of a refused claim here."""
-        with self.db.read() as session:
-            waiting = liveness.next_waiting(session, user_id)
+        with self.writer.engine.connect() as connection:
+            waiting = liveness.next_waiting(connection, user_id)
         if waiting is not None and not self.stopping.is_set():
             self.executor.submit(waiting)
 

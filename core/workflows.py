@@ -219,12 +219,12 @@ def start_workflow(
             found = existing(session)
             if found is not None:
                 return found, False
-            workflow_id, created = _create(
+            workflow_id = _create(
                 session, user_id, request, client_key, actor, global_webhook_url, still
             )
-            if created and idempotency_key is not None:
+            if idempotency_key is not None:
                 idempotency.remember(session, user_id, idempotency_key, workflow_id, now)
-            return workflow_id, created
+            return workflow_id, True
     except IntegrityError:
         with db.read() as session:
             found = existing(session)
@@ -247,10 +247,7 @@ def _create(
     actor: str,
     global_webhook_url: str | None,
     still: StillChoice,
-) -> tuple[str, bool]:
-    existing = _by_client_key(session, user_id, client_key)
-    if existing is not None:
-        return existing, False
+) -> str:
     if request.project_id is not None and not _owns_project(session, user_id, request.project_id):
         raise RequestValidationError({"projectId": "no such project"})
     active = session.execute(select(User.is_active).where(User.id == user_id)).scalar()
@@ -294,7 +291,7 @@ def _create(
     credits.reserve(session, user_id, workflow.cost_credits, workflow_id=workflow.id, actor=actor)
     append_event(session, workflow.id, EventKind.RUN, run_payload(WorkflowStatus.QUEUED))
     metrics.run_started(session, workflow.video_model)
-    return workflow.id, True
+    return workflow.id
 
 
 def _owns_project(session: Session, user_id: int, project_id: int) -> bool:
