@@ -602,3 +602,56 @@ class WorkerBeat(Base):
 
     def __repr__(self) -> str:
         return f"WorkerBeat({self.id}, {self.runs_in_hand} runs)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Monitoring rollups of closed days (core.views.rollup): derived from the tables above, filled
+# when the monitoring page first reads a closed day, never by the engine.
+
+
+class RollupDay(Base):
+    """A closed UTC day a rollup holds (`kind`: runs | ledger), and when it was rolled up."""
+
+    __tablename__ = "rollup_days"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    day: Mapped[datetime] = mapped_column(primary_key=True)
+    rolled_at: Mapped[datetime] = mapped_column()
+
+
+class RunDayRollup(Base):
+    """The finished runs created on a day, summed per user, project, model and status: what
+    the cost of a delivered video reads instead of every run."""
+
+    __tablename__ = "rollup_run_days"
+    __table_args__ = (Index("ix_rollup_run_days_day", "day"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    day: Mapped[datetime] = mapped_column()
+    user_id: Mapped[int] = mapped_column(Integer)
+    project_id: Mapped[int | None] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16))
+    runs: Mapped[int] = mapped_column(Integer)
+    reserved: Mapped[int] = mapped_column(BigInteger)
+    refunded: Mapped[int] = mapped_column(BigInteger)
+    released: Mapped[int] = mapped_column(BigInteger)
+    net: Mapped[int] = mapped_column(BigInteger)
+    usd: Mapped[Decimal] = mapped_column(Numeric(16, 4))
+
+
+class LedgerDayRollup(Base):
+    """A day's run ledger rows (reserve, refund, release), summed per user and the run's
+    project: what credit usage and the credit totals read instead of every row."""
+
+    __tablename__ = "rollup_ledger_days"
+    __table_args__ = (Index("ix_rollup_ledger_days_day", "day"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    day: Mapped[datetime] = mapped_column()
+    user_id: Mapped[int] = mapped_column(Integer)
+    workflow_id_set: Mapped[bool] = mapped_column(Boolean)  # False: rows of no run
+    project_id: Mapped[int | None] = mapped_column(Integer)
+    reserved: Mapped[int] = mapped_column(BigInteger)
+    refunded: Mapped[int] = mapped_column(BigInteger)
+    released: Mapped[int] = mapped_column(BigInteger)

@@ -52,10 +52,21 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import Subquery
 
 from core.errors import RequestValidationError
-from core.models import ApiCall, CreditTransaction, Project, User, Workflow, WorkflowStep
+from core.models import (
+    ApiCall,
+    CreditTransaction,
+    LedgerDayRollup,
+    Project,
+    RunDayRollup,
+    User,
+    Workflow,
+    WorkflowStep,
+)
 from core.reuse import CACHE_PROVIDER as REUSE_PROVIDER
 from core.reuse import REUSE_OPERATION
 from core.states import STEP_ORDER, StepStatus, WorkflowStatus
+from core.views import rollup
+from core.views.rollup import DEFAULT_MODEL_LABEL as DEFAULT_MODEL_LABEL  # re-exported
 
 HOURLY_MAX_RANGE = timedelta(days=2)  # longer ranges are bucketed by day
 DAILY_USAGE_MAX_RANGE = timedelta(days=92)  # longer credit-usage ranges by week
@@ -64,7 +75,6 @@ SORT_WORK_MEM = "64MB"
 HISTOGRAM_EDGES_S: tuple[float, ...] = (0.5, 1, 2, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600)
 IN_FLIGHT = (WorkflowStatus.QUEUED.value, WorkflowStatus.RUNNING.value)
 _NOT_OK = text("api_calls.outcome <> 'ok'")  # a literal: SQLite matches partial indexes by text
-_PRICED = text("api_calls.cost_usd > 0")  # ix_api_calls_priced, the same way
 
 
 class Granularity(StrEnum):
@@ -382,16 +392,52 @@ _RUN_MOVES = ("reserve", "refund", "release")  # the ledger rows a run writes
 
 
 def credit_totals(session: Session, flt: MonitoringFilter) -> tuple[int, int, int]:
-    """(reserved, refunded, released for reused stills) credits in the range, from the ledger."""
-    amount, kind = CreditTransaction.amount, CreditTransaction.kind
+    """(reserved, refunded, released for reused stills) credits in the range, from the ledger
+    (its rollup for the closed days)."""
+    moves = _ledger_moves(session, flt, Granularity.DAY)
     row = session.execute(
         select(
-            func.coalesce(func.sum(case((kind == "reserve", -amount))), 0),
-            func.coalesce(func.sum(case((kind == "refund", amount))), 0),
-            func.coalesce(func.sum(case((kind == "release", amount))), 0),
-        ).where(*_ledger_scope(flt))
+            func.coalesce(func.sum(moves.c.reserved), 0),
+            func.coalesce(func.sum(moves.c.refunded), 0),
+            func.coalesce(func.sum(moves.c.released), 0),
+        )
     ).one()
     return int(row[0]), int(row[1]), int(row[2])
+
+
+def _ledger_moves(session: Session, flt: MonitoringFilter, granularity: Granularity) -> Subquery:
+    """The run ledger rows of the range the filter's user and project allow, as (bucket,
+    user_id, project_id, workflow_id_set, reserved, refunded, released): day sums for the
+    closed days of the range, raw rows for the rest."""
+    split = _split(session, "ledger", flt, granularity)
+    raw = rollup.ledger_moves(
+        session, split.raw(CreditTransaction.created_at), *_ledger_narrowing(flt)
+    ).subquery()
+    rolled = LedgerDayRollup
+    parts = [
+        select(
+            _bucket(session, raw.c.created_at, granularity).label("bucket"),
+            raw.c.user_id,
+            raw.c.project_id,
+            raw.c.workflow_id_set,
+            raw.c.reserved,
+            raw.c.refunded,
+            raw.c.released,
+        )
+    ]
+    if split.rolled:
+        parts.append(
+            select(
+                _bucket(session, rolled.day, granularity),
+                rolled.user_id,
+                rolled.project_id,
+                rolled.workflow_id_set,
+                rolled.reserved,
+                rolled.refunded,
+                rolled.released,
+            ).where(split.rollup(rolled.day), *_narrowing(flt, rolled))
+        )
+    return union_all(*parts).subquery()
 
 
 def outcomes_over_time(session: Session, flt: MonitoringFilter) -> list[OutcomeBucket]:
@@ -655,27 +701,19 @@ def credit_usage(
     non-empty buckets (default buckets: `flt.usage_granularity`)."""
     _tune(session)
     granularity = granularity or flt.usage_granularity
-    amount = CreditTransaction.amount
-    key = CreditTransaction.user_id if by == "user" else Workflow.project_id
-    moves = select(
-        _bucket(session, CreditTransaction.created_at, granularity).label("bucket"),
-        key.label("key"),
-        case((CreditTransaction.kind == "reserve", -amount), else_=0).label("reserved"),
-        case((CreditTransaction.kind == "refund", amount), else_=0).label("refunded"),
-        case((CreditTransaction.kind == "release", amount), else_=0).label("released"),
-    ).select_from(CreditTransaction)
-    if by == "project":
-        moves = moves.join(Workflow, Workflow.id == CreditTransaction.workflow_id)
-    moves = moves.where(*_ledger_scope(flt)).subquery()
+    moves = _ledger_moves(session, flt, granularity)
+    key = moves.c.user_id if by == "user" else moves.c.project_id
+    runs_only = [moves.c.workflow_id_set.is_(True)] if by == "project" else []
     totals = (
         select(
             moves.c.bucket,
-            moves.c.key,
+            key.label("key"),
             func.sum(moves.c.reserved).label("reserved"),
             func.sum(moves.c.refunded).label("refunded"),
             func.sum(moves.c.released).label("released"),
         )
-        .group_by(moves.c.bucket, moves.c.key)
+        .where(*runs_only)
+        .group_by(moves.c.bucket, key)
         .subquery()
     )
     label_of = User.email if by == "user" else Project.name
@@ -720,7 +758,6 @@ def reuse_stats(session: Session, flt: MonitoringFilter) -> ReuseStats:
 
 DeliveredBy = Literal["time", "model", "user", "project"]
 DELIVERED_BY: tuple[DeliveredBy, ...] = ("time", "model", "user", "project")
-DEFAULT_MODEL_LABEL = "(installation default)"
 
 
 @dataclass(frozen=True)
@@ -753,8 +790,8 @@ def delivered_cost(session: Session, flt: MonitoringFilter) -> DeliveredCosts:
     facts = _run_facts(session, flt)
     done = facts.c.status == WorkflowStatus.COMPLETED.value
     measures = [
-        func.count().label("runs"),
-        _count_if(done, "delivered"),
+        func.sum(facts.c.runs).label("runs"),
+        func.coalesce(func.sum(facts.c.runs).filter(done), 0).label("delivered"),
         func.sum(facts.c.reserved).label("reserved"),
         func.sum(facts.c.refunded).label("refunded"),
         func.sum(facts.c.released).label("released"),
@@ -813,66 +850,33 @@ def delivered_cost(session: Session, flt: MonitoringFilter) -> DeliveredCosts:
 
 
 def _run_facts(session: Session, flt: MonitoringFilter) -> Any:
-    """One row per finished run created in the range: its groups, status, credits reserved,
-    refunded, released and net, and the list price of its priced calls."""
-    runs = (
+    """The finished runs created in the range as (bucket, status, model, user_id, project_id,
+    runs, reserved, refunded, released, net, usd): sums per closed day from the rollup, one row
+    per run (runs = 1) for the rest."""
+    granularity = flt.usage_granularity
+    split = _split(session, "runs", flt, granularity)
+    raw = rollup.run_facts(session, split.raw(Workflow.created_at), *_run_scope(flt)).subquery()
+    measures = ("reserved", "refunded", "released", "net", "usd")
+    groups = ("status", "model", "user_id", "project_id")
+    parts = [
         select(
-            Workflow.id,
-            Workflow.status,
-            _bucket(session, Workflow.created_at, flt.usage_granularity).label("bucket"),
-            func.coalesce(Workflow.video_model, DEFAULT_MODEL_LABEL).label("model"),
-            Workflow.cost_credits,
-            Workflow.user_id,
-            Workflow.project_id,
+            _bucket(session, raw.c.created_at, granularity).label("bucket"),
+            *(raw.c[g] for g in groups),
+            literal(1).label("runs"),
+            *(raw.c[m] for m in measures),
         )
-        .where(
-            _created_in(flt),
-            *_run_scope(flt),
-            Workflow.status.in_([s.value for s in _FINISHED]),
+    ]
+    if split.rolled:
+        rolled = RunDayRollup.__table__.c
+        parts.append(
+            select(
+                _bucket(session, rolled.day, granularity),
+                *(rolled[g] for g in groups),
+                rolled.runs,
+                *(rolled[m] for m in measures),
+            ).where(split.rollup(rolled.day), *_narrowing(flt, rolled))
         )
-        .subquery()
-    )
-    # What a run reserved is its cost_credits plus what a reused still gave back (release
-    # lowers cost_credits by its amount, in its transaction): only the few refund and release
-    # rows need reading, not the reserve of every run.
-    amount, kind = CreditTransaction.amount, CreditTransaction.kind
-    ledger = (
-        select(
-            CreditTransaction.workflow_id,
-            func.sum(case((kind == "refund", amount), else_=0)).label("refunded"),
-            func.sum(case((kind == "release", amount), else_=0)).label("released"),
-        )
-        .where(kind.in_(("refund", "release")), CreditTransaction.created_at >= flt.since)
-        .group_by(CreditTransaction.workflow_id)
-        .subquery()
-    )
-    priced = (
-        select(ApiCall.workflow_id, func.sum(ApiCall.cost_usd).label("usd"))
-        .where(_PRICED, ApiCall.started_at >= flt.since)
-        .group_by(ApiCall.workflow_id)
-        .subquery()
-    )
-    refunded = func.coalesce(ledger.c.refunded, 0)
-    released = func.coalesce(ledger.c.released, 0)
-    reserved = runs.c.cost_credits + released
-    return (
-        select(
-            runs.c.status,
-            runs.c.bucket,
-            runs.c.model,
-            runs.c.user_id,
-            runs.c.project_id,
-            reserved.label("reserved"),
-            refunded.label("refunded"),
-            released.label("released"),
-            (runs.c.cost_credits - refunded).label("net"),
-            func.coalesce(priced.c.usd, 0).label("usd"),
-        )
-        .select_from(runs)
-        .outerjoin(ledger, ledger.c.workflow_id == runs.c.id)
-        .outerjoin(priced, priced.c.workflow_id == runs.c.id)
-        .cte("run_facts")
-    )
+    return union_all(*parts).cte("run_facts")
 
 
 def _delivered_labels(session: Session, rows: Sequence[Any]) -> dict[str, dict[Any, str]]:
@@ -992,6 +996,36 @@ def _call_scope(flt: MonitoringFilter) -> list[ColumnElement[bool]]:
     if flt.provider is not None:
         scope.append(ApiCall.provider == flt.provider)
     return scope + _runs_of(flt, ApiCall.workflow_id)
+
+
+def _split(
+    session: Session, kind: rollup.Kind, flt: MonitoringFilter, granularity: Granularity
+) -> rollup.Split:
+    """The range cut into rolled-up closed days and raw rest; hourly buckets read raw only (a
+    day's rollup has no hours, and two days of raw rows are few)."""
+    if granularity is Granularity.HOUR:
+        return rollup.Split.unrolled(flt.since, flt.until)
+    return rollup.split(session, kind, flt.since, flt.until)
+
+
+def _ledger_narrowing(flt: MonitoringFilter) -> list[ColumnElement[bool]]:
+    """The filter's user and project on rollup.ledger_moves' rows."""
+    scope = []
+    if flt.user_id is not None:
+        scope.append(CreditTransaction.user_id == flt.user_id)
+    if flt.project_id is not None:
+        scope.append(Workflow.project_id == flt.project_id)
+    return scope
+
+
+def _narrowing(flt: MonitoringFilter, rolled: Any) -> list[ColumnElement[bool]]:
+    """The filter's user and project on a rollup's rows."""
+    scope = []
+    if flt.user_id is not None:
+        scope.append(rolled.user_id == flt.user_id)
+    if flt.project_id is not None:
+        scope.append(rolled.project_id == flt.project_id)
+    return scope
 
 
 def _ledger_scope(flt: MonitoringFilter) -> list[ColumnElement[bool]]:

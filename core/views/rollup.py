@@ -1,0 +1,365 @@
+"""Rollups of closed days for the monitoring page's sums: the finished runs created on a day
+(the cost of a delivered video) and a day's run ledger rows (credit usage and totals), summed
+per user, project (and model and status), so a year of history reads a few thousand rows
+instead of every run and ledger row. The panels read the rollup for the closed whole days of
+their range and the raw rows for the rest (the range's partial first and last days and the days
+not closed yet), and sum the two: the figures are the raw queries' own.
+
+When a day is closed. Days are UTC days, as the panels' buckets are (the page's time zone only
+formats them). A day D is closed when both hold:
+- D ended at least GRACE ago. Rows are stamped with the writer's clock before their transaction
+  commits, so a row of D may still be committing just after midnight.
+- No run created before D ended is queued or running. A run in flight can still end (status),
+  be refunded when it fails or is cancelled, and release a reused still's credits: every change
+  to a run's figures happens while it is in flight, and the ledger rows it writes are stamped
+  at or after its creation, so they fall on D or later.
+Days close in order (a day's rule holds for every earlier day), so the closed days are the ones
+before one horizon.
+
+Late changes. One path changes a closed day after the fact: an admin refunds a completed run
+(core.admin.refund_run); its refund row is written today, but it changes its run's creation
+day. Before reading, a panel rolls such days up again: those with refund or release rows written
+since they were rolled up (less GRACE, for rows committing late). The ledger rollup needs no such
+check: its rows fall on the day they are written, which is not closed yet.
+
+Filling. On read, from a write transaction of its own (never the engine's: nothing on a run's
+path writes here): the days missing in the closed part of the range are claimed in
+`rollup_days` (ON CONFLICT DO NOTHING, so two pages filling at once roll each day up once) and
+summed from the raw rows in the same transaction. A reader then uses the rollup only for the
+days it sees in `rollup_days`, so a fill another transaction has not committed yet is read raw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    delete,
+    func,
+    or_,
+    outerjoin,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from core.models import (
+    ApiCall,
+    CreditTransaction,
+    LedgerDayRollup,
+    RollupDay,
+    RunDayRollup,
+    Workflow,
+    utcnow,
+)
+from core.states import WorkflowStatus
+
+GRACE = timedelta(minutes=15)
+DAY = timedelta(days=1)
+DEFAULT_MODEL_LABEL = "(installation default)"
+FINISHED = tuple(
+    s.value for s in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED)
+)
+IN_FLIGHT = (WorkflowStatus.QUEUED.value, WorkflowStatus.RUNNING.value)
+RUN_MOVES = ("reserve", "refund", "release")
+_PRICED = text("api_calls.cost_usd > 0")  # a literal: SQLite matches partial indexes by text
+
+Kind = Literal["runs", "ledger"]
+
+
+@dataclass(frozen=True)
+class Split:
+    """[since, until) cut into the rolled-up whole days [rolled_from, rolled_until) and the rest,
+    read raw. rolled_from == rolled_until: no rollup in the range."""
+
+    since: datetime
+    until: datetime
+    rolled_from: datetime
+    rolled_until: datetime
+
+    @classmethod
+    def unrolled(cls, since: datetime, until: datetime) -> Split:
+        return cls(since, until, since, since)
+
+    @property
+    def rolled(self) -> bool:
+        return self.rolled_from < self.rolled_until
+
+    def raw(self, column: Any) -> ColumnElement[bool]:
+        """`column` in the range but outside the rolled-up days."""
+        in_range = and_(column >= self.since, column < self.until)
+        if not self.rolled:
+            return in_range
+        return and_(in_range, or_(column < self.rolled_from, column >= self.rolled_until))
+
+    def rollup(self, day: Any) -> ColumnElement[bool]:
+        return and_(day >= self.rolled_from, day < self.rolled_until)
+
+
+def _start_of_day(moment: datetime) -> datetime:
+    return datetime.combine(moment.astimezone(UTC).date(), time(), UTC)
+
+
+def horizon(session: Session, now: datetime | None = None) -> datetime:
+    """The start of the first day that is not closed (see the module's docstring)."""
+    limit = _start_of_day((now or utcnow()) - GRACE)
+    oldest = session.execute(
+        select(func.min(Workflow.created_at)).where(Workflow.status.in_(IN_FLIGHT))
+    ).scalar()
+    return limit if oldest is None else min(limit, _start_of_day(oldest))
+
+
+def split(session: Session, kind: Kind, since: datetime, until: datetime) -> Split:
+    """Fill the closed days of [since, until) that are not rolled up (and roll up again the
+    runs' days a late refund changed), then cut the range: the rollup serves the unbroken run
+    of rolled-up days from the first whole day on, the raw rows the rest."""
+    first = _start_of_day(since)
+    if first < since:
+        first += DAY
+    last = min(_start_of_day(until), horizon(session))
+    if first >= last:
+        return Split.unrolled(since, until)
+    _fill(session, kind, first, last)
+    present = set(
+        _as_utc(d)
+        for d in session.scalars(
+            select(RollupDay.day).where(
+                RollupDay.kind == kind, RollupDay.day >= first, RollupDay.day < last
+            )
+        )
+    )
+    end = first
+    while end < last and end in present:
+        end += DAY
+    return Split(since, until, first, end)
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _fill(session: Session, kind: Kind, first: datetime, last: datetime) -> None:
+    days = {first + DAY * i for i in range((last - first) // DAY)}
+    rolled = {
+        _as_utc(d): _as_utc(at)
+        for d, at in session.execute(
+            select(RollupDay.day, RollupDay.rolled_at).where(
+                RollupDay.kind == kind, RollupDay.day >= first, RollupDay.day < last
+            )
+        )
+    }
+    stale = _changed_since_rolled(session, first, rolled) if kind == "runs" and rolled else set()
+    missing = (days - rolled.keys()) | stale
+    if not missing:
+        return
+    writer = session.get_bind().execution_options(readonly=False)
+    with Session(writer) as fill, fill.begin():
+        if stale:
+            _forget(fill, kind, stale)
+        claimed = _claim(fill, kind, missing)
+        if claimed:
+            _roll_up(fill, kind, claimed)
+
+
+def _changed_since_rolled(
+    session: Session, first: datetime, rolled: dict[datetime, datetime]
+) -> set[datetime]:
+    """Rolled-up run days with refund or release rows written after (or just before) they were
+    rolled up: an admin's refund of a completed run long after its day closed."""
+    since = min(rolled.values()) - GRACE
+    rows = session.execute(
+        select(Workflow.created_at, CreditTransaction.created_at)
+        .join(Workflow, Workflow.id == CreditTransaction.workflow_id)
+        .where(
+            CreditTransaction.kind.in_(("refund", "release")),
+            CreditTransaction.created_at >= since,
+            Workflow.created_at >= first,
+        )
+    )
+    stale = set()
+    for created, written in rows:
+        day = _start_of_day(created)
+        at = rolled.get(day)
+        if at is not None and written >= at - GRACE:
+            stale.add(day)
+    return stale
+
+
+def _forget(session: Session, kind: Kind, days: Iterable[datetime]) -> None:
+    table = RunDayRollup if kind == "runs" else LedgerDayRollup
+    days = list(days)
+    session.execute(delete(table).where(table.day.in_(days)))
+    session.execute(delete(RollupDay).where(RollupDay.kind == kind, RollupDay.day.in_(days)))
+
+
+def _claim(session: Session, kind: Kind, days: Iterable[datetime]) -> list[datetime]:
+    """Insert the days' rollup_days rows; the ones this transaction inserted (the others were
+    claimed by a concurrent fill, which rolls them up)."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    now = utcnow()
+    rows = [{"kind": kind, "day": day, "rolled_at": now} for day in sorted(days)]
+    claimed = session.scalars(
+        insert(RollupDay).values(rows).on_conflict_do_nothing().returning(RollupDay.day)
+    )
+    return sorted(_as_utc(d) for d in claimed)
+
+
+def _roll_up(session: Session, kind: Kind, days: list[datetime]) -> None:
+    for start, end in _spans(days):
+        if kind == "runs":
+            table, source = RunDayRollup, _run_days(session, start, end)
+        else:
+            table, source = LedgerDayRollup, _ledger_days(session, start, end)
+        names = [c.name for c in source.selected_columns]
+        session.execute(table.__table__.insert().from_select(names, source))
+
+
+def _spans(days: list[datetime]) -> list[tuple[datetime, datetime]]:
+    """Sorted days as [start, end) runs of consecutive days."""
+    spans: list[tuple[datetime, datetime]] = []
+    for day in days:
+        if spans and spans[-1][1] == day:
+            spans[-1] = (spans[-1][0], day + DAY)
+        else:
+            spans.append((day, day + DAY))
+    return spans
+
+
+def day_of(session: Session, column: Any) -> ColumnElement[Any]:
+    """The UTC day a timestamp falls on, as the rollups store it."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.date_trunc("day", func.timezone("UTC", column)).op("AT TIME ZONE")("UTC")
+    # SQLAlchemy's own text form of a datetime, so the day compares with bound datetimes.
+    return func.strftime("%Y-%m-%d 00:00:00.000000", column)
+
+
+# ---------------------------------------------------------------------------------------------
+# What one run and one ledger row contribute: the raw facts the panels sum, rolled up or not
+
+
+def run_facts(
+    session: Session, created: ColumnElement[bool], *scope: Any, bound: datetime | None = None
+) -> Select:
+    """One row per finished run created where `created` holds: its creation, groups, status,
+    credits reserved, refunded, released and net, and the list price of its priced calls.
+
+    What a run reserved is its cost_credits plus what a reused still gave back (release lowers
+    cost_credits by its amount, in its transaction): only the few refund and release rows need
+    reading, not the reserve of every run. With `bound` (no run created before it), a run's
+    ledger rows and priced calls are summed for all runs at once through their time indexes
+    (they come after its creation): for many runs. Without, per run through its own rows: for
+    the few runs of a range's raw edges.
+    """
+    amount, kind = CreditTransaction.amount, CreditTransaction.kind
+    if bound is None:
+        moves = select(CreditTransaction.amount).where(CreditTransaction.workflow_id == Workflow.id)
+        refunded = _total(moves.where(kind == "refund"))
+        released = _total(moves.where(kind == "release"))
+        usd = _total(select(ApiCall.cost_usd).where(ApiCall.workflow_id == Workflow.id, _PRICED))
+        source: Any = Workflow
+    else:
+        ledger = (
+            select(
+                CreditTransaction.workflow_id,
+                func.sum(case((kind == "refund", amount), else_=0)).label("refunded"),
+                func.sum(case((kind == "release", amount), else_=0)).label("released"),
+            )
+            .where(kind.in_(("refund", "release")), CreditTransaction.created_at >= bound)
+            .group_by(CreditTransaction.workflow_id)
+            .subquery()
+        )
+        priced = (
+            select(ApiCall.workflow_id, func.sum(ApiCall.cost_usd).label("usd"))
+            .where(_PRICED, ApiCall.started_at >= bound)
+            .group_by(ApiCall.workflow_id)
+            .subquery()
+        )
+        refunded = func.coalesce(ledger.c.refunded, 0)
+        released = func.coalesce(ledger.c.released, 0)
+        usd = func.coalesce(priced.c.usd, 0)
+        source = outerjoin(Workflow, ledger, ledger.c.workflow_id == Workflow.id).outerjoin(
+            priced, priced.c.workflow_id == Workflow.id
+        )
+    return (
+        select(
+            Workflow.created_at,
+            Workflow.status,
+            func.coalesce(Workflow.video_model, DEFAULT_MODEL_LABEL).label("model"),
+            Workflow.user_id,
+            Workflow.project_id,
+            (Workflow.cost_credits + released).label("reserved"),
+            refunded.label("refunded"),
+            released.label("released"),
+            (Workflow.cost_credits - refunded).label("net"),
+            usd.label("usd"),
+        )
+        .select_from(source)
+        .where(created, *scope, Workflow.status.in_(FINISHED))
+    )
+
+
+def _total(values: Select) -> ColumnElement[Any]:
+    """The sum of a correlated subquery's one column, 0 when it has no rows."""
+    column = values.selected_columns[0]
+    return func.coalesce(values.with_only_columns(func.sum(column)).scalar_subquery(), 0)
+
+
+def _run_days(session: Session, start: datetime, end: datetime) -> Select:
+    created = and_(Workflow.created_at >= start, Workflow.created_at < end)
+    facts = run_facts(session, created, bound=start).subquery()
+    day = day_of(session, facts.c.created_at)
+    groups = [facts.c.user_id, facts.c.project_id, facts.c.model, facts.c.status]
+    return select(
+        day.label("day"),
+        *groups,
+        func.count().label("runs"),
+        func.sum(facts.c.reserved).label("reserved"),
+        func.sum(facts.c.refunded).label("refunded"),
+        func.sum(facts.c.released).label("released"),
+        func.sum(facts.c.net).label("net"),
+        func.sum(facts.c.usd).label("usd"),
+    ).group_by(day, *groups)
+
+
+def ledger_moves(session: Session, written: ColumnElement[bool], *scope: Any) -> Select:
+    """One row per run ledger row written where `written` holds: when, whose, the run's
+    project, and its credits as reserved, refunded and released."""
+    amount, kind = CreditTransaction.amount, CreditTransaction.kind
+    return (
+        select(
+            CreditTransaction.created_at,
+            CreditTransaction.user_id,
+            CreditTransaction.workflow_id.is_not(None).label("workflow_id_set"),
+            Workflow.project_id,
+            case((kind == "reserve", -amount), else_=0).label("reserved"),
+            case((kind == "refund", amount), else_=0).label("refunded"),
+            case((kind == "release", amount), else_=0).label("released"),
+        )
+        .select_from(CreditTransaction)
+        .outerjoin(Workflow, Workflow.id == CreditTransaction.workflow_id)
+        .where(written, kind.in_(RUN_MOVES), *scope)
+    )
+
+
+def _ledger_days(session: Session, start: datetime, end: datetime) -> Select:
+    moves = ledger_moves(
+        session, and_(CreditTransaction.created_at >= start, CreditTransaction.created_at < end)
+    ).subquery()
+    day = day_of(session, moves.c.created_at)
+    groups = [moves.c.user_id, moves.c.workflow_id_set, moves.c.project_id]
+    return select(
+        day.label("day"),
+        *groups,
+        func.sum(moves.c.reserved).label("reserved"),
+        func.sum(moves.c.refunded).label("refunded"),
+        func.sum(moves.c.released).label("released"),
+    ).group_by(day, *groups)
