@@ -26,7 +26,8 @@ Filling. On read, from a write transaction of its own (never the engine's: nothi
 path writes here): the days missing in the closed part of the range are claimed in
 `rollup_days` (ON CONFLICT DO NOTHING, so two pages filling at once roll each day up once) and
 summed from the raw rows in the same transaction. A reader then uses the rollup only for the
-days it sees in `rollup_days`, so a fill another transaction has not committed yet is read raw.
+days it sees in `rollup_days` (and not for a day it has just rolled up again: its snapshot may
+hold the old sums), so a fill another transaction has not committed yet is read raw.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def split(session: Session, kind: Kind, since: datetime, until: datetime) -> Spl
     last = min(_start_of_day(until), horizon(session))
     if first >= last:
         return Split.unrolled(since, until)
-    _fill(session, kind, first, last)
+    rerolled = _fill(session, kind, first, last)
     present = set(
         _as_utc(d)
         for d in session.scalars(
@@ -137,6 +138,7 @@ def split(session: Session, kind: Kind, since: datetime, until: datetime) -> Spl
             )
         )
     )
+    present -= rerolled  # this transaction's snapshot may hold the old sums (SQLite)
     end = first
     while end < last and end in present:
         end += DAY
@@ -147,7 +149,9 @@ def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _fill(session: Session, kind: Kind, first: datetime, last: datetime) -> None:
+def _fill(session: Session, kind: Kind, first: datetime, last: datetime) -> set[datetime]:
+    """Roll up the days of [first, last) missing from the rollup, and again those a late
+    change made stale; returns the stale ones."""
     days = {first + DAY * i for i in range((last - first) // DAY)}
     rolled = {
         _as_utc(d): _as_utc(at)
@@ -160,7 +164,7 @@ def _fill(session: Session, kind: Kind, first: datetime, last: datetime) -> None
     stale = _changed_since_rolled(session, first, rolled) if kind == "runs" and rolled else set()
     missing = (days - rolled.keys()) | stale
     if not missing:
-        return
+        return stale
     writer = session.get_bind().execution_options(readonly=False)
     with Session(writer) as fill, fill.begin():
         if stale:
@@ -168,6 +172,7 @@ def _fill(session: Session, kind: Kind, first: datetime, last: datetime) -> None
         claimed = _claim(fill, kind, missing)
         if claimed:
             _roll_up(fill, kind, claimed)
+    return stale
 
 
 def _changed_since_rolled(
@@ -289,21 +294,34 @@ def run_facts(
         source = outerjoin(Workflow, ledger, ledger.c.workflow_id == Workflow.id).outerjoin(
             priced, priced.c.workflow_id == Workflow.id
         )
-    return (
+    runs = (
         select(
             Workflow.created_at,
             Workflow.status,
             func.coalesce(Workflow.video_model, DEFAULT_MODEL_LABEL).label("model"),
             Workflow.user_id,
             Workflow.project_id,
-            (Workflow.cost_credits + released).label("reserved"),
+            Workflow.cost_credits,
             refunded.label("refunded"),
             released.label("released"),
-            (Workflow.cost_credits - refunded).label("net"),
             usd.label("usd"),
         )
         .select_from(source)
         .where(created, *scope, Workflow.status.in_(FINISHED))
+        .subquery()
+    )
+    c = runs.c
+    return select(
+        c.created_at,
+        c.status,
+        c.model,
+        c.user_id,
+        c.project_id,
+        (c.cost_credits + c.released).label("reserved"),
+        c.refunded,
+        c.released,
+        (c.cost_credits - c.refunded).label("net"),
+        c.usd,
     )
 
 
