@@ -3,7 +3,7 @@ the monitoring page runs, on a scratch Postgres database seeded in bulk by gener
 
 Seeding is two passes on one database: 100,000 runs over the last year (the monitoring panels are
 timed at that size), then older runs up to 1,000,000 workflow_steps rows in all (the watch query
-is timed at that size). Each run has six steps, seven provider calls, six run events, its ledger
+is timed at that size). Each run has six steps, twelve provider calls, six run events, its ledger
 rows and, when it completed, its two files. VACUUM ANALYZE follows each pass, as autovacuum would
 have done to a database of that age.
 
@@ -111,21 +111,29 @@ _CALLS = f"""
 INSERT INTO api_calls (workflow_id, step, provider, operation, attempt, started_at, duration_ms,
     outcome, status_code, error_code, cost_usd)
 SELECT w.id, c.step, c.provider, c.operation,
-    CASE WHEN c.n = 7 AND hashtext(w.id) % 10 = 0 THEN 2 ELSE 1 END,
-    w.created_at + interval '1 minute' * c.n, (c.base + random() * c.base)::int,
+    CASE WHEN c.n = 12 AND hashtext(w.id) % 10 = 0 THEN 2 ELSE 1 END,
+    w.created_at + interval '10 seconds' * c.n, (c.base + random() * c.base)::int,
     CASE WHEN c.n = 3 AND hashtext(w.id) % 20 = 0 THEN 'transient'
-        WHEN c.n = 6 AND w.status = 'failed' THEN 'permanent' ELSE 'ok' END,
+        WHEN c.n = 11 AND w.status = 'failed' THEN 'permanent' ELSE 'ok' END,
     CASE WHEN c.n = 3 AND hashtext(w.id) % 20 = 0 THEN 503
-        WHEN c.n = 6 AND w.status = 'failed' THEN 422 ELSE 200 END,
-    CASE WHEN c.n = 6 AND w.status = 'failed' THEN 'content_policy' END,
-    CASE WHEN c.n = 1 THEN 0.04 WHEN c.n = 6 AND w.status = 'completed'
+        WHEN c.n = 11 AND w.status = 'failed' THEN 422 ELSE 200 END,
+    CASE WHEN c.n = 11 AND w.status = 'failed' THEN 'content_policy' END,
+    CASE WHEN c.n = 1 THEN 0.04 WHEN c.n = 11 AND w.status = 'completed'
         THEN CASE WHEN w.video_model IS NULL THEN 0.80 ELSE 3.20 END ELSE 0 END
 FROM {_BATCH}
-CROSS JOIN (VALUES
-    (1, 'generate_image', 'openai', 'generate', 12000), (2, 'generate_video', 'fal', 'submit', 300),
-    (3, 'generate_video', 'fal', 'status', 80), (4, 'generate_video', 'fal', 'status', 80),
-    (5, 'generate_video', 'fal', 'status', 80), (6, 'generate_video', 'fal', 'result', 900),
-    (7, 'upload_video', 'storage', 'put', 150)) AS c(n, step, provider, operation, base)
+CROSS JOIN (VALUES (1, 'generate_image', 'openai', 'generate', 12000),
+    (2, 'generate_video', 'fal', 'submit', 300), (11, 'generate_video', 'fal', 'result', 900),
+    (12, 'upload_video', 'storage', 'put', 150)) AS c(n, step, provider, operation, base)
+"""
+# Eight status polls per run, as a video provider is asked while it works.
+_POLLS = f"""
+INSERT INTO api_calls (workflow_id, step, provider, operation, attempt, started_at, duration_ms,
+    outcome, status_code, cost_usd)
+SELECT w.id, 'generate_video', 'fal', 'status', 1, w.created_at + interval '10 seconds' * n,
+    (80 + random() * 80)::int,
+    CASE WHEN n = 3 AND hashtext(w.id) % 20 = 0 THEN 'transient' ELSE 'ok' END,
+    CASE WHEN n = 3 AND hashtext(w.id) % 20 = 0 THEN 503 ELSE 200 END, 0
+FROM {_BATCH} CROSS JOIN generate_series(3, 10) AS n
 """
 _LEDGER = f"""
 INSERT INTO credit_transactions (user_id, kind, amount, balance_after, workflow_id, actor, reason,
@@ -158,6 +166,7 @@ SEED_STATEMENTS: dict[str, str] = {
     "workflows": _RUNS,
     "workflow_steps": _STEPS,
     "api_calls": _CALLS,
+    "api_calls (polls)": _POLLS,
     "credit_transactions": _LEDGER,
     "run_events": _EVENTS,
     "assets": _ASSETS,

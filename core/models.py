@@ -655,3 +655,23 @@ class LedgerDayRollup(Base):
     reserved: Mapped[int] = mapped_column(BigInteger)
     refunded: Mapped[int] = mapped_column(BigInteger)
     released: Mapped[int] = mapped_column(BigInteger)
+
+
+class CallDayRollup(Base):
+    """A day's provider calls (by start), counted per provider and operation: the provider
+    panel's counts and list price. (Its latency percentiles need every call: they are read
+    raw.)"""
+
+    __tablename__ = "rollup_call_days"
+    __table_args__ = (Index("ix_rollup_call_days_day", "day"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    day: Mapped[datetime] = mapped_column()
+    provider: Mapped[str] = mapped_column(String(40))
+    operation: Mapped[str] = mapped_column(String(40))
+    calls: Mapped[int] = mapped_column(Integer)
+    first_attempts: Mapped[int] = mapped_column(Integer)
+    retries: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    transient: Mapped[int] = mapped_column(Integer)
+    cost: Mapped[Decimal | None] = mapped_column(Numeric(16, 4))  # None: no priced call

@@ -54,6 +54,7 @@ from sqlalchemy.sql.expression import Subquery
 from core.errors import RequestValidationError
 from core.models import (
     ApiCall,
+    CallDayRollup,
     CreditTransaction,
     LedgerDayRollup,
     Project,
@@ -631,33 +632,31 @@ def provider_performance(session: Session, flt: MonitoringFilter) -> list[Provid
     operation. (Per provider, latencies would mix a 50 ms HEAD with a 15 s image: sum the rows
     with provider_totals for calls and USD instead.)"""
     _tune(session)
-    calls = ApiCall.__table__
+    # The counts from the rollup where it serves the filter (it knows no users nor projects),
+    # beside a scan that only feeds the percentiles: the counts' per-row work is most of the
+    # cost of one pass computing both.
+    split = _split(session, "calls", flt, flt.granularity, narrowable=False)
     rows = _grouped_percentiles(
         session,
-        table=calls,
+        table=ApiCall.__table__,
         where=_call_scope(flt),
         keys=("provider", "operation"),
         value="duration_ms",
-        reads=("attempt", "outcome", "cost_usd"),
-        measures=lambda c: [
-            func.count().label("calls"),
-            _count_if(c.attempt == 1, "first_attempts"),
-            _count_if(c.attempt == 2, "retries"),
-            _count_if(c.outcome != "ok", "errors"),
-            _count_if(c.outcome == "transient", "transient"),
-            # Only successful generate/result calls cost anything: skip the zeros' numeric adds.
-            func.sum(c.cost_usd).filter(c.cost_usd != 0).label("cost"),
-        ],
+        reads=() if split.rolled else ("attempt", "outcome", "cost_usd"),
+        measures=(lambda c: []) if split.rolled else rollup.call_counts,
     )
+    if split.rolled:
+        counts = _call_counts(session, flt, split)
+        rows = [{**r, **counts[(r["provider"], r["operation"])]} for r in rows]
     stats = [
         ProviderStats(
             provider=r["provider"],
             operation=r["operation"],
-            calls=r["calls"],
-            first_attempts=r["first_attempts"],
-            retries=r["retries"],
-            errors=r["errors"],
-            transient=r["transient"],
+            calls=int(r["calls"]),
+            first_attempts=int(r["first_attempts"]),
+            retries=int(r["retries"]),
+            errors=int(r["errors"]),
+            transient=int(r["transient"]),
             p50_ms=_float(r["p0"]),
             p95_ms=_float(r["p1"]),
             cost_usd=round(float(r["cost"] or 0), 4),
@@ -665,6 +664,37 @@ def provider_performance(session: Session, flt: MonitoringFilter) -> list[Provid
         for r in rows
     ]
     return sorted(stats, key=lambda s: (s.provider, s.operation))
+
+
+def _call_counts(
+    session: Session, flt: MonitoringFilter, split: rollup.Split
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """rollup.call_counts per (provider, operation): raw calls outside the split's rolled-up
+    days, day sums inside."""
+    only = [] if flt.provider is None else [ApiCall.provider == flt.provider]
+    keys = (ApiCall.provider, ApiCall.operation)
+    raw = select(*keys, *rollup.call_counts(ApiCall.__table__.c)).where(
+        split.raw(ApiCall.started_at), *only
+    )
+    rolled = CallDayRollup.__table__.c
+    names = ("calls", "first_attempts", "retries", "errors", "transient", "cost")
+    days = select(rolled.provider, rolled.operation, *(rolled[n] for n in names)).where(
+        split.rollup(rolled.day),
+        *([] if flt.provider is None else [rolled.provider == flt.provider]),
+    )
+    both = union_all(raw.group_by(*keys), days).subquery()
+    rows = session.execute(
+        select(
+            both.c.provider,
+            both.c.operation,
+            *(func.sum(both.c[n]).label(n) for n in names),
+        ).group_by(both.c.provider, both.c.operation)
+    )
+    return {(r.provider, r.operation): dict(r._mapping) for r in rows}
+
+
+def _only_provider(flt: MonitoringFilter, column: Any) -> list[ColumnElement[bool]]:
+    return [] if flt.provider is None else [column == flt.provider]
 
 
 def provider_totals(stats: Sequence[ProviderStats]) -> list[ProviderTotals]:
@@ -999,11 +1029,18 @@ def _call_scope(flt: MonitoringFilter) -> list[ColumnElement[bool]]:
 
 
 def _split(
-    session: Session, kind: rollup.Kind, flt: MonitoringFilter, granularity: Granularity
+    session: Session,
+    kind: rollup.Kind,
+    flt: MonitoringFilter,
+    granularity: Granularity,
+    *,
+    narrowable: bool = True,
 ) -> rollup.Split:
     """The range cut into rolled-up closed days and raw rest; hourly buckets read raw only (a
-    day's rollup has no hours, and two days of raw rows are few)."""
-    if granularity is Granularity.HOUR:
+    day's rollup has no hours, and two days of raw rows are few), and so does a filter by user
+    or project on a rollup that has neither (not `narrowable`)."""
+    narrowed = flt.user_id is not None or flt.project_id is not None
+    if granularity is Granularity.HOUR or (narrowed and not narrowable):
         return rollup.Split.unrolled(flt.since, flt.until)
     return rollup.split(session, kind, flt.since, flt.until)
 

@@ -55,6 +55,7 @@ from sqlalchemy.orm import Session
 
 from core.models import (
     ApiCall,
+    CallDayRollup,
     CreditTransaction,
     LedgerDayRollup,
     RollupDay,
@@ -74,7 +75,7 @@ IN_FLIGHT = (WorkflowStatus.QUEUED.value, WorkflowStatus.RUNNING.value)
 RUN_MOVES = ("reserve", "refund", "release")
 _PRICED = text("api_calls.cost_usd > 0")  # a literal: SQLite matches partial indexes by text
 
-Kind = Literal["runs", "ledger"]
+Kind = Literal["runs", "ledger", "calls"]
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ def _changed_since_rolled(
 
 
 def _forget(session: Session, kind: Kind, days: Iterable[datetime]) -> None:
-    table = RunDayRollup if kind == "runs" else LedgerDayRollup
+    table = _TABLES[kind]
     days = list(days)
     session.execute(delete(table).where(table.day.in_(days)))
     session.execute(delete(RollupDay).where(RollupDay.kind == kind, RollupDay.day.in_(days)))
@@ -219,13 +220,11 @@ def _claim(session: Session, kind: Kind, days: Iterable[datetime]) -> list[datet
 
 
 def _roll_up(session: Session, kind: Kind, days: list[datetime]) -> None:
+    sums = {"runs": _run_days, "ledger": _ledger_days, "calls": _call_days}[kind]
     for start, end in _spans(days):
-        if kind == "runs":
-            table, source = RunDayRollup, _run_days(session, start, end)
-        else:
-            table, source = LedgerDayRollup, _ledger_days(session, start, end)
+        source = sums(session, start, end)
         names = [c.name for c in source.selected_columns]
-        session.execute(table.__table__.insert().from_select(names, source))
+        session.execute(_TABLES[kind].__table__.insert().from_select(names, source))
 
 
 def _spans(days: list[datetime]) -> list[tuple[datetime, datetime]]:
@@ -381,3 +380,37 @@ def _ledger_days(session: Session, start: datetime, end: datetime) -> Select:
         func.sum(moves.c.refunded).label("refunded"),
         func.sum(moves.c.released).label("released"),
     ).group_by(day, *groups)
+
+
+def call_counts(calls: Any) -> list[ColumnElement[Any]]:
+    """The provider panel's counts over api_calls rows (`calls`: their columns)."""
+    return [
+        func.count().label("calls"),
+        func.count().filter(calls.attempt == 1).label("first_attempts"),
+        func.count().filter(calls.attempt == 2).label("retries"),
+        func.count().filter(calls.outcome != "ok").label("errors"),
+        func.count().filter(calls.outcome == "transient").label("transient"),
+        # Only successful generate/result calls cost anything: skip the zeros' numeric adds.
+        func.sum(calls.cost_usd).filter(calls.cost_usd != 0).label("cost"),
+    ]
+
+
+def _call_days(session: Session, start: datetime, end: datetime) -> Select:
+    day = day_of(session, ApiCall.started_at)
+    return (
+        select(
+            day.label("day"),
+            ApiCall.provider,
+            ApiCall.operation,
+            *call_counts(ApiCall.__table__.c),
+        )
+        .where(ApiCall.started_at >= start, ApiCall.started_at < end)
+        .group_by(day, ApiCall.provider, ApiCall.operation)
+    )
+
+
+_TABLES: dict[Kind, Any] = {
+    "runs": RunDayRollup,
+    "ledger": LedgerDayRollup,
+    "calls": CallDayRollup,
+}

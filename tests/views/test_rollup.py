@@ -4,6 +4,7 @@ of a closed day's run shows on the next read."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -22,10 +23,13 @@ NOW = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 
 def sums(db, flt: MonitoringFilter) -> tuple:
     """Every figure the rollups feed: the cost of a delivered video four ways, credit usage by
-    user and by project (daily and weekly) and the credit totals."""
+    user and by project (daily and weekly), the credit totals and the provider panel (all of
+    it and one provider's)."""
     with db.read() as s:
         costs = monitoring.delivered_cost(s, flt)
         return (
+            monitoring.provider_performance(s, flt),
+            monitoring.provider_performance(s, replace(flt, provider="fal")),
             {by: [(c.key, figures(c)) for c in costs.by(by)] for by in monitoring.DELIVERED_BY},
             monitoring.credit_usage(s, flt, by="user"),
             monitoring.credit_usage(s, flt, by="project"),
@@ -75,7 +79,8 @@ def test_rollup_and_raw_rows_give_the_raw_figures_on_seeded_history(db):
         MonitoringFilter(since=ranges[0].since, until=NOW, project_id=project_id),
     ]
     with_rollup = [sums(db, flt) for flt in ranges]
-    assert len(rolled_days(db, "runs")) >= 17 and len(rolled_days(db, "ledger")) >= 17
+    for kind in ("runs", "ledger", "calls"):
+        assert len(rolled_days(db, kind)) >= 17
 
     hold_a_run_open(db, user_id, NOW - timedelta(days=40))
     assert [sums(db, flt) for flt in ranges] == with_rollup
@@ -87,8 +92,9 @@ def test_a_day_with_a_run_in_flight_is_not_rolled_up_nor_any_after_it(db):
         monitoring.delivered_cost(s, RANGE)
         monitoring.kpis(s, RANGE)
         assert rollup.horizon(s) == at(7)  # d7 has been running since 7 Jan 15:00
-    assert rolled_days(db, "runs") == {at(5), at(6)}
-    assert rolled_days(db, "ledger") == {at(5), at(6)}
+        monitoring.provider_performance(s, RANGE)
+    for kind in ("runs", "ledger", "calls"):
+        assert rolled_days(db, kind) == {at(5), at(6)}
 
 
 @pytest.mark.usefixtures("history")
@@ -99,9 +105,9 @@ def test_a_late_refund_of_a_closed_days_run_shows_on_the_next_read(db):
         boss = create_user(s, "boss@example.com", starting_credits=0, role=Role.ADMIN)
         assert admin.refund_run(s, boss, "d1", reason="the clip is unusable") == 19
     after = sums(db, RANGE)
-    total = dict(after[0]["time"])[at(5)]
-    assert total[3] == dict(before[0]["time"])[at(5)][3] - 19  # credits spent on 5 Jan
-    assert after[1:] == before[1:]  # the refund row is written today, outside the range
+    total = dict(after[2]["time"])[at(5)]
+    assert total[3] == dict(before[2]["time"])[at(5)][3] - 19  # credits spent on 5 Jan
+    assert after[3:] == before[3:]  # the refund row is written today, outside the range
 
     hold_a_run_open(db, boss.id, at(1))
     assert sums(db, RANGE) == after

@@ -1,13 +1,13 @@
-"""monitoring rollups: closed days of finished runs and of run ledger rows, summed
+"""monitoring rollups: closed days of finished runs, run ledger rows and provider calls, summed
 
 Revision ID: 0014
 Revises: 0008
 Create Date: 2026-11-30 17:00:00
 
-The monitoring page's sums over a year (the cost of a delivered video, credit usage and totals)
-read one row per day, user, project and model for the days nothing can change any more, and the
-raw rows only for the rest (core.views.rollup). The rollups are filled on read; nothing on a
-run's path writes them.
+The monitoring page's sums over a year (the cost of a delivered video, credit usage and totals,
+the provider panel's counts) read one row per day and group for the days nothing can change any
+more, and the raw rows only for the rest (core.views.rollup). The rollups are filled on read;
+nothing on a run's path writes them.
 """
 
 from collections.abc import Sequence
@@ -61,9 +61,25 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rollup_ledger_days")),
     )
     op.create_index("ix_rollup_ledger_days_day", "rollup_ledger_days", ["day"])
+    op.create_table(
+        "rollup_call_days",
+        sa.Column("id", _ID, nullable=False),
+        sa.Column("day", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("provider", sa.String(length=40), nullable=False),
+        sa.Column("operation", sa.String(length=40), nullable=False),
+        sa.Column("calls", sa.Integer(), nullable=False),
+        sa.Column("first_attempts", sa.Integer(), nullable=False),
+        sa.Column("retries", sa.Integer(), nullable=False),
+        sa.Column("errors", sa.Integer(), nullable=False),
+        sa.Column("transient", sa.Integer(), nullable=False),
+        sa.Column("cost", sa.Numeric(precision=16, scale=4), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_rollup_call_days")),
+    )
+    op.create_index("ix_rollup_call_days_day", "rollup_call_days", ["day"])
 
 
 def downgrade() -> None:
+    op.drop_table("rollup_call_days")
     op.drop_table("rollup_ledger_days")
     op.drop_table("rollup_run_days")
     op.drop_table("rollup_days")
