@@ -675,3 +675,19 @@ class CallDayRollup(Base):
     errors: Mapped[int] = mapped_column(Integer)
     transient: Mapped[int] = mapped_column(Integer)
     cost: Mapped[Decimal | None] = mapped_column(Numeric(16, 4))  # None: no priced call
+
+
+class StepDayRollup(Base):
+    """A day's completed steps (by start), per step and histogram bin (core.views.rollup): the
+    step panel's counts, sums, maxima and histogram. (Percentiles are read raw.)"""
+
+    __tablename__ = "rollup_step_days"
+    __table_args__ = (Index("ix_rollup_step_days_day", "day"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    day: Mapped[datetime] = mapped_column()
+    name: Mapped[str] = mapped_column(String(32))
+    bin: Mapped[int] = mapped_column(Integer)
+    count: Mapped[int] = mapped_column(Integer)
+    sum_ms: Mapped[int] = mapped_column(BigInteger)
+    max_ms: Mapped[int] = mapped_column(Integer)

@@ -59,6 +59,7 @@ from core.models import (
     LedgerDayRollup,
     Project,
     RunDayRollup,
+    StepDayRollup,
     User,
     Workflow,
     WorkflowStep,
@@ -68,12 +69,11 @@ from core.reuse import REUSE_OPERATION
 from core.states import STEP_ORDER, StepStatus, WorkflowStatus
 from core.views import rollup
 from core.views.rollup import DEFAULT_MODEL_LABEL as DEFAULT_MODEL_LABEL  # re-exported
+from core.views.rollup import HISTOGRAM_EDGES_S as HISTOGRAM_EDGES_S
 
 HOURLY_MAX_RANGE = timedelta(days=2)  # longer ranges are bucketed by day
 DAILY_USAGE_MAX_RANGE = timedelta(days=92)  # longer credit-usage ranges by week
 SORT_WORK_MEM = "64MB"
-# Upper edges (seconds) of the step-duration histogram; the last bucket is open-ended.
-HISTOGRAM_EDGES_S: tuple[float, ...] = (0.5, 1, 2, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600)
 IN_FLIGHT = (WorkflowStatus.QUEUED.value, WorkflowStatus.RUNNING.value)
 _NOT_OK = text("api_calls.outcome <> 'ok'")  # a literal: SQLite matches partial indexes by text
 
@@ -495,9 +495,14 @@ def step_durations(session: Session, flt: MonitoringFilter) -> list[StepDuration
     their histogram over HISTOGRAM_EDGES_S (one scan feeds both charts)."""
     _tune(session)
     steps = WorkflowStep.__table__
-    edges_ms = [round(e * 1000) for e in HISTOGRAM_EDGES_S]
+    edges_ms = rollup.HISTOGRAM_EDGES_MS
+    # As in provider_performance: the counts from the rollup where it serves the filter, the
+    # scan only for the percentiles.
+    split = _split(session, "steps", flt, flt.granularity, narrowable=False)
 
     def measures(c: Any) -> list[ColumnElement[Any]]:
+        if split.rolled:
+            return []
         # Cumulative counts (one comparison per edge), turned into bins below.
         ms = c.duration_ms
         below = [_count_if(ms < edge, f"below{i}") for i, edge in enumerate(edges_ms)]
@@ -522,6 +527,9 @@ def step_durations(session: Session, flt: MonitoringFilter) -> list[StepDuration
         reads=(),
         measures=measures,
     )
+    if split.rolled:
+        counts = _step_counts(session, split)
+        rows = [{**r, **counts[r["name"]]} for r in rows if r["name"] in counts]
     by_name = {r["name"]: r for r in rows}
     return [
         StepDuration(
@@ -536,6 +544,40 @@ def step_durations(session: Session, flt: MonitoringFilter) -> list[StepDuration
         for name in STEP_ORDER
         if (r := by_name.get(name.value)) is not None and r["n"]
     ]
+
+
+def _step_counts(session: Session, split: rollup.Split) -> dict[str, dict[str, int]]:
+    """Per step: n, sum, max and below<i> (cumulative counts below each histogram edge), as
+    step_durations' one-pass measures give them: raw steps outside the split's rolled-up days,
+    day sums inside."""
+    steps = WorkflowStep.__table__.c
+    rolled = StepDayRollup.__table__.c
+    raw = rollup.step_bins(steps, split.raw(steps.started_at))
+    days = select(rolled.name, rolled.bin, rolled["count"], rolled.sum_ms, rolled.max_ms).where(
+        split.rollup(rolled.day)
+    )
+    both = union_all(raw, days).subquery()
+    rows = session.execute(
+        select(
+            both.c.name,
+            both.c.bin,
+            func.sum(both.c["count"]).label("count"),
+            func.sum(both.c.sum_ms).label("sum_ms"),
+            func.max(both.c.max_ms).label("max_ms"),
+        ).group_by(both.c.name, both.c.bin)
+    )
+    edges = len(rollup.HISTOGRAM_EDGES_MS)
+    counts: dict[str, dict[str, int]] = {}
+    for r in rows:
+        c = counts.setdefault(
+            r.name, {"n": 0, "sum": 0, "max": 0, **{f"below{i}": 0 for i in range(edges)}}
+        )
+        c["n"] += int(r.count)
+        c["sum"] += int(r.sum_ms)
+        c["max"] = max(c["max"], int(r.max_ms))
+        for i in range(r.bin, edges):  # bin b lies below edges b, b+1, ...
+            c[f"below{i}"] += int(r.count)
+    return counts
 
 
 def _bins(below: Sequence[int], total: int) -> tuple[int, ...]:

@@ -60,10 +60,12 @@ from core.models import (
     LedgerDayRollup,
     RollupDay,
     RunDayRollup,
+    StepDayRollup,
     Workflow,
+    WorkflowStep,
     utcnow,
 )
-from core.states import WorkflowStatus
+from core.states import StepStatus, WorkflowStatus
 
 GRACE = timedelta(minutes=15)
 DAY = timedelta(days=1)
@@ -75,7 +77,12 @@ IN_FLIGHT = (WorkflowStatus.QUEUED.value, WorkflowStatus.RUNNING.value)
 RUN_MOVES = ("reserve", "refund", "release")
 _PRICED = text("api_calls.cost_usd > 0")  # a literal: SQLite matches partial indexes by text
 
-Kind = Literal["runs", "ledger", "calls"]
+Kind = Literal["runs", "ledger", "calls", "steps"]
+# Upper edges (seconds) of the step-duration histogram; the last bin is open-ended. The step
+# rollup counts steps per bin: changing the edges needs its rows (and rollup_days' "steps"
+# rows) deleted, to be rolled up again.
+HISTOGRAM_EDGES_S: tuple[float, ...] = (0.5, 1, 2, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600)
+HISTOGRAM_EDGES_MS = tuple(round(e * 1000) for e in HISTOGRAM_EDGES_S)
 
 
 @dataclass(frozen=True)
@@ -220,7 +227,12 @@ def _claim(session: Session, kind: Kind, days: Iterable[datetime]) -> list[datet
 
 
 def _roll_up(session: Session, kind: Kind, days: list[datetime]) -> None:
-    sums = {"runs": _run_days, "ledger": _ledger_days, "calls": _call_days}[kind]
+    sums = {
+        "runs": _run_days,
+        "ledger": _ledger_days,
+        "calls": _call_days,
+        "steps": _step_days,
+    }[kind]
     for start, end in _spans(days):
         source = sums(session, start, end)
         names = [c.name for c in source.selected_columns]
@@ -409,8 +421,39 @@ def _call_days(session: Session, start: datetime, end: datetime) -> Select:
     )
 
 
+def step_bin(duration_ms: Any) -> ColumnElement[int]:
+    """The histogram bin of a duration: i for [edge i-1, edge i), the last open-ended."""
+    edges = enumerate(HISTOGRAM_EDGES_MS)
+    return case(*((duration_ms < edge, i) for i, edge in edges), else_=len(HISTOGRAM_EDGES_MS))
+
+
+def step_bins(steps: Any, where: Any) -> Select:
+    """Completed steps where `where` holds, per step and bin: count, sum and max of duration
+    (steps without one left out, as the raw aggregates ignore them)."""
+    ms = steps.duration_ms
+    return (
+        select(
+            steps.name,
+            step_bin(ms).label("bin"),
+            func.count().label("count"),
+            func.sum(ms).label("sum_ms"),
+            func.max(ms).label("max_ms"),
+        )
+        .where(where, steps.status == StepStatus.COMPLETED.value, ms.is_not(None))
+        .group_by(steps.name, step_bin(ms))
+    )
+
+
+def _step_days(session: Session, start: datetime, end: datetime) -> Select:
+    steps = WorkflowStep.__table__.c
+    day = day_of(session, steps.started_at)
+    per_day = step_bins(steps, and_(steps.started_at >= start, steps.started_at < end))
+    return per_day.add_columns(day.label("day")).group_by(day)
+
+
 _TABLES: dict[Kind, Any] = {
     "runs": RunDayRollup,
     "ledger": LedgerDayRollup,
     "calls": CallDayRollup,
+    "steps": StepDayRollup,
 }

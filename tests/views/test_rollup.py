@@ -23,11 +23,12 @@ NOW = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 
 def sums(db, flt: MonitoringFilter) -> tuple:
     """Every figure the rollups feed: the cost of a delivered video four ways, credit usage by
-    user and by project (daily and weekly), the credit totals and the provider panel (all of
-    it and one provider's)."""
+    user and by project (daily and weekly), the credit totals, the step panel and the provider
+    panel (all of it and one provider's)."""
     with db.read() as s:
         costs = monitoring.delivered_cost(s, flt)
         return (
+            monitoring.step_durations(s, flt),
             monitoring.provider_performance(s, flt),
             monitoring.provider_performance(s, replace(flt, provider="fal")),
             {by: [(c.key, figures(c)) for c in costs.by(by)] for by in monitoring.DELIVERED_BY},
@@ -79,7 +80,7 @@ def test_rollup_and_raw_rows_give_the_raw_figures_on_seeded_history(db):
         MonitoringFilter(since=ranges[0].since, until=NOW, project_id=project_id),
     ]
     with_rollup = [sums(db, flt) for flt in ranges]
-    for kind in ("runs", "ledger", "calls"):
+    for kind in ("runs", "ledger", "calls", "steps"):
         assert len(rolled_days(db, kind)) >= 17
 
     hold_a_run_open(db, user_id, NOW - timedelta(days=40))
@@ -93,7 +94,8 @@ def test_a_day_with_a_run_in_flight_is_not_rolled_up_nor_any_after_it(db):
         monitoring.kpis(s, RANGE)
         assert rollup.horizon(s) == at(7)  # d7 has been running since 7 Jan 15:00
         monitoring.provider_performance(s, RANGE)
-    for kind in ("runs", "ledger", "calls"):
+        monitoring.step_durations(s, RANGE)
+    for kind in ("runs", "ledger", "calls", "steps"):
         assert rolled_days(db, kind) == {at(5), at(6)}
 
 
@@ -105,9 +107,9 @@ def test_a_late_refund_of_a_closed_days_run_shows_on_the_next_read(db):
         boss = create_user(s, "boss@example.com", starting_credits=0, role=Role.ADMIN)
         assert admin.refund_run(s, boss, "d1", reason="the clip is unusable") == 19
     after = sums(db, RANGE)
-    total = dict(after[2]["time"])[at(5)]
-    assert total[3] == dict(before[2]["time"])[at(5)][3] - 19  # credits spent on 5 Jan
-    assert after[3:] == before[3:]  # the refund row is written today, outside the range
+    total = dict(after[3]["time"])[at(5)]
+    assert total[3] == dict(before[3]["time"])[at(5)][3] - 19  # credits spent on 5 Jan
+    assert after[4:] == before[4:]  # the refund row is written today, outside the range
 
     hold_a_run_open(db, boss.id, at(1))
     assert sums(db, RANGE) == after

@@ -1,13 +1,13 @@
-"""monitoring rollups: closed days of finished runs, run ledger rows and provider calls, summed
+"""monitoring rollups: closed days of runs, ledger rows, provider calls and steps, summed
 
 Revision ID: 0014
 Revises: 0008
 Create Date: 2026-11-30 17:00:00
 
 The monitoring page's sums over a year (the cost of a delivered video, credit usage and totals,
-the provider panel's counts) read one row per day and group for the days nothing can change any
-more, and the raw rows only for the rest (core.views.rollup). The rollups are filled on read;
-nothing on a run's path writes them.
+the provider and step panels' counts) read one row per day and group for the days nothing can
+change any more, and the raw rows only for the rest (core.views.rollup). The rollups are filled
+on read; nothing on a run's path writes them.
 """
 
 from collections.abc import Sequence
@@ -76,9 +76,22 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rollup_call_days")),
     )
     op.create_index("ix_rollup_call_days_day", "rollup_call_days", ["day"])
+    op.create_table(
+        "rollup_step_days",
+        sa.Column("id", _ID, nullable=False),
+        sa.Column("day", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("name", sa.String(length=32), nullable=False),
+        sa.Column("bin", sa.Integer(), nullable=False),
+        sa.Column("count", sa.Integer(), nullable=False),
+        sa.Column("sum_ms", sa.BigInteger(), nullable=False),
+        sa.Column("max_ms", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_rollup_step_days")),
+    )
+    op.create_index("ix_rollup_step_days_day", "rollup_step_days", ["day"])
 
 
 def downgrade() -> None:
+    op.drop_table("rollup_step_days")
     op.drop_table("rollup_call_days")
     op.drop_table("rollup_ledger_days")
     op.drop_table("rollup_run_days")
