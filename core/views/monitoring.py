@@ -15,8 +15,15 @@ At a year of history (100,000 runs, 600,000 steps, a million calls) every panel 
 built for it (migration 0003): runs by creation time covering status and timings; completed
 steps by (step, duration); calls by (provider, operation, duration) covering the counted
 columns; the few failed calls and failed steps through partial indexes; the cost of a delivered
-video through the priced calls' partial index (migration 0013). `bench/monitoring.py` times them
-all.
+video through the priced calls' partial index (migration 0013).
+
+Sums over closed days come from day rollups (core.views.rollup, migration 0014): the cost of a
+delivered video, credit usage and totals, and the counts, means, maxima and histograms of the
+step and provider panels; the raw rows serve the rest of the range, and the two are summed, so
+every figure is the raw rows' own. Percentiles need every value: the step and provider panels
+scan their covering index for them alone. The step and provider rollups know no users nor
+projects, so those panels read raw rows when the filter names either. `bench/monitoring.py` and
+`bench/hot_queries.py` time them all.
 """
 
 from __future__ import annotations
