@@ -451,20 +451,29 @@ def _ledger_moves(session: Session, flt: MonitoringFilter, granularity: Granular
 def outcomes_over_time(session: Session, flt: MonitoringFilter) -> list[OutcomeBucket]:
     """Runs per bucket by how they ended; every bucket of the range is present (zeros too)."""
     _tune(session)
-    runs = (
+    # Closed days hold no run in flight: their finished runs' rollup counts them all.
+    split = _split(session, "runs", flt, flt.granularity)
+    rolled = RunDayRollup.__table__.c
+    parts = [
         select(
             _bucket(session, Workflow.created_at, flt.granularity).label("bucket"),
             Workflow.status,
+            literal(1).label("runs"),
+        ).where(split.raw(Workflow.created_at), *_run_scope(flt))
+    ]
+    if split.rolled:
+        parts.append(
+            select(_bucket(session, rolled.day, flt.granularity), rolled.status, rolled.runs).where(
+                split.rollup(rolled.day), *_narrowing(flt, rolled)
+            )
         )
-        .where(_created_in(flt), *_run_scope(flt))
-        .subquery()
-    )
-    status = runs.c.status
+    runs = union_all(*parts).subquery()
+    status, count = runs.c.status, runs.c.runs
     rows = session.execute(
         select(
             runs.c.bucket,
-            *(_count_if(status == s.value, s.value) for s in _FINISHED),
-            _count_if(status.in_(IN_FLIGHT), "in_flight"),
+            *(_sum_if(count, status == s.value, s.value) for s in _FINISHED),
+            _sum_if(count, status.in_(IN_FLIGHT), "in_flight"),
         ).group_by(runs.c.bucket)
     )
     found = {_as_utc(r.bucket): r for r in rows}
@@ -870,7 +879,7 @@ def delivered_cost(session: Session, flt: MonitoringFilter) -> DeliveredCosts:
     done = facts.c.status == WorkflowStatus.COMPLETED.value
     measures = [
         func.sum(facts.c.runs).label("runs"),
-        func.coalesce(func.sum(facts.c.runs).filter(done), 0).label("delivered"),
+        _sum_if(facts.c.runs, done, "delivered"),
         func.sum(facts.c.reserved).label("reserved"),
         func.sum(facts.c.refunded).label("refunded"),
         func.sum(facts.c.released).label("released"),
@@ -1177,6 +1186,10 @@ def _as_utc(value: datetime | str) -> datetime:
 def _count_if(condition: ColumnElement[bool], label: str) -> ColumnElement[int]:
     # COUNT(*) FILTER (WHERE ...): cheaper than SUM(CASE ...) on Postgres; SQLite has it too.
     return func.count().filter(condition).label(label)
+
+
+def _sum_if(value: Any, condition: ColumnElement[bool], label: str) -> ColumnElement[int]:
+    return func.coalesce(func.sum(value).filter(condition), 0).label(label)
 
 
 def _seconds(ms: Any) -> float | None:

@@ -22,12 +22,13 @@ NOW = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 
 
 def sums(db, flt: MonitoringFilter) -> tuple:
-    """Every figure the rollups feed: the cost of a delivered video four ways, credit usage by
-    user and by project (daily and weekly), the credit totals, the step panel and the provider
-    panel (all of it and one provider's)."""
+    """Every figure the rollups feed: outcomes per day, the cost of a delivered video four ways,
+    credit usage by user and by project (daily and weekly), the credit totals, the step panel
+    and the provider panel (all of it and one provider's)."""
     with db.read() as s:
         costs = monitoring.delivered_cost(s, flt)
         return (
+            monitoring.outcomes_over_time(s, flt),
             monitoring.step_durations(s, flt),
             monitoring.provider_performance(s, flt),
             monitoring.provider_performance(s, replace(flt, provider="fal")),
@@ -107,9 +108,9 @@ def test_a_late_refund_of_a_closed_days_run_shows_on_the_next_read(db):
         boss = create_user(s, "boss@example.com", starting_credits=0, role=Role.ADMIN)
         assert admin.refund_run(s, boss, "d1", reason="the clip is unusable") == 19
     after = sums(db, RANGE)
-    total = dict(after[3]["time"])[at(5)]
-    assert total[3] == dict(before[3]["time"])[at(5)][3] - 19  # credits spent on 5 Jan
-    assert after[4:] == before[4:]  # the refund row is written today, outside the range
+    total = dict(after[4]["time"])[at(5)]
+    assert total[3] == dict(before[4]["time"])[at(5)][3] - 19  # credits spent on 5 Jan
+    assert after[5:] == before[5:]  # the refund row is written today, outside the range
 
     hold_a_run_open(db, boss.id, at(1))
     assert sums(db, RANGE) == after
