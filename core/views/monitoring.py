@@ -943,7 +943,12 @@ def _run_facts(session: Session, flt: MonitoringFilter) -> Any:
     per run (runs = 1) for the rest."""
     granularity = flt.usage_granularity
     split = _split(session, "runs", flt, granularity)
-    raw = rollup.run_facts(session, split.raw(Workflow.created_at), *_run_scope(flt)).subquery()
+    # The few runs of the raw edges look up their own rows; a range read raw throughout sums
+    # every run's rows at once.
+    bound = None if split.rolled else flt.since
+    raw = rollup.run_facts(
+        session, split.raw(Workflow.created_at), *_run_scope(flt), bound=bound
+    ).subquery()
     measures = ("reserved", "refunded", "released", "net", "usd")
     groups = ("status", "model", "user_id", "project_id")
     parts = [

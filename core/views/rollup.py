@@ -1,26 +1,34 @@
-"""Rollups of closed days for the monitoring page's sums: the finished runs created on a day
-(the cost of a delivered video) and a day's run ledger rows (credit usage and totals), summed
-per user, project (and model and status), so a year of history reads a few thousand rows
-instead of every run and ledger row. The panels read the rollup for the closed whole days of
-their range and the raw rows for the rest (the range's partial first and last days and the days
-not closed yet), and sum the two: the figures are the raw queries' own.
+"""Rollups of closed days for the monitoring page's sums, so a year of history reads a few
+thousand rows instead of every run, step, call and ledger row:
+- runs: the finished runs created on a day, per user, project, model and status (outcomes, the
+  cost of a delivered video);
+- ledger: a day's run ledger rows, per user and the run's project (credit usage and totals);
+- calls: a day's provider calls by start, per provider and operation (the provider panel's
+  counts and list price);
+- steps: a day's completed steps by start, per step and histogram bin (the step panel's
+  counts, mean, max and histogram).
+The panels read the rollup for the closed whole days of their range and the raw rows for the
+rest (the range's partial first and last days and the days not closed yet), and sum the two:
+the figures are the raw queries' own. Percentiles are not sums: they stay raw.
 
 When a day is closed. Days are UTC days, as the panels' buckets are (the page's time zone only
 formats them). A day D is closed when both hold:
 - D ended at least GRACE ago. Rows are stamped with the writer's clock before their transaction
   commits, so a row of D may still be committing just after midnight.
 - No run created before D ended is queued or running. A run in flight can still end (status),
-  be refunded when it fails or is cancelled, and release a reused still's credits: every change
-  to a run's figures happens while it is in flight, and the ledger rows it writes are stamped
-  at or after its creation, so they fall on D or later.
+  be refunded when it fails or is cancelled, release a reused still's credits, start and finish
+  steps and make provider calls (a call is stamped when it starts and written when it ends):
+  every change to a run's rows happens while it is in flight, and every row it writes is
+  stamped at or after its creation, so it falls on D or later.
 Days close in order (a day's rule holds for every earlier day), so the closed days are the ones
 before one horizon.
 
-Late changes. One path changes a closed day after the fact: an admin refunds a completed run
-(core.admin.refund_run); its refund row is written today, but it changes its run's creation
-day. Before reading, a panel rolls such days up again: those with refund or release rows written
-since they were rolled up (less GRACE, for rows committing late). The ledger rollup needs no such
-check: its rows fall on the day they are written, which is not closed yet.
+Late changes. The demo seeder writes history on past days: it empties the rollups
+(`forget_all`). One path of the product changes a closed day after the fact: an admin refunds a
+completed run (core.admin.refund_run); its refund row is written today, but it changes its run's
+creation day. Before reading, a panel rolls such days up again: those with refund or release
+rows written since they were rolled up (less GRACE, for rows committing late). The ledger rollup
+needs no such check: its rows fall on the day they are written, which is not closed yet.
 
 Filling. On read, from a write transaction of its own (never the engine's: nothing on a run's
 path writes here): the days missing in the closed part of the range are claimed in
@@ -212,6 +220,14 @@ def _forget(session: Session, kind: Kind, days: Iterable[datetime]) -> None:
     days = list(days)
     session.execute(delete(table).where(table.day.in_(days)))
     session.execute(delete(RollupDay).where(RollupDay.kind == kind, RollupDay.day.in_(days)))
+
+
+def forget_all(session: Session) -> None:
+    """Empty every rollup, for a writer of past days (the demo seeder): they are rolled up
+    again from the raw rows on the next reads."""
+    for table in _TABLES.values():
+        session.execute(delete(table))
+    session.execute(delete(RollupDay))
 
 
 def _claim(session: Session, kind: Kind, days: Iterable[datetime]) -> list[datetime]:
