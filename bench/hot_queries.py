@@ -289,8 +289,9 @@ def measure(server_url: str, *, repeat: int = 3) -> dict[str, float]:
     """Seed a scratch database on `server_url`'s server and time the hot queries; the figures:
     watch_p95_ms, api_status_p95_ms, monitoring_total_s (one-year medians summed),
     monitoring_first_s (the first render, which fills the rollup), monitoring_<panel>_ms, and
-    the seeding seconds."""
-    figures: dict[str, float] = {}
+    the seeding seconds, and the load averages around it all (this machine's other work slows
+    every query)."""
+    figures: dict[str, float] = {"load_average_before": os.getloadavg()[0]}
     with scratch_database(server_url, prefix="reelforge_hot") as url:
         upgrade_schema(url)
         now = datetime.now(UTC)
@@ -316,6 +317,7 @@ def measure(server_url: str, *, repeat: int = 3) -> dict[str, float]:
             figures.update(time_watch(db, WATCH_POLLS))
         finally:
             db.dispose()
+    figures["load_average_after"] = os.getloadavg()[0]  # other work slows every query
     return figures
 
 

@@ -145,16 +145,7 @@ def split(session: Session, kind: Kind, since: datetime, until: datetime) -> Spl
     last = min(_start_of_day(until), horizon(session))
     if first >= last:
         return Split.unrolled(since, until)
-    rerolled = _fill(session, kind, first, last)
-    present = set(
-        _as_utc(d)
-        for d in session.scalars(
-            select(RollupDay.day).where(
-                RollupDay.kind == kind, RollupDay.day >= first, RollupDay.day < last
-            )
-        )
-    )
-    present -= rerolled  # this transaction's snapshot may hold the old sums (SQLite)
+    present = _fill(session, kind, first, last)
     end = first
     while end < last and end in present:
         end += DAY
@@ -167,28 +158,32 @@ def _as_utc(value: datetime) -> datetime:
 
 def _fill(session: Session, kind: Kind, first: datetime, last: datetime) -> set[datetime]:
     """Roll up the days of [first, last) missing from the rollup, and again those a late
-    change made stale; returns the stale ones."""
+    change made stale; returns the days this transaction may read from the rollup: those it
+    sees rolled up, less the stale ones (its snapshot may hold their old sums, on SQLite)."""
     days = {first + DAY * i for i in range((last - first) // DAY)}
-    rolled = {
-        _as_utc(d): _as_utc(at)
-        for d, at in session.execute(
-            select(RollupDay.day, RollupDay.rolled_at).where(
-                RollupDay.kind == kind, RollupDay.day >= first, RollupDay.day < last
-            )
-        )
-    }
+    rolled = _rolled(session, kind, first, last)
     stale = _changed_since_rolled(session, first, rolled) if kind == "runs" and rolled else set()
     missing = (days - rolled.keys()) | stale
-    if not missing:
-        return stale
-    writer = session.get_bind().execution_options(readonly=False)
-    with Session(writer) as fill, fill.begin():
-        if stale:
-            _forget(fill, kind, stale)
-        claimed = _claim(fill, kind, missing)
-        if claimed:
-            _roll_up(fill, kind, claimed)
-    return stale
+    if missing:
+        writer = session.get_bind().execution_options(readonly=False)
+        with Session(writer) as fill, fill.begin():
+            if stale:
+                _forget(fill, kind, stale)
+            claimed = _claim(fill, kind, missing)
+            if claimed:
+                _roll_up(fill, kind, claimed)
+        rolled = _rolled(session, kind, first, last)  # what this snapshot sees of the fill
+    return rolled.keys() - stale
+
+
+def _rolled(session: Session, kind: Kind, first: datetime, last: datetime) -> dict:
+    """{day: rolled_at} of the rolled-up days of [first, last)."""
+    rows = session.execute(
+        select(RollupDay.day, RollupDay.rolled_at).where(
+            RollupDay.kind == kind, RollupDay.day >= first, RollupDay.day < last
+        )
+    )
+    return {_as_utc(day): _as_utc(at) for day, at in rows}
 
 
 def _changed_since_rolled(
