@@ -55,6 +55,7 @@ from sqlalchemy import (
     text,
     union_all,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import Subquery
 
@@ -1262,12 +1263,16 @@ def _aggregate(
     if _dialect(session) == "postgresql":
         c = source.c
         group = [c[k] for k in keys]
-        pcts = [
-            func.percentile_cont(p).within_group(c[value]).label(f"p{i}")
-            for i, p in enumerate(percentiles)
-        ]
-        query: Select = select(*group, *measures(c), *pcts).group_by(*group)
-        return [dict(r._mapping) for r in session.execute(query)]
+        # One ordered-set aggregate for all the percentiles: one sort of the group's values
+        # instead of one per percentile (about 10% of a year-long panel).
+        wanted = postgresql.array([literal(p, Float) for p in percentiles])
+        pcts = func.percentile_cont(wanted, type_=postgresql.ARRAY(Float)).within_group(c[value])
+        query: Select = select(*group, *measures(c), pcts.label("_pcts")).group_by(*group)
+        rows = [dict(r._mapping) for r in session.execute(query)]
+        for row in rows:
+            found = row.pop("_pcts") or [None] * len(percentiles)
+            row.update({f"p{i}": v for i, v in enumerate(found)})
+        return rows
     # SQLite: number the non-NULL values of each group in order (rank 0..n-1), then pick the
     # two neighbours of position h with a conditional MAX and interpolate between them.
     c = source.c
