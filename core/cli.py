@@ -19,7 +19,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from sqlalchemy.orm import Session
 
-from core import auth, budgets, credits, health, liveness, tokens, workflows
+from core import auth, budgets, credits, health, liveness, telemetry, tokens, workflows
 from core.clock import utcnow
 from core.config import Settings, load_settings
 from core.db import Database, upgrade_schema
@@ -187,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(
             settings, level=logging.INFO if args.verbose else logging.WARNING, console=err_console
         )
+        telemetry.setup(args.command if args.command in ("api", "worker") else "cli")
         return COMMANDS[args.command](args, settings)
     except RequestValidationError as exc:
         for field, problem in exc.problems.items():
