@@ -28,11 +28,12 @@ from opentelemetry.trace import format_span_id, format_trace_id
 
 from core import telemetry, workflows
 from core.config import Settings
+from core.executor import InlineExecutor
 from core.models import ApiCall
 from core.runtime import Runtime
 from core.schemas import parse_request
 from core.states import STEP_ORDER, WorkflowStatus
-from tests.helpers import load, wait_for
+from tests.helpers import ParkedExecutor, load, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 PAYLOAD = {
@@ -202,3 +203,21 @@ print(view.status, view.trace_id, view.traceparent, type(trace.get_tracer_provid
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["completed", "None", "None", "ProxyTracerProvider", "[]"]
+
+
+def test_a_run_recovered_by_another_process_continues_the_trace_it_was_created_in(
+    spans, settings, make_user
+):
+    creator = Runtime(settings, upgrade=False, executor=ParkedExecutor())  # dies before running
+    workflow_id, _ = creator.start_workflow(make_user(credits=100), REQUEST)
+    creator.shutdown()
+    successor = Runtime(settings, upgrade=False, executor=InlineExecutor())
+    assert successor.orchestrator.recover(all_queued=True).resubmitted == [workflow_id]
+    successor.shutdown()
+    view = load(successor, workflow_id)
+    assert view.status is WorkflowStatus.COMPLETED
+    finished = spans.get_finished_spans()
+    start, run = _one(finished, "workflow.start"), _one(finished, "workflow.run")
+    assert {_hex(s)[0] for s in finished} == {view.trace_id}
+    assert _hex(run)[2] == _hex(start)[1]
+    assert len([s for s in finished if s.name.startswith("step ")]) == len(STEP_ORDER)
