@@ -304,6 +304,8 @@ def _print_summary(runtime, view: WorkflowView) -> None:
     if refunded:
         cost += f" ({view.cost_credits} reserved, {refunded} refunded)"
     console.print(f"total {total:.2f} s, {cost}")
+    if view.trace_id:
+        console.print(f"trace {view.trace_id}")
 
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
@@ -675,6 +677,7 @@ def _print_run(view: WorkflowView, phase: str, refunded: int, as_json: bool) -> 
                     "costCredits": view.cost_credits,
                     "refundedCredits": refunded,
                     "recoveries": view.recoveries,
+                    "traceId": view.trace_id,
                     "error": view.error_message,
                     "steps": steps,
                 }
@@ -688,6 +691,7 @@ def _print_run(view: WorkflowView, phase: str, refunded: int, as_json: bool) -> 
     console.print(
         f"{phase}; worker {view.worker_id or '-'}; created {view.created_at:%Y-%m-%d %H:%M:%S}; "
         f"{cost}; recovered {view.recoveries} times"
+        + (f"; trace {view.trace_id}" if view.trace_id else "")
     )
     if view.error_message:
         console.print(f"[red]error:[/] {view.error_message}", highlight=False)

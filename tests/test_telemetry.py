@@ -7,6 +7,8 @@ sampler starts no trace, so the rest of the suite records nothing.
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -34,6 +36,8 @@ from core.runtime import Runtime
 from core.schemas import parse_request
 from core.states import STEP_ORDER, WorkflowStatus
 from tests.helpers import ParkedExecutor, load, wait_for
+from tests.otlp_receiver import otlp_receiver
+from tests.test_cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 PAYLOAD = {
@@ -221,3 +225,18 @@ def test_a_run_recovered_by_another_process_continues_the_trace_it_was_created_i
     assert {_hex(s)[0] for s in finished} == {view.trace_id}
     assert _hex(run)[2] == _hex(start)[1]
     assert len([s for s in finished if s.name.startswith("step ")]) == len(STEP_ORDER)
+
+
+def test_a_run_from_the_command_line_is_one_trace_and_runs_show_gives_its_id(tmp_path, monkeypatch):
+    with otlp_receiver() as receiver:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+        done = run_cli(tmp_path, "run", "--image-prompt", "a fox", "--video-prompt", "slow pan")
+        assert done.returncode == 0, done.stderr
+        workflow_id = re.search(r"Workflow ([0-9a-f]{32})", done.stdout).group(1)
+        shown = json.loads(run_cli(tmp_path, "runs", "show", workflow_id, "--json").stdout)
+        assert f"trace {shown['traceId']}" in done.stdout
+        spans = receiver.spans(shown["traceId"])  # the CLI flushed them as it exited
+    (root,) = [s for s in spans if s.parent_id not in {s.span_id for s in spans}]
+    assert (root.name, root.service) == ("workflow.start", "reelforge-cli")
+    steps = [s.attributes[telemetry.STEP] for s in spans if s.name.startswith("step ")]
+    assert sorted(steps) == sorted(n.value for n in STEP_ORDER)
