@@ -61,11 +61,6 @@ _enabled = False
 _queries: Any = None  # the SDK's TracerProvider for database spans, once set up
 
 
-def enabled() -> bool:
-    """Whether this process exports traces (`setup` found an endpoint)."""
-    return _enabled
-
-
 def setup(role: str) -> bool:
     """Install tracing for this process (once; later calls return at once) when an OTLP
     endpoint is configured. `role` (app, api, cli, worker) names the service when
@@ -113,8 +108,8 @@ def instrument_database(engine: Engine) -> None:
         return
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
-    # Its declared range (0.66b2) ends below SQLAlchemy 2.1, which refuses to instrument
-    # anything; it only listens to the engine's cursor events, unchanged in 2.1, and
+    # Its declared range (0.66b2) ends below SQLAlchemy 2.1, so its dependency check would
+    # instrument nothing. It only listens to the engine's cursor events, unchanged in 2.1;
     # tests/api/test_tracing_api.py sees the statements arrive.
     SQLAlchemyInstrumentor().instrument(
         engine=engine, tracer_provider=_queries, skip_dep_check=True
@@ -158,6 +153,7 @@ def run_trace_columns() -> dict[str, str | None]:
 
 
 def started(span: Span, workflow_id: str, *, created: bool) -> None:
+    """The run a `starting_run` span made (or found: a repeated idempotent start)."""
     span.set_attribute(RUN_ID, workflow_id)
     span.set_attribute("reelforge.created", created)
 
