@@ -83,10 +83,10 @@ class Runtime:
         self.settings = settings
         self.providers = providers or build_providers(settings)  # may refuse the settings
         self.db = Database.from_url(url)
-        telemetry.instrument_database(self.db.engine)
         self.orchestrator = Orchestrator(
             self.db, self.providers, settings, executor=executor or build_executor(settings)
         )
+        telemetry.instrument_database(self.db.engine, self.orchestrator.writer.engine)
         self.mailer = (
             None
             if settings.smtp_url is None

@@ -100,10 +100,11 @@ def setup(role: str) -> bool:
         return True
 
 
-def instrument_database(engine: Engine) -> None:
-    """Trace the statements of the process's engine (the Runtime's). Explicitly, not through
-    the instrumentation's patched `create_engine`: core.db imported that name long before
-    `setup` could patch it. The instrumentation takes one engine per process."""
+def instrument_database(*engines: Engine) -> None:
+    """Trace the statements of the process's engines (the Runtime's and its runner's).
+    Explicitly, not through the instrumentation's patched `create_engine`: core.db imported
+    that name long before `setup` could patch it. The instrumentation is applied once per
+    process, so a second Runtime's engines are not traced."""
     if _queries is None:
         return
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
@@ -112,7 +113,7 @@ def instrument_database(engine: Engine) -> None:
     # instrument nothing. It only listens to the engine's cursor events, unchanged in 2.1;
     # tests/api/test_tracing_api.py sees the statements arrive.
     SQLAlchemyInstrumentor().instrument(
-        engine=engine, tracer_provider=_queries, skip_dep_check=True
+        engines=list(engines), tracer_provider=_queries, skip_dep_check=True
     )
 
 

@@ -134,9 +134,10 @@ def test_a_run_through_the_api_and_a_worker_is_one_connected_trace(
     video = {s.attributes[telemetry.OPERATION]: s.attributes for s in attempts}["result"]
     assert video[telemetry.MODEL] == "fal-ai/veo3.1/image-to-video"
     assert video[telemetry.REQUEST_ID] == job_id
-    # The worker's database statements are in the run's trace, under its spans.
+    # Both processes' database statements are in the run's trace, under its spans.
     queries = [s for s in spans if any(key.startswith("db.") for key in s.attributes)]
     assert {s.service for s in queries} == {"reelforge-api", "reelforge-worker"}
+    assert any(s.parent_id == run.span_id for s in queries)  # the runner's state writes
 
 
 def _named(spans: list[ReceivedSpan], name: str) -> list[ReceivedSpan]:
