@@ -2,7 +2,7 @@
 continue from), captured when the run is created
 
 Revision ID: 0015
-Revises: 0008
+Revises: 0014
 Create Date: 2026-11-30 17:00:00
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0015"
-down_revision: str | None = "0008"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
