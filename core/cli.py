@@ -19,7 +19,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from sqlalchemy.orm import Session
 
-from core import auth, budgets, credits, health, liveness, tokens, workflows
+from core import auth, budgets, credits, health, liveness, telemetry, tokens, workflows
 from core.clock import utcnow
 from core.config import Settings, load_settings
 from core.db import Database, upgrade_schema
@@ -187,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(
             settings, level=logging.INFO if args.verbose else logging.WARNING, console=err_console
         )
+        telemetry.setup(args.command if args.command in ("api", "worker") else "cli")
         return COMMANDS[args.command](args, settings)
     except RequestValidationError as exc:
         for field, problem in exc.problems.items():
@@ -303,6 +304,8 @@ def _print_summary(runtime, view: WorkflowView) -> None:
     if refunded:
         cost += f" ({view.cost_credits} reserved, {refunded} refunded)"
     console.print(f"total {total:.2f} s, {cost}")
+    if view.trace_id:
+        console.print(f"trace {view.trace_id}")
 
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
@@ -674,6 +677,7 @@ def _print_run(view: WorkflowView, phase: str, refunded: int, as_json: bool) -> 
                     "costCredits": view.cost_credits,
                     "refundedCredits": refunded,
                     "recoveries": view.recoveries,
+                    "traceId": view.trace_id,
                     "error": view.error_message,
                     "steps": steps,
                 }
@@ -687,6 +691,7 @@ def _print_run(view: WorkflowView, phase: str, refunded: int, as_json: bool) -> 
     console.print(
         f"{phase}; worker {view.worker_id or '-'}; created {view.created_at:%Y-%m-%d %H:%M:%S}; "
         f"{cost}; recovered {view.recoveries} times"
+        + (f"; trace {view.trace_id}" if view.trace_id else "")
     )
     if view.error_message:
         console.print(f"[red]error:[/] {view.error_message}", highlight=False)

@@ -177,6 +177,11 @@ class Workflow(Base):
     runner_id: Mapped[str | None] = mapped_column(String(64))
     # The process (host:pid) that last claimed the run, kept after it ends: who ran it.
     worker_id: Mapped[str | None] = mapped_column(String(128))
+    # The trace the run belongs to (core.telemetry): its 32-hex id, shown to users to hand an
+    # operator, and the W3C traceparent of the span that created it, which every runner's spans
+    # continue from. None when tracing was off at creation.
+    trace_id: Mapped[str | None] = mapped_column(String(32))
+    traceparent: Mapped[str | None] = mapped_column(String(55))
     # When recovery last re-sent the run (a lost message): the next re-send waits a while.
     nudged_at: Mapped[datetime | None] = mapped_column()
     heartbeat_at: Mapped[datetime | None] = mapped_column()

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from core import liveness, logs, metrics, run_writes, webhooks, workflows
+from core import liveness, logs, metrics, run_writes, telemetry, webhooks, workflows
 from core.clock import utcnow
 from core.config import Settings
 from core.db import Database
@@ -186,7 +186,7 @@ class Orchestrator:
             view, held = claimed
             with self._lock:
                 self._active.add(workflow_id)
-            status = self._drive(view, held)
+            status = telemetry.traced_run(view, lambda: self._drive(view, held))
             self._nudge_waiting(view.user_id)
             return status
         except RunnerStoppingError:
@@ -295,7 +295,7 @@ class Orchestrator:
                 view = replace(_with_step(view, step), cancel_requested=cancel)
             execution = self._execution(view, action.step, held)
             log_step(view.id, action.step, StepStatus.PROCESSING, execution.last_progress)
-            result = execution.run(STEPS[action.step])
+            result = telemetry.traced_step(execution, STEPS[action.step])
             if isinstance(result, EndRun):
                 return self._end(view, result, execution)
             view, started = self._complete(view, execution, result, held)

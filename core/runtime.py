@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core import credits, liveness, reuse, webhooks, workflows
+from core import credits, liveness, reuse, telemetry, webhooks, workflows
 from core.alert_mail import AlertMailer
 from core.auth import UserView
 from core.config import Settings
@@ -86,6 +86,7 @@ class Runtime:
         self.orchestrator = Orchestrator(
             self.db, self.providers, settings, executor=executor or build_executor(settings)
         )
+        telemetry.instrument_database(self.db.engine, self.orchestrator.writer.engine)
         self.mailer = (
             None
             if settings.smtp_url is None
@@ -130,20 +131,24 @@ class Runtime:
             webhooks.check_webhook_url(
                 request.webhook_url, allow_private=self.settings.allow_private_webhooks
             )
-        workflow_id, created = workflows.start_workflow(
-            self.db,
-            user_id=user.id,
-            request=request,
-            client_key=client_key or uuid.uuid4().hex,
-            actor=user.email,
-            global_webhook_url=self.settings.webhook_url,
-            still=StillChoice(self.still_fingerprint(request), reuse_still),
-            idempotency_key=idempotency_key,
-        )
-        if created:
-            if self.mailer is not None:
-                self.mailer.nudge()  # the start may have crossed a budget threshold
-            self.orchestrator.submit(workflow_id)
+        # The run's trace starts here: the runner continues it from the row, the broker's
+        # message carries it to a worker (core.telemetry).
+        with telemetry.starting_run() as span:
+            workflow_id, created = workflows.start_workflow(
+                self.db,
+                user_id=user.id,
+                request=request,
+                client_key=client_key or uuid.uuid4().hex,
+                actor=user.email,
+                global_webhook_url=self.settings.webhook_url,
+                still=StillChoice(self.still_fingerprint(request), reuse_still),
+                idempotency_key=idempotency_key,
+            )
+            telemetry.started(span, workflow_id, created=created)
+            if created:
+                if self.mailer is not None:
+                    self.mailer.nudge()  # the start may have crossed a budget threshold
+                self.orchestrator.submit(workflow_id)
         return workflow_id, created
 
     def still_fingerprint(self, request: WorkflowRequest) -> str:

@@ -29,7 +29,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
-from core import credits, metrics, reuse, workflows
+from core import credits, metrics, reuse, telemetry, workflows
 from core.clock import utcnow
 from core.config import Settings
 from core.db import Database
@@ -208,6 +208,7 @@ class StepExecution:
 
     def save_provider_request_id(self, request_id: str) -> None:
         self._write_progress(provider_request_id=request_id)
+        telemetry.provider_job(request_id)
         log.info(
             "Workflow %s - Step %s: provider job %s", self.workflow.id, self.step.name, request_id
         )
@@ -265,7 +266,9 @@ class StepExecution:
         # No check before an attempt: `wait` checks before every retry, and a first attempt must
         # go out even past the deadline when it is the provider cancel for that very deadline.
         def attempt() -> T:
-            return self._attempt(operation, fn, provider, next(counter), cost_usd)
+            number = next(counter)
+            with telemetry.call_span(self, operation, provider, number):
+                return self._attempt(operation, fn, provider, number, cost_usd)
 
         retrying = Retrying(
             stop=stop_after_attempt(attempts),
@@ -325,6 +328,7 @@ class StepExecution:
                 cost_usd=cost,
             )
         )
+        telemetry.call_recorded(self._calls[-1])
 
     def _before_sleep(self, retry_state: RetryCallState) -> None:
         error = retry_state.outcome.exception() if retry_state.outcome else None

@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core import budgets, credits, idempotency, inbox, metrics, reuse, webhooks
+from core import budgets, credits, idempotency, inbox, metrics, reuse, telemetry, webhooks
 from core.auth import UserView
 from core.db import Database
 from core.errors import (
@@ -102,6 +102,8 @@ class WorkflowView:
     reuse_image_from: str | None = None  # the run whose still this one reuses (core.reuse)
     worker_id: str | None = None  # host:pid of the process that last claimed it
     global_webhook_url: str | None = None  # the installation's WEBHOOK_URL when it was created
+    trace_id: str | None = None  # its trace (core.telemetry); None: tracing was off
+    traceparent: str | None = None
 
     def step(self, name: StepName) -> StepView:
         return next(s for s in self.steps if s.name == name)
@@ -270,6 +272,7 @@ def _create(
         if still.reuse and still.fingerprint
         else None,
         global_webhook_url=global_webhook_url,
+        **telemetry.run_trace_columns(),
     )
     session.add(workflow)
     session.flush()
@@ -358,6 +361,8 @@ def _workflow_view(w: Workflow | Row[Any], steps: Sequence[StepView]) -> Workflo
         reuse_image_from=w.reuse_image_from,
         worker_id=w.worker_id,
         global_webhook_url=w.global_webhook_url,
+        trace_id=w.trace_id,
+        traceparent=w.traceparent,
     )
 
 

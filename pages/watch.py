@@ -99,7 +99,9 @@ with head:
         st.badge(view.status.value, icon=icon, color=colour)
         created = fmt.local_time(view.created_at, tz, with_date=True)
         owner = "" if view.user_id == user.id else " · someone else's run (admin view)"
-        st.caption(f"created {created} · {view.cost_credits} credits{owner}")
+        # The id an operator looks the run up by in the tracing backend (none: tracing is off).
+        traced = f" · trace `{view.trace_id}`" if view.trace_id else ""
+        st.caption(f"created {created} · {view.cost_credits} credits{owner}{traced}")
 
 
 with actions:

@@ -43,6 +43,9 @@ ENGINE_ENV = (
     "LOG_FORMAT",
     "METRICS_PORT",
     "PROMETHEUS_MULTIPROC_DIR",
+    # A developer's collector never receives the tests' spans (tracing tests set their own).
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
 )
 
 

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 
-from core import metrics
+from core import metrics, telemetry
 from core.api import openapi, problems
 from core.api.deps import rate_limited, sound_parameters
 from core.api.ratelimit import RateLimiter, RateLimitHeaders
@@ -61,6 +61,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             module.router, dependencies=[Depends(rate_limited), Depends(sound_parameters)]
         )
     app.include_router(probes.router)
+    telemetry.instrument_api(app)
     problems.install(app)
     app.add_middleware(RateLimitHeaders)
     openapi.install(app)

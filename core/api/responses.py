@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 
@@ -99,6 +99,14 @@ class Run(ApiModel):
     started_at: datetime | None
     finished_at: datetime | None
     worker: str | None = None  # host:pid of the process that last claimed the run
+    trace_id: str | None = Field(
+        None,
+        description="The run's OpenTelemetry trace id, to hand an operator: one trace from "
+        "the start through every step and provider call. Null when the server exports no "
+        "traces (OTEL_EXPORTER_OTLP_ENDPOINT unset): there is no trace to look up.",
+        examples=["4bf92f3577b34da6a3ce929d0e0e4736"],
+        pattern="^[0-9a-f]{32}$",
+    )
     steps: list[Step]
     error: RunError | None
     refund: Refund | None

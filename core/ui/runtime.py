@@ -10,7 +10,7 @@ from typing import Any
 
 import streamlit as st
 
-from core import accounts
+from core import accounts, telemetry
 from core.accounts import BootstrapResult, LoginThrottle
 from core.config import Settings, load_settings
 from core.logs import configure_logging
@@ -49,6 +49,7 @@ def get_services() -> AppServices:
     settings = load_settings(**secrets_overrides())
     if not logging.getLogger().handlers:
         configure_logging(settings)
+    telemetry.setup("app")
     runtime = Runtime(settings)  # upgrades the schema first
     bootstrap = accounts.bootstrap_admin(runtime.db, settings)
     if bootstrap is not None and bootstrap.generated_password:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import streamlit as st
+from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
 from core import credits
 from core.auth import Role
+from core.models import Workflow
 from core.schemas import parse_request
 from core.states import StepStatus, WorkflowStatus
 from core.ui import nav
@@ -271,3 +273,19 @@ def test_a_run_cancelled_while_queued_reports_no_progress(engine, make_user, run
     bar = overall_bar(watch(user, workflow_id))
     assert bar.text.endswith("· **0 of 6 steps done**")
     assert bar.value == 0
+
+
+def test_a_traced_run_shows_its_trace_id_to_hand_an_operator_and_an_untraced_one_none(
+    engine, make_user, runtime
+):
+    user = make_user()
+    traced, untraced = queued_run(runtime, user), queued_run(runtime, user)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with runtime.db.begin() as session:
+        session.execute(update(Workflow).where(Workflow.id == traced).values(trace_id=trace_id))
+    at = watch(user, traced)
+    assert not at.exception
+    assert f"trace `{trace_id}`" in texts(at)
+    at = watch(user, untraced)
+    assert not at.exception
+    assert "trace" not in " ".join(c.value for c in at.caption)

@@ -242,6 +242,7 @@ def status_body(detail: RunDetail, runtime: Runtime, app: FastAPI) -> Run:
         started_at=view.started_at,
         finished_at=view.finished_at,
         worker=view.worker_id,
+        trace_id=view.trace_id,
         steps=[Step.model_validate({**step_payload(s), "worker": s.worker_id}) for s in view.steps],
         error=None
         if receipt is None
