@@ -1,142 +1,465 @@
-"""Engine overhead per workflow: wall time minus provider time, on SQLite and Postgres.
+"""`make bench`: what the engine costs per run, side by side with Celery and Prefect (issue 13).
 
-Runs workflows in-process on the offline providers with OFFLINE_LATENCY_S=0 and subtracts the
-time spent inside provider calls (as recorded in api_calls), leaving the engine's own cost: every
-database write, check and verification. Also times one `python -m core run` end to end.
-Postgres is used when BENCH_DATABASE_URL or TEST_DATABASE_URL names a server.
+Everything runs on Postgres, in a scratch database made on BENCH_DATABASE_URL's server (else
+TEST_DATABASE_URL's, else postgresql+psycopg2://postgres@127.0.0.1:5432/test) and dropped at the
+end; the Celery parts need Redis (BENCH_REDIS_URL or REDIS_URL, else redis://127.0.0.1:6379/5).
+Providers are the offline ones, which draw the still and encode the MP4 for real.
 
-    make bench            # or: python bench/engine.py --workflows 10
+Sections (`--sections`, comma-separated; all by default):
+- overhead   per run, wall time minus time inside provider calls (the sum of its api_calls), median
+             and p95, with zero-latency providers, 1/8/32/64 runs at once on the threads executor
+             in this process; completed runs per second at each level (the throughput figure).
+             First, a check that api_calls hold all provider time: every provider method timed
+             from outside, against what the runs recorded.
+- celery     the same with EXECUTOR=celery and 2 `python -m core worker` processes.
+- critical   200 runs at once with OFFLINE_LATENCY_S=2: wall time against one run's critical path.
+- freshness  delay from a step's state change committed to (a) the watch page's read (polled every
+             1 s, as the page does) and (b) an SSE client of a real `python -m core api`, p50/p95.
+- peers      the same six steps, no-ops, as a Celery chain on Redis (solo worker, Redis results),
+             that chain with one Postgres statement per step, and a Prefect 3 flow of six tasks
+             (ephemeral server, default settings), interleaved round by round with the engine at
+             one run at a time. They run in .venv-peers (bench/peers.py), never in .venv.
+- hot        the watch query p95 at 1,000,000 step rows and the monitoring total at 100,000
+             runs (bench/hot_queries.py).
+
+Targets (issue 13; benchmark figures, never test asserts): engine overhead median at or below
+the bare Celery chain's in the same run, so 60x or more below Prefect's, while persisting every
+state; 200 concurrent runs with 2 s steps within 1.1x of the critical path; freshness p95 under
+1.5 s with a 1 s poll; watch query p95 under 5 ms at 1,000,000 step rows; monitoring total under
+0.5 s at 100,000 runs.
+
+Prints a table, writes it with the machine's details to bench/results.md (--results), and ends
+with exactly two lines:
+    engine overhead: <x> ms median (celery chain <y> ms, prefect <z> ms, same run)
+    overhead ratio prefect/reelforge: <r>
+
+    make bench                                   # everything, about 10 minutes
+    python bench/engine.py --sections overhead,peers --runs 10
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import statistics
+import platform
 import subprocess
 import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+import redis
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import event, func, select
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
-from core.auth import create_user
-from core.config import Settings
-from core.db import scratch_database, upgrade_schema
-from core.executor import InlineExecutor
-from core.models import ApiCall
-from core.runtime import Runtime
-from core.schemas import parse_request
+from core.db import Database, scratch_database, upgrade_schema
 
-PAYLOAD = {
-    "imagePrompt": "a red fox in fresh snow",
-    "videoPrompt": "slow dolly in, snow falling",
-    "imageConfig": {"size": "1024x1024"},
-    "videoConfig": {"duration": "4s", "generateAudio": False},
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import freshness  # noqa: E402 - the bench/ modules beside this script
+import peers_client  # noqa: E402
+import runs  # noqa: E402
+
+DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/5"
+SECTIONS = ("overhead", "celery", "critical", "freshness", "peers", "hot")
 console = Console()
 
 
-def measure(url: str, workdir: Path, workflows: int) -> dict[str, float]:
-    upgrade_schema(url)
-    settings = Settings(
-        _env_file=None,
-        data_dir=workdir,
-        database_url=url,
-        offline_latency_s=0,
-        poll_interval_s=0.0,
-        progress_min_interval_s=0.5,
+class BenchError(Exception):
+    """A missing service or a failed case: one line, no traceback."""
+
+
+@dataclass
+class Report:
+    rows: list[tuple[str, str, str]] = field(default_factory=list)
+    details: dict[str, str] = field(default_factory=dict)
+    engine_ms: float | None = None  # the engine's median overhead, from the peers' rounds
+    celery_ms: float | None = None
+    prefect_ms: float | None = None
+
+    def add(self, what: str, case: str, figure: str) -> None:
+        self.rows.append((what, case, figure))
+        console.print(f"[dim]{what} | {case} | {figure}[/dim]")
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    base_url: str
+    url: str
+    redis_url: str
+    workdir: Path
+    db: Database
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def spread(values: list[float]) -> tuple[float, float]:
+    """Median and p95 (linear interpolation) of `values`."""
+    return float(np.median(values)), float(np.percentile(values, 95))
+
+
+def overhead_figure(batch: runs.Batch) -> str:
+    median, p95 = spread([s.overhead_s for s in batch.samples])
+    failed = f", {batch.failed} NOT COMPLETED" if batch.failed else ""
+    return (
+        f"{ms(median)} median, {ms(p95)} p95; {batch.throughput:.2f} runs/s "
+        f"({len(batch.samples)} runs{failed})"
     )
-    runtime = Runtime(settings, upgrade=False, executor=InlineExecutor())
-    counts = {"statements": 0, "transactions": 0}
-    event.listen(runtime.db.engine, "before_cursor_execute", lambda *a: _bump(counts, "statements"))
-    event.listen(runtime.db.engine, "commit", lambda *a: _bump(counts, "transactions"))
-    with runtime.db.begin() as session:
-        user = create_user(session, "bench@example.com", starting_credits=100_000)
-    request = parse_request(PAYLOAD)
-    runtime.start_workflow(user, request)  # warm-up: imports, codec init, connection pool
-    counts.update(statements=0, transactions=0)
-    walls, providers = [], []
-    for _ in range(workflows):
-        started = time.perf_counter()
-        workflow_id, _ = runtime.start_workflow(user, request)
-        walls.append(time.perf_counter() - started)
-        with runtime.db.read() as session:
-            provider_ms = session.scalar(
-                select(func.sum(ApiCall.duration_ms)).where(ApiCall.workflow_id == workflow_id)
+
+
+# --- Sections ------------------------------------------------------------------------------
+
+
+def section_overhead(ctx: Context, report: Report) -> None:
+    check_provider_time(ctx, report)
+    for level in ctx.args.levels:
+        settings = runs.settings_for(
+            ctx.url,
+            ctx.workdir,
+            offline_latency_s=0,
+            worker_threads=level,
+            max_active_runs_per_user=level,
+        )
+        with runs.runtime(settings) as engine:
+            user = runs.bench_user(engine.db, f"overhead-{level}@example.com")
+            runs.warm_up(engine, user)
+            batch = runs.run_rounds(engine, user, level, max(level, ctx.args.runs))
+        report.add("overhead per run (threads)", f"{level} at once", overhead_figure(batch))
+
+
+def check_provider_time(ctx: Context, report: Report) -> None:
+    """Time every provider method from outside and compare with the runs' api_calls: the time
+    left out of api_calls would wrongly count as engine overhead."""
+    settings = runs.settings_for(ctx.url, ctx.workdir, offline_latency_s=0)
+    providers, clock = runs.timed_providers(settings)
+    with runs.runtime(settings, providers) as engine:
+        user = runs.bench_user(engine.db, "calibration@example.com")
+        runs.warm_up(engine, user)
+        clock[0] = 0.0
+        batch = runs.run_rounds(engine, user, 1, ctx.args.calibration_runs)
+    recorded = sum(s.provider_s for s in batch.samples) / len(batch.samples)
+    outside = clock[0] / len(batch.samples)
+    report.add(
+        "provider time check",
+        f"{len(batch.samples)} runs, one at a time",
+        f"timed around every provider call {ms(outside)}/run, in api_calls {ms(recorded)}/run: "
+        f"{ms(outside - recorded)} not in api_calls",
+    )
+
+
+def section_celery(ctx: Context, report: Report) -> None:
+    top = max(ctx.args.levels)
+    env = {
+        "DATABASE_URL": ctx.url,
+        "DATA_DIR": str(ctx.workdir),
+        "REDIS_URL": ctx.redis_url,
+        "EXECUTOR": "celery",
+        "OFFLINE_LATENCY_S": "0",
+        "MAX_ACTIVE_RUNS_PER_USER": str(top),
+        "WORKER_THREADS": str(top),
+    }
+    settings = runs.settings_for(
+        ctx.url,
+        ctx.workdir,
+        offline_latency_s=0,
+        executor="celery",
+        redis_url=ctx.redis_url,
+        max_active_runs_per_user=top,
+    )
+    log = ctx.workdir / "workers.log"
+    with runs.celery_workers(2, max(1, top // 2), env, log), runs.runtime(settings) as engine:
+        user = runs.bench_user(engine.db, "celery@example.com")
+        runs.warm_up(engine, user)
+        for level in ctx.args.levels:
+            batch = runs.run_rounds(engine, user, level, max(level, ctx.args.runs))
+            report.add(
+                "overhead per run (2 Celery workers)", f"{level} at once", overhead_figure(batch)
             )
-        providers.append(provider_ms / 1000)
-    runtime.shutdown()
-    engine = [w - p for w, p in zip(walls, providers, strict=True)]
+
+
+def section_critical(ctx: Context, report: Report) -> None:
+    """OFFLINE_LATENCY_S=L means, per run: validate 0 (the offline moderator has no latency),
+    the image call L, the video submit L, then the job is queued L and generating 3L, seen
+    at the first status poll (every POLL_INTERVAL_S) after it completes; storage calls have no
+    latency. So the critical path is 2L plus the waits until the first poll at or after 4L,
+    plus one run's own CPU (drawing, encoding, the engine) measured alone."""
+    latency, count = ctx.args.latency, ctx.args.critical_runs
+    settings = runs.settings_for(
+        ctx.url,
+        ctx.workdir,
+        offline_latency_s=latency,
+        worker_threads=count,
+        max_active_runs_per_user=count,
+    )
+    poll = settings.poll_interval_s
+    polls = int(np.ceil(4 * latency / poll)) if poll else 0
+    waits = 2 * latency + (polls * poll if poll else 4 * latency)
+    with runs.runtime(settings) as engine:
+        user = runs.bench_user(engine.db, "critical@example.com")
+        alone = runs.run_rounds(engine, user, 1, 1).samples[0]
+        batch = runs.run_rounds(engine, user, count, count)
+    wall = batch.busy_s
+    failed = f", {batch.failed} NOT COMPLETED" if batch.failed else ""
+    report.add(
+        "critical path of one run",
+        f"{latency:g} s per provider call",
+        f"{waits:.2f} s of provider waits (2 calls of {latency:g} s, then the job's {4 * latency:g} s "
+        f"seen at poll {polls} of {poll:g} s); one run alone took {alone.wall_s:.2f} s",
+    )
+    report.add(
+        "wall vs critical path",
+        f"{count} runs at once",
+        f"{wall:.2f} s: {wall / waits:.2f}x the provider waits, {wall / alone.wall_s:.2f}x one "
+        f"run alone{failed}",
+    )
+
+
+def section_freshness(ctx: Context, report: Report) -> None:
+    result = freshness.measure(ctx.url, ctx.workdir, runs=ctx.args.freshness_runs)
+    for name, delays in (("watch page poll (1 s)", result.watch), ("SSE client", result.sse)):
+        if not delays:
+            report.add("freshness", name, "NO SAMPLES")
+            continue
+        p50, p95 = float(np.median(delays)), float(np.percentile(delays, 95))
+        report.add(
+            "freshness", name, f"{ms(p50)} p50, {ms(p95)} p95 ({len(delays)} state changes)"
+        )
+
+
+def section_peers(ctx: Context, report: Report) -> None:
+    with ExitStack() as stack:
+        peer_db = stack.enter_context(scratch_database(ctx.base_url, prefix="reelforge_peers"))
+        peers = stack.enter_context(
+            peers_client.start(ctx.args.peers_python, ctx.redis_url, peer_db, ctx.workdir)
+        )
+        settings = runs.settings_for(ctx.url, ctx.workdir, offline_latency_s=0)
+        engine = stack.enter_context(runs.runtime(settings))
+        user = runs.bench_user(engine.db, "peers@example.com")
+        runs.warm_up(engine, user)
+        walls: dict[str, list[float]] = {"reelforge": [], **{p: [] for p in peers_client.PEERS}}
+        for _ in range(ctx.args.rounds):
+            batch = runs.run_rounds(engine, user, 1, ctx.args.peer_runs)
+            walls["reelforge"] += [s.overhead_s for s in batch.samples]
+            for peer in peers_client.PEERS:
+                walls[peer] += peers.run(peer, ctx.args.peer_runs)
+        report.details.update(peers.versions)
+    medians = {name: spread(values)[0] for name, values in walls.items()}
+    for name, values in walls.items():
+        median, p95 = spread(values)
+        report.add(
+            "peers, same run (interleaved)",
+            peers_client.LABELS.get(name, "reelforge engine"),
+            f"{ms(median)} median, {ms(p95)} p95; {1 / float(np.mean(values)):.1f} runs/s "
+            f"one at a time ({len(values)} runs)",
+        )
+    engine_ms = medians["reelforge"]
+    for peer in peers_client.PEERS:
+        report.add(
+            "ratio (medians)",
+            f"{peers_client.LABELS[peer]} / reelforge",
+            f"{medians[peer] / engine_ms:.2f}",
+        )
+    report.engine_ms = engine_ms * 1000
+    report.celery_ms = medians["celery"] * 1000
+    report.prefect_ms = medians["prefect"] * 1000
+
+
+def section_hot(ctx: Context, report: Report) -> None:
+    import hot_queries  # bench/hot_queries.py
+
+    figures = hot_queries.measure(ctx.base_url)
+    report.add("hot query", "watch page, 1,000,000 step rows", f"{figures['watch_p95_ms']:.2f} ms p95")
+    report.add("hot query", "monitoring total, 100,000 runs", f"{figures['monitoring_total_s']:.3f} s")
+
+
+RUNNERS = {
+    "overhead": section_overhead,
+    "celery": section_celery,
+    "critical": section_critical,
+    "freshness": section_freshness,
+    "peers": section_peers,
+    "hot": section_hot,
+}
+
+
+# --- Services, machine, output ------------------------------------------------------------
+
+
+def database_server() -> str:
+    url = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL")
+    if not url:
+        console.print(f"BENCH_DATABASE_URL and TEST_DATABASE_URL not set: using {DEFAULT_DATABASE_URL}")
+    return url or DEFAULT_DATABASE_URL
+
+
+def postgres_version(url: str) -> str:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text("SHOW server_version")).scalar_one()
+    except OperationalError:
+        shown = make_url(url).render_as_string(hide_password=True)
+        raise BenchError(f"bench: Postgres not reachable at {shown}: set BENCH_DATABASE_URL") from None
+    finally:
+        engine.dispose()
+
+
+def redis_version(url: str) -> str:
+    try:
+        return redis.Redis.from_url(url, socket_timeout=5).info("server")["redis_version"]
+    except redis.RedisError:
+        raise BenchError(f"bench: Redis not reachable at {url}: set BENCH_REDIS_URL") from None
+
+
+def machine(base_url: str, redis_url: str) -> dict[str, str]:
+    from importlib.metadata import version
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=runs.ROOT
+    ).stdout.strip()
     return {
-        "wall_s": statistics.median(walls),
-        "provider_s": statistics.median(providers),
-        "engine_ms": statistics.median(engine) * 1000,
-        "engine_p_max_ms": max(engine) * 1000,
-        "statements": counts["statements"] / workflows,
-        "transactions": counts["transactions"] / workflows,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit or "unknown",
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "load average at start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "python": platform.python_version(),
+        "postgres": postgres_version(base_url),
+        "redis": redis_version(redis_url),
+        "celery (engine)": version("celery"),
+        "sqlalchemy": version("sqlalchemy"),
     }
 
 
-def _bump(counts: dict[str, int], key: str) -> None:
-    counts[key] += 1
+def render(report: Report, sections: list[str], path: Path) -> None:
+    table = Table(title="Reelforge engine benchmark")
+    for column in ("measure", "case", "figure"):
+        table.add_column(column)
+    for row in report.rows:
+        table.add_row(*row)
+    console.print(table)
+    lines = [
+        "# Engine benchmark: the last run",
+        "",
+        f"`make bench` (sections: {', '.join(sections)}); how each figure is measured and the",
+        "targets: bench/engine.py's docstring.",
+        "",
+        "| measure | case | figure |",
+        "| --- | --- | --- |",
+        *(f"| {a} | {b} | {c} |" for a, b, c in report.rows),
+        "",
+        "## Machine",
+        "",
+        *(f"- {key}: {value}" for key, value in report.details.items()),
+        "",
+    ]
+    path.write_text("\n".join(lines), encoding="utf-8")
 
 
-def time_cli(workdir: Path) -> float:
-    env = {**os.environ, "OFFLINE_LATENCY_S": "0", "DATA_DIR": str(workdir)}
-    env.pop("DATABASE_URL", None)
-    started = time.perf_counter()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "core",
-            "run",
-            "--image-prompt",
-            "a red fox in fresh snow",
-            "--video-prompt",
-            "slow dolly in, snow falling",
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
+def last_lines(report: Report) -> list[str]:
+    def figure(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1f}"
+
+    ratio = (
+        "n/a"
+        if report.prefect_ms is None or not report.engine_ms
+        else f"{report.prefect_ms / report.engine_ms:.1f}"
     )
-    return time.perf_counter() - started
+    return [
+        f"engine overhead: {figure(report.engine_ms)} ms median "
+        f"(celery chain {figure(report.celery_ms)} ms, prefect {figure(report.prefect_ms)} ms, "
+        "same run)",
+        f"overhead ratio prefect/reelforge: {ratio}",
+    ]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated, any of {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument(
+        "--runs", type=int, default=32, help="runs per concurrency level (at least the level)"
+    )
+    parser.add_argument(
+        "--levels", default="1,8,32,64", help="concurrency levels, comma-separated"
+    )
+    parser.add_argument("--calibration-runs", type=int, default=5)
+    parser.add_argument("--critical-runs", type=int, default=200)
+    parser.add_argument("--latency", type=float, default=2.0, help="OFFLINE_LATENCY_S, critical")
+    parser.add_argument("--freshness-runs", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved peer rounds")
+    parser.add_argument("--peer-runs", type=int, default=5, help="runs per peer per round")
+    parser.add_argument(
+        "--peers-python", type=Path, default=runs.ROOT / ".venv-peers" / "bin" / "python"
+    )
+    parser.add_argument("--results", type=Path, default=runs.ROOT / "bench" / "results.md")
+    args = parser.parse_args()
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}: choose from {', '.join(SECTIONS)}")
+    args.levels = [int(n) for n in args.levels.split(",")]
+    return args
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workflows", type=int, default=10)
-    args = parser.parse_args()
-    table = Table(title=f"Engine cost per workflow (median of {args.workflows}, 4 s 720p clip)")
-    for column in ("database", "wall", "in providers", "engine", "engine max", "SQL stmts", "txns"):
-        table.add_column(column, justify="right")
-    with tempfile.TemporaryDirectory() as tmp, ExitStack() as scratch:
-        targets = [("sqlite", f"sqlite:///{tmp}/bench.db")]
-        base = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL")
-        if base:
-            postgres = scratch.enter_context(scratch_database(base, prefix="reelforge_bench"))
-            targets.append(("postgres", postgres))
-        for name, url in targets:
-            r = measure(url, Path(tmp) / name, args.workflows)
-            table.add_row(
-                name,
-                f"{r['wall_s']:.3f} s",
-                f"{r['provider_s']:.3f} s",
-                f"{r['engine_ms']:.1f} ms",
-                f"{r['engine_p_max_ms']:.1f} ms",
-                f"{r['statements']:.0f}",
-                f"{r['transactions']:.0f}",
-            )
-        console.print(table)
-        cli_s = time_cli(Path(tmp) / "cli")
-    console.print(
-        f"python -m core run (8 s 720p clip with audio, offline, latency 0): {cli_s:.2f} s"
-    )
+    args = parse_args()
+    base_url = database_server()
+    redis_url = os.environ.get("BENCH_REDIS_URL") or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    report = Report()
+    try:
+        report.details.update(machine(base_url, redis_url))
+        if "peers" in args.sections and not args.peers_python.exists():
+            raise BenchError(f"bench: no {args.peers_python}: `make bench` creates it")
+        with (
+            scratch_database(base_url, prefix="reelforge_bench") as url,
+            tempfile.TemporaryDirectory(prefix="reelforge-bench-") as tmp,
+        ):
+            upgrade_schema(url)
+            db = Database.from_url(url)
+            ctx = Context(args, base_url, url, redis_url, Path(tmp), db)
+            try:
+                for name in args.sections:
+                    started = time.monotonic()
+                    RUNNERS[name](ctx, report)
+                    console.print(f"[dim]{name}: {time.monotonic() - started:.0f} s[/dim]")
+            finally:
+                db.dispose()
+    except (BenchError, peers_client.PeerError) as exc:
+        console.print(str(exc), markup=False)
+        raise SystemExit(1) from None
+    render(report, args.sections, args.results)
+    # Each Runtime's exit hook (Runtime.start_background) shuts its orchestrator down once more
+    # at interpreter exit, after the scratch database is gone, and warns that it could not
+    # remove its worker row; that warning would follow the two lines that must come last.
+    logging.getLogger("core.orchestrator").setLevel(logging.ERROR)
+    for line in last_lines(report):
+        print(line)
 
 
 if __name__ == "__main__":
