@@ -60,7 +60,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from core.config import Settings
 from core.db import Database, scratch_database, upgrade_schema
+from core.providers.base import Providers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -124,6 +126,7 @@ def overhead_figure(batch: runs.Batch) -> str:
 
 def section_overhead(ctx: Context, report: Report) -> None:
     check_provider_time(ctx, report)
+    kind = ctx.args.providers
     for level in ctx.args.levels:
         settings = runs.settings_for(
             ctx.url,
@@ -132,16 +135,29 @@ def section_overhead(ctx: Context, report: Report) -> None:
             worker_threads=level,
             max_active_runs_per_user=level,
         )
-        with runs.runtime(settings) as engine:
+        with runs.runtime(settings, providers_for(ctx, settings)) as engine:
             user = runs.bench_user(engine.db, f"overhead-{level}@example.com")
             runs.warm_up(engine, user)
             batch = runs.run_rounds(engine, user, level, max(level, ctx.args.runs))
-        report.add("overhead per run (threads)", f"{level} at once", overhead_figure(batch))
+        report.add(
+            f"overhead per run, throughput (threads, {kind} providers)",
+            f"{level} at once",
+            overhead_figure(batch),
+        )
+        if level == 1 and report.engine_ms is None:  # the peers' rounds, when run, replace it
+            report.engine_ms = spread([s.overhead_s for s in batch.samples])[0] * 1000
+
+
+def providers_for(ctx: Context, settings: Settings) -> Providers | None:
+    """--providers instant: the offline ones with their drawing and encoding done once (the
+    engine's figures, not the encoder's); offline: the product's own (None)."""
+    return runs.instant_providers(settings) if ctx.args.providers == "instant" else None
 
 
 def check_provider_time(ctx: Context, report: Report) -> None:
     """Time every provider method from outside and compare with the runs' api_calls: the time
-    left out of api_calls would wrongly count as engine overhead."""
+    left out of api_calls would wrongly count as engine overhead. These runs use the product's
+    offline providers, drawing and encoding every run, one run at a time."""
     settings = runs.settings_for(ctx.url, ctx.workdir, offline_latency_s=0)
     providers, clock = runs.timed_providers(settings)
     with runs.runtime(settings, providers) as engine:
@@ -152,11 +168,12 @@ def check_provider_time(ctx: Context, report: Report) -> None:
     recorded = sum(s.provider_s for s in batch.samples) / len(batch.samples)
     outside = clock[0] / len(batch.samples)
     report.add(
-        "provider time check",
+        "provider time check (offline providers)",
         f"{len(batch.samples)} runs, one at a time",
         f"timed around every provider call {ms(outside)}/run, in api_calls {ms(recorded)}/run: "
         f"{ms(outside - recorded)} not in api_calls",
     )
+    report.add("overhead per run (threads, offline providers)", "1 at once", overhead_figure(batch))
 
 
 def section_celery(ctx: Context, report: Report) -> None:
@@ -206,8 +223,9 @@ def section_critical(ctx: Context, report: Report) -> None:
     poll = settings.poll_interval_s
     polls = int(np.ceil(4 * latency / poll)) if poll else 0
     waits = 2 * latency + (polls * poll if poll else 4 * latency)
-    with runs.runtime(settings) as engine:
+    with runs.runtime(settings, providers_for(ctx, settings)) as engine:
         user = runs.bench_user(engine.db, "critical@example.com")
+        runs.warm_up(engine, user, runs=1)  # draws the still and encodes the clip once
         alone = runs.run_rounds(engine, user, 1, 1).samples[0]
         batch = runs.run_rounds(engine, user, count, count)
     wall = batch.busy_s
@@ -215,8 +233,9 @@ def section_critical(ctx: Context, report: Report) -> None:
     report.add(
         "critical path of one run",
         f"{latency:g} s per provider call",
-        f"{waits:.2f} s of provider waits (2 calls of {latency:g} s, then the job's {4 * latency:g} s "
-        f"seen at poll {polls} of {poll:g} s); one run alone took {alone.wall_s:.2f} s",
+        f"{waits:.2f} s of provider waits (2 calls of {latency:g} s, then the job's "
+        f"{4 * latency:g} s seen at poll {polls} of {poll:g} s); one run alone took "
+        f"{alone.wall_s:.2f} s",
     )
     report.add(
         "wall vs critical path",
@@ -227,15 +246,18 @@ def section_critical(ctx: Context, report: Report) -> None:
 
 
 def section_freshness(ctx: Context, report: Report) -> None:
-    result = freshness.measure(ctx.url, ctx.workdir, runs=ctx.args.freshness_runs)
+    result = freshness.measure(
+        ctx.url,
+        ctx.workdir,
+        runs=ctx.args.freshness_runs,
+        providers=lambda s: providers_for(ctx, s),
+    )
     for name, delays in (("watch page poll (1 s)", result.watch), ("SSE client", result.sse)):
         if not delays:
             report.add("freshness", name, "NO SAMPLES")
             continue
         p50, p95 = float(np.median(delays)), float(np.percentile(delays, 95))
-        report.add(
-            "freshness", name, f"{ms(p50)} p50, {ms(p95)} p95 ({len(delays)} state changes)"
-        )
+        report.add("freshness", name, f"{ms(p50)} p50, {ms(p95)} p95 ({len(delays)} state changes)")
 
 
 def section_peers(ctx: Context, report: Report) -> None:
@@ -262,7 +284,7 @@ def section_peers(ctx: Context, report: Report) -> None:
             "peers, same run (interleaved)",
             peers_client.LABELS.get(name, "reelforge engine"),
             f"{ms(median)} median, {ms(p95)} p95; {1 / float(np.mean(values)):.1f} runs/s "
-            f"one at a time ({len(values)} runs)",
+            f"one at a time, no-op steps ({len(values)} runs)",
         )
     engine_ms = medians["reelforge"]
     for peer in peers_client.PEERS:
@@ -280,8 +302,12 @@ def section_hot(ctx: Context, report: Report) -> None:
     import hot_queries  # bench/hot_queries.py
 
     figures = hot_queries.measure(ctx.base_url)
-    report.add("hot query", "watch page, 1,000,000 step rows", f"{figures['watch_p95_ms']:.2f} ms p95")
-    report.add("hot query", "monitoring total, 100,000 runs", f"{figures['monitoring_total_s']:.3f} s")
+    report.add(
+        "hot query", "watch page, 1,000,000 step rows", f"{figures['watch_p95_ms']:.2f} ms p95"
+    )
+    report.add(
+        "hot query", "monitoring total, 100,000 runs", f"{figures['monitoring_total_s']:.3f} s"
+    )
 
 
 RUNNERS = {
@@ -300,7 +326,9 @@ RUNNERS = {
 def database_server() -> str:
     url = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL")
     if not url:
-        console.print(f"BENCH_DATABASE_URL and TEST_DATABASE_URL not set: using {DEFAULT_DATABASE_URL}")
+        console.print(
+            f"BENCH_DATABASE_URL and TEST_DATABASE_URL not set: using {DEFAULT_DATABASE_URL}"
+        )
     return url or DEFAULT_DATABASE_URL
 
 
@@ -311,7 +339,9 @@ def postgres_version(url: str) -> str:
             return connection.execute(text("SHOW server_version")).scalar_one()
     except OperationalError:
         shown = make_url(url).render_as_string(hide_password=True)
-        raise BenchError(f"bench: Postgres not reachable at {shown}: set BENCH_DATABASE_URL") from None
+        raise BenchError(
+            f"bench: Postgres not reachable at {shown}: set BENCH_DATABASE_URL"
+        ) from None
     finally:
         engine.dispose()
 
@@ -323,7 +353,7 @@ def redis_version(url: str) -> str:
         raise BenchError(f"bench: Redis not reachable at {url}: set BENCH_REDIS_URL") from None
 
 
-def machine(base_url: str, redis_url: str) -> dict[str, str]:
+def machine(base_url: str, redis_url: str | None) -> dict[str, str]:
     from importlib.metadata import version
 
     cpu = next(
@@ -345,7 +375,7 @@ def machine(base_url: str, redis_url: str) -> dict[str, str]:
         "load average at start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "python": platform.python_version(),
         "postgres": postgres_version(base_url),
-        "redis": redis_version(redis_url),
+        "redis": redis_version(redis_url) if redis_url else "not used",
         "celery (engine)": version("celery"),
         "sqlalchemy": version("sqlalchemy"),
     }
@@ -405,10 +435,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--runs", type=int, default=32, help="runs per concurrency level (at least the level)"
     )
-    parser.add_argument(
-        "--levels", default="1,8,32,64", help="concurrency levels, comma-separated"
-    )
+    parser.add_argument("--levels", default="1,8,32,64", help="concurrency levels, comma-separated")
     parser.add_argument("--calibration-runs", type=int, default=5)
+    parser.add_argument(
+        "--providers",
+        choices=("instant", "offline"),
+        default="instant",
+        help="for the concurrency levels, the critical path and freshness: the offline "
+        "providers drawing and encoding once (instant, the default) or every run (offline)",
+    )
     parser.add_argument("--critical-runs", type=int, default=200)
     parser.add_argument("--latency", type=float, default=2.0, help="OFFLINE_LATENCY_S, critical")
     parser.add_argument("--freshness-runs", type=int, default=6)
@@ -430,10 +465,13 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     base_url = database_server()
-    redis_url = os.environ.get("BENCH_REDIS_URL") or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    redis_url = (
+        os.environ.get("BENCH_REDIS_URL") or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    )
     report = Report()
     try:
-        report.details.update(machine(base_url, redis_url))
+        needs_redis = {"celery", "peers"} & set(args.sections)
+        report.details.update(machine(base_url, redis_url if needs_redis else None))
         if "peers" in args.sections and not args.peers_python.exists():
             raise BenchError(f"bench: no {args.peers_python}: `make bench` creates it")
         with (

@@ -14,21 +14,24 @@ import asyncio
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from httpx_sse import aconnect_sse
+from runs import REQUEST, bench_user, runtime, settings_for
 from sqlalchemy import select
+from sse import free_port, start_api, wait_healthy
 
 from core import tokens
 from core.auth import UserView
+from core.config import Settings
 from core.db import Database
 from core.models import RunEvent
+from core.providers.base import Providers
 from core.states import StepStatus
 from core.views.run import load_run
-from runs import REQUEST, bench_user, runtime, settings_for
-from sse import free_port, start_api, wait_healthy
 
 WATCH_POLL_S = 1.0  # the watch page's refresh
 
@@ -39,7 +42,14 @@ class Delays:
     sse: list[float]
 
 
-def measure(url: str, workdir: Path, *, runs: int, latency_s: float = 1.0) -> Delays:
+def measure(
+    url: str,
+    workdir: Path,
+    *,
+    runs: int,
+    providers: Callable[[Settings], Providers | None],
+    latency_s: float = 1.0,
+) -> Delays:
     settings = settings_for(
         url,
         workdir,
@@ -47,7 +57,7 @@ def measure(url: str, workdir: Path, *, runs: int, latency_s: float = 1.0) -> De
         worker_threads=runs,
         max_active_runs_per_user=runs,
     )
-    with runtime(settings) as engine, tempfile.TemporaryDirectory() as api_dir:
+    with runtime(settings, providers(settings)) as engine, tempfile.TemporaryDirectory() as api_dir:
         user = bench_user(engine.db, "freshness@example.com")
         with engine.db.begin() as session:
             secret = tokens.create_token(session, user.id, name="bench").secret
@@ -69,7 +79,9 @@ def measure(url: str, workdir: Path, *, runs: int, latency_s: float = 1.0) -> De
         finally:
             api.terminate()
             api.wait(timeout=30)
-        return Delays(_watch_delays(engine.db, ids, user, watched), _sse_delays(engine.db, received))
+        return Delays(
+            _watch_delays(engine.db, ids, user, watched), _sse_delays(engine.db, received)
+        )
 
 
 def _watch(db: Database, workflow_id: str, user: UserView, seen: dict) -> None:

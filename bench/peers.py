@@ -61,9 +61,8 @@ def _make_table() -> None:
 
 
 def celery_runner(task_name: str) -> Callable[[], None]:
-    from celery import chain
-
     import peer_tasks
+    from celery import chain
 
     task = getattr(peer_tasks, task_name)
 
@@ -76,9 +75,8 @@ def celery_runner(task_name: str) -> Callable[[], None]:
 
 
 def prefect_runner() -> Callable[[], None]:
-    from prefect import flow, task
-
     import peer_tasks
+    from prefect import flow, task
 
     @task
     def step(run_id: str, name: str) -> str:

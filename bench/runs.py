@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from sqlalchemy import func, select
 
@@ -192,6 +195,63 @@ def timed_providers(settings: Settings) -> tuple[Providers, list[float]]:
     return wrapped, clock
 
 
+# --- Instant providers ----------------------------------------------------------------------
+
+
+class _DrawnOnce:
+    """The offline image generator, drawing each still once: later calls wait the latency and
+    hand back the same PNG."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner, self.name = inner, inner.name
+        self._drawn: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def generate(self, spec: Any, *, timeout_s: float) -> Any:
+        with self._lock:
+            if spec not in self._drawn:
+                self._drawn[spec] = self._inner.generate(spec, timeout_s=timeout_s)
+                return self._drawn[spec]
+        time.sleep(self._inner.latency_s)
+        return self._drawn[spec]
+
+
+class _EncodedOnce:
+    """The offline video service (its queue, latency and status as they are), encoding one clip:
+    every later job's result is that clip, a real MP4 the engine downloads, probes and stores."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner, self.name = inner, inner.name
+        self._clip: Any = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def result(self, request_id: str) -> Any:
+        with self._lock:
+            if self._clip is None or not Path(url2pathname(urlparse(self._clip.url).path)).exists():
+                self._clip = self._inner.result(request_id)
+            return self._clip
+
+
+def instant_providers(settings: Settings) -> Providers:
+    """The offline providers without their CPU work: the still is drawn and the clip encoded
+    once, then reused. Latency (OFFLINE_LATENCY_S) and everything the engine does to the files
+    stay; what is measured is the engine, not the machine's video encoder."""
+    real = build_providers(settings)
+    return Providers(
+        image=_DrawnOnce(real.image),
+        video=_EncodedOnce(real.video),
+        moderator=real.moderator,
+        storage=real.storage,
+        labels=real.labels,
+    )
+
+
 # --- Celery workers ----------------------------------------------------------------------------
 
 
@@ -228,4 +288,3 @@ def warm_up(engine: Runtime, user: UserView, runs: int = 2) -> None:
     """Imports, codec start-up, connection pools and (with Celery) the workers' readiness: the
     first runs are not measured."""
     run_rounds(engine, user, runs, runs)
-
