@@ -199,13 +199,14 @@ def timed_providers(settings: Settings) -> tuple[Providers, list[float]]:
 
 
 class _DrawnOnce:
-    """The offline image generator, drawing each still once: later calls wait the latency and
-    hand back the same PNG."""
+    """The offline image generator, drawing each still once in this process: later calls wait
+    the latency and hand back the same PNG."""
+
+    _drawn: dict[Any, Any] = {}
+    _lock = threading.Lock()
 
     def __init__(self, inner: Any) -> None:
         self._inner, self.name = inner, inner.name
-        self._drawn: dict[Any, Any] = {}
-        self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -220,22 +221,25 @@ class _DrawnOnce:
 
 
 class _EncodedOnce:
-    """The offline video service (its queue, latency and status as they are), encoding one clip:
-    every later job's result is that clip, a real MP4 the engine downloads, probes and stores."""
+    """The offline video service (its queue, latency and status as they are), encoding one clip
+    in this process: every later job's result is that clip, a real MP4 the engine downloads,
+    probes and stores."""
+
+    _clips: dict[Path, Any] = {}  # by the service's job folder
+    _lock = threading.Lock()
 
     def __init__(self, inner: Any) -> None:
         self._inner, self.name = inner, inner.name
-        self._clip: Any = None
-        self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     def result(self, request_id: str) -> Any:
         with self._lock:
-            if self._clip is None or not Path(url2pathname(urlparse(self._clip.url).path)).exists():
-                self._clip = self._inner.result(request_id)
-            return self._clip
+            clip = self._clips.get(self._inner.job_dir)
+            if clip is None or not Path(url2pathname(urlparse(clip.url).path)).exists():
+                clip = self._clips[self._inner.job_dir] = self._inner.result(request_id)
+            return clip
 
 
 def instant_providers(settings: Settings) -> Providers:
@@ -284,7 +288,7 @@ def celery_workers(
                     worker.kill()
 
 
-def warm_up(engine: Runtime, user: UserView, runs: int = 2) -> None:
+def warm_up(engine: Runtime, user: UserView, runs: int = 1) -> None:
     """Imports, codec start-up, connection pools and (with Celery) the workers' readiness: the
     first runs are not measured."""
     run_rounds(engine, user, runs, runs)

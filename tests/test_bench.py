@@ -23,7 +23,7 @@ def bench(*args: str, database_url: str) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
 
 
@@ -37,7 +37,7 @@ def test_tiny_overhead_run_writes_results_and_ends_with_the_two_lines(postgres_u
         "--runs",
         "1",
         "--calibration-runs",
-        "1",
+        "0",
         "--results",
         str(results),
         database_url=postgres_url,
