@@ -50,7 +50,7 @@ def test_tiny_overhead_run_writes_results_and_ends_with_the_two_lines(postgres_u
         True,
     ], last
     written = results.read_text()
-    assert "overhead per run (threads)" in written
+    assert "overhead per run, throughput (threads, instant providers)" in written
     assert "| 2 at once |" in written
     assert "- postgres: " in written and "- cpu: " in written
 
