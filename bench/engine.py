@@ -3,22 +3,38 @@
 Everything runs on Postgres, in a scratch database made on BENCH_DATABASE_URL's server (else
 TEST_DATABASE_URL's, else postgresql+psycopg2://postgres@127.0.0.1:5432/test) and dropped at the
 end; the Celery parts need Redis (BENCH_REDIS_URL or REDIS_URL, else redis://127.0.0.1:6379/5).
-Providers are the offline ones, which draw the still and encode the MP4 for real.
+The engine is driven only through its public entry points (Runtime, start_workflow, the views,
+`python -m core worker`, `python -m core api`).
+
+Providers: the offline ones, which draw the still and encode the MP4 for real (1.5-3 s of CPU a
+run on 2 cores). Their time is inside api_calls and is subtracted, but under concurrency it also
+takes the CPU from the engine, so the concurrency levels, the critical path and freshness use
+"instant" providers (--providers instant, the default): the same offline providers with the
+still drawn and the clip encoded once per process, every latency and every file the engine
+reads, probes, hashes and stores unchanged (bench/runs.py). --providers offline turns that off.
 
 Sections (`--sections`, comma-separated; all by default):
-- overhead   per run, wall time minus time inside provider calls (the sum of its api_calls), median
-             and p95, with zero-latency providers, 1/8/32/64 runs at once on the threads executor
-             in this process; completed runs per second at each level (the throughput figure).
-             First, a check that api_calls hold all provider time: every provider method timed
-             from outside, against what the runs recorded.
-- celery     the same with EXECUTOR=celery and 2 `python -m core worker` processes.
-- critical   200 runs at once with OFFLINE_LATENCY_S=2: wall time against one run's critical path.
-- freshness  delay from a step's state change committed to (a) the watch page's read (polled every
-             1 s, as the page does) and (b) an SSE client of a real `python -m core api`, p50/p95.
+- overhead   per run, wall time (from just before start_workflow to the finished_at the engine
+             stamped) minus time inside provider calls (the sum of its api_calls), median and
+             p95, zero latency, 1/8/32/64 runs at once (--levels; WORKER_THREADS and
+             MAX_ACTIVE_RUNS_PER_USER set to the level) on the threads executor in this process;
+             completed runs per second at each level (the throughput figure; each level runs in
+             rounds of that many runs started together). First, a check that api_calls hold all
+             provider time: every provider method of the offline providers timed from outside,
+             against what the same runs recorded, one run at a time.
+- celery     the same with EXECUTOR=celery and 2 `python -m core worker` processes, at 1 and 8
+             runs at once (--celery-levels): the workers draw and encode every run (a worker
+             process runs the product's own providers).
+- critical   200 runs at once with OFFLINE_LATENCY_S=2: the batch's wall time against one run's
+             critical path, computed from what that latency means per call (section_critical).
+- freshness  delay from a step's state change committed to (a) the watch page's read
+             (core.views.run.load_run, polled every 1 s as the page does) and (b) an SSE client
+             of a real `python -m core api` on a free port, p50/p95 (bench/freshness.py).
 - peers      the same six steps, no-ops, as a Celery chain on Redis (solo worker, Redis results),
              that chain with one Postgres statement per step, and a Prefect 3 flow of six tasks
              (ephemeral server, default settings), interleaved round by round with the engine at
-             one run at a time. They run in .venv-peers (bench/peers.py), never in .venv.
+             one run at a time (offline providers, provider time subtracted). They run in
+             .venv-peers (bench/peers.py, pinned in bench/peers-requirements.txt), never in .venv.
 - hot        the watch query p95 at 1,000,000 step rows and the monitoring total at 100,000
              runs (bench/hot_queries.py).
 
@@ -33,8 +49,9 @@ with exactly two lines:
     engine overhead: <x> ms median (celery chain <y> ms, prefect <z> ms, same run)
     overhead ratio prefect/reelforge: <r>
 
-    make bench                                   # everything, about 10 minutes
-    python bench/engine.py --sections overhead,peers --runs 10
+    make bench                                  # everything
+    make bench BENCH_ARGS="--sections overhead,peers --runs 10"
+    python bench/engine.py --help
 """
 
 from __future__ import annotations
@@ -177,7 +194,10 @@ def check_provider_time(ctx: Context, report: Report) -> None:
 
 
 def section_celery(ctx: Context, report: Report) -> None:
-    top = max(ctx.args.levels)
+    """The workers run the product's offline providers, drawing and encoding every run (a worker
+    process cannot be handed the instant ones): past a few runs at once on a small machine the
+    encoder's CPU is what the figure measures, hence its own, smaller levels."""
+    top = max(ctx.args.celery_levels)
     env = {
         "DATABASE_URL": ctx.url,
         "DATA_DIR": str(ctx.workdir),
@@ -198,10 +218,12 @@ def section_celery(ctx: Context, report: Report) -> None:
     with runs.celery_workers(2, max(1, top // 2), env, log), runs.runtime(settings) as engine:
         user = runs.bench_user(engine.db, "celery@example.com")
         runs.warm_up(engine, user, runs=2)  # one run for each worker
-        for level in ctx.args.levels:
-            batch = runs.run_rounds(engine, user, level, max(level, ctx.args.runs))
+        for level in ctx.args.celery_levels:
+            batch = runs.run_rounds(engine, user, level, max(level, ctx.args.celery_runs))
             report.add(
-                "overhead per run (2 Celery workers)", f"{level} at once", overhead_figure(batch)
+                "overhead per run, throughput (2 Celery workers, offline providers)",
+                f"{level} at once",
+                overhead_figure(batch),
             )
 
 
@@ -375,6 +397,7 @@ def machine(base_url: str, redis_url: str | None) -> dict[str, str]:
     ).stdout.strip()
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "arguments": " ".join(sys.argv[1:]) or "(defaults)",
         "commit": commit or "unknown",
         "cpu": cpu,
         "cores": str(os.cpu_count()),
@@ -442,6 +465,8 @@ def parse_args() -> argparse.Namespace:
         "--runs", type=int, default=32, help="runs per concurrency level (at least the level)"
     )
     parser.add_argument("--levels", default="1,8,32,64", help="concurrency levels, comma-separated")
+    parser.add_argument("--celery-levels", default="1,8", help="levels for the celery section")
+    parser.add_argument("--celery-runs", type=int, default=8, help="runs per celery level")
     parser.add_argument(
         "--calibration-runs",
         type=int,
@@ -470,6 +495,7 @@ def parse_args() -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}: choose from {', '.join(SECTIONS)}")
     args.levels = [int(n) for n in args.levels.split(",")]
+    args.celery_levels = [int(n) for n in args.celery_levels.split(",")]
     return args
 
 
@@ -494,7 +520,9 @@ def main() -> None:
             for name in args.sections:
                 started = time.monotonic()
                 RUNNERS[name](ctx, report)
-                console.print(f"[dim]{name}: {time.monotonic() - started:.0f} s[/dim]")
+                took = time.monotonic() - started
+                report.details[f"section {name}"] = f"{took:.0f} s"
+                console.print(f"[dim]{name}: {took:.0f} s[/dim]")
     except (BenchError, peers_client.PeerError) as exc:
         console.print(str(exc), markup=False)
         raise SystemExit(1) from None

@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 PEERS = ("celery", "celery_pg", "prefect")
 LABELS = {
     "celery": "Celery chain (Redis)",
-    "celery_pg": "Celery chain + 1 Postgres UPDATE/step",
+    "celery_pg": "Celery chain + 1 Postgres write/step",
     "prefect": "Prefect 3 flow (ephemeral server)",
 }
 
