@@ -483,8 +483,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--critical-runs", type=int, default=200)
     parser.add_argument("--latency", type=float, default=2.0, help="OFFLINE_LATENCY_S, critical")
     parser.add_argument("--freshness-runs", type=int, default=6)
-    parser.add_argument("--rounds", type=int, default=6, help="interleaved peer rounds")
-    parser.add_argument("--peer-runs", type=int, default=5, help="runs per peer per round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved peer rounds")
+    parser.add_argument("--peer-runs", type=int, default=4, help="runs per peer per round")
     parser.add_argument(
         "--peers-python", type=Path, default=runs.ROOT / ".venv-peers" / "bin" / "python"
     )
