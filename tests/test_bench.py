@@ -15,8 +15,8 @@ LAST_LINES = (
 )
 
 
-def bench(*args: str, database_url: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "BENCH_DATABASE_URL": database_url, "COLUMNS": "200"}
+def bench(*args: str, database_url: str, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BENCH_DATABASE_URL": database_url, "COLUMNS": "200", **env_vars}
     return subprocess.run(
         [sys.executable, "bench/engine.py", *args],
         cwd=ROOT,
@@ -67,4 +67,22 @@ def test_an_unreachable_postgres_is_one_line_without_a_traceback(tmp_path):
     assert done.returncode == 1
     assert "Traceback" not in done.stdout + done.stderr
     assert done.stdout.strip().splitlines()[-1].startswith("bench: Postgres not reachable at")
+    assert not (tmp_path / "results.md").exists()
+
+
+def test_an_unreachable_redis_is_one_line_when_a_section_needs_it(postgres_url, tmp_path):
+    done = bench(
+        "--sections",
+        "celery",
+        "--results",
+        str(tmp_path / "results.md"),
+        database_url=postgres_url,
+        BENCH_REDIS_URL="redis://127.0.0.1:1/0",
+    )
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1] == (
+        "bench: Redis not reachable at redis://127.0.0.1:1/0: set BENCH_REDIS_URL"
+    )
     assert not (tmp_path / "results.md").exists()
