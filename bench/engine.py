@@ -427,6 +427,8 @@ def render(report: Report, sections: list[str], path: Path) -> None:
         "| --- | --- | --- |",
         *(f"| {a} | {b} | {c} |" for a, b, c in report.rows),
         "",
+        *(f"    {line}" for line in last_lines(report)),
+        "",
         "## Machine",
         "",
         *(f"- {key}: {value}" for key, value in report.details.items()),
@@ -526,6 +528,7 @@ def main() -> None:
     except (BenchError, peers_client.PeerError) as exc:
         console.print(str(exc), markup=False)
         raise SystemExit(1) from None
+    report.details["load average at end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     render(report, args.sections, args.results)
     # Each Runtime's exit hook (Runtime.start_background) shuts its orchestrator down once more
     # at interpreter exit, after the scratch database is gone, and warns that it could not

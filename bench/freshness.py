@@ -11,6 +11,7 @@ Changes committed before a viewer began watching are left out.
 from __future__ import annotations
 
 import asyncio
+import random
 import tempfile
 import threading
 import time
@@ -86,7 +87,10 @@ def measure(
 
 def _watch(db: Database, workflow_id: str, user: UserView, seen: dict) -> None:
     """Read the run as the watch page does, once a second, until it ends; the first time each
-    (step, status) was seen. Starts at the first read: what it shows was committed before."""
+    (step, status) was seen. Starts at the first read (what it shows was committed before),
+    at a random point of the second, as a page opened at any moment would: the steps' own
+    rhythm (the providers' latency) must not line up with the reads."""
+    time.sleep(random.uniform(0, WATCH_POLL_S))
     began = time.time()
     seen[(workflow_id, "began")] = began
     next_at = time.monotonic()
