@@ -47,8 +47,20 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: install
-	$(PY) bench/engine.py
+# The engine against Celery and Prefect in one run (bench/engine.py's docstring: sections,
+# targets, options via BENCH_ARGS, e.g. BENCH_ARGS="--sections overhead,peers --runs 10").
+# Needs Postgres (BENCH_DATABASE_URL or TEST_DATABASE_URL) and Redis (BENCH_REDIS_URL or
+# REDIS_URL). The peers live in their own virtualenv, made here on first use, never in .venv.
+PEERS_VENV ?= .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed-stamp
+
+$(PEERS_STAMP): bench/peers-requirements.txt
+	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet -r bench/peers-requirements.txt
+	@touch $(PEERS_STAMP)
+
+bench: install $(PEERS_STAMP)
+	$(PY) bench/engine.py --peers-python $(PEERS_VENV)/bin/python $(BENCH_ARGS)
 
 # Seeds 100,000 runs in a scratch Postgres database (BENCH_DATABASE_URL or TEST_DATABASE_URL's
 # server) and times every monitoring query; the last line is `monitoring total: <seconds> s`.

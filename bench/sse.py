@@ -137,11 +137,11 @@ async def bench(url: str, streams: int, rate: float, seconds: float) -> None:
     secret, runs = prepare(db, streams)
     with db.read() as session:
         cursors = {wid: run_events.last_seq(session, wid) for wid in runs}
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as data_dir:
         api = start_api(url, port, Path(data_dir))
         try:
-            await _wait_healthy(f"http://127.0.0.1:{port}", api)
+            await wait_healthy(f"http://127.0.0.1:{port}", api)
             process = psutil.Process(api.pid)
             rss_before = process.memory_info().rss / 2**20
             got = Received()
@@ -191,7 +191,7 @@ async def bench(url: str, streams: int, rate: float, seconds: float) -> None:
         )
 
 
-async def _wait_healthy(url: str, api: subprocess.Popen) -> None:
+async def wait_healthy(url: str, api: subprocess.Popen) -> None:
     async with httpx.AsyncClient() as client:
         for _ in range(600):
             if api.poll() is not None:
@@ -205,7 +205,7 @@ async def _wait_healthy(url: str, api: subprocess.Popen) -> None:
     raise RuntimeError("the API did not start")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
