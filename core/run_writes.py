@@ -20,6 +20,7 @@ The statements are built once, here, with bound parameters; the ORM is for pages
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
@@ -27,7 +28,17 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, bindparam, create_engine, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    bindparam,
+    create_engine,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
@@ -244,8 +255,41 @@ notices AS (
 )
 SELECT (SELECT ok FROM fenced) AS written, (SELECT cancel_requested FROM held) AS cancel_requested
 """
-_APPLY = "WITH" + _HELD + _WRITES
-_CLAIM = _CLAIM_LOCKS + "WITH" + _CLAIMED + _WRITES
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A statement Postgres plans once per connection (PREPARE) and then only runs (EXECUTE):
+    planning these CTEs cost about twice their execution (1.3 ms of 2 ms, measured)."""
+
+    name: str
+    sql: str  # with $1, $2, ... for the values, in the order of `params`
+    params: tuple[str, ...]
+
+    @classmethod
+    def of(cls, name: str, named_sql: str) -> _Prepared:
+        params: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match.group(1) not in params:
+                params.append(match.group(1))
+            return f"${params.index(match.group(1)) + 1}"
+
+        return cls(name, re.sub(r"%\((\w+)\)s", number, named_sql), tuple(params))
+
+    def run(self, connection: Connection, values: dict[str, Any], *, after: str = "") -> Row[Any]:
+        """EXECUTE it with `values`, after the statements `after` in the same round trip (and
+        the same implicit transaction), PREPAREing it first on a connection new to it."""
+        prepared = connection.connection.info.setdefault("reelforge_prepared", set())
+        if self.name not in prepared:
+            connection.exec_driver_sql(f"PREPARE {self.name} AS {self.sql}")
+            prepared.add(self.name)
+        arguments = ", ".join(f"%({param})s" for param in self.params)
+        return connection.exec_driver_sql(f"{after}EXECUTE {self.name}({arguments})", values).one()
+
+
+_APPLY = _Prepared.of("reelforge_apply", "WITH" + _HELD + _WRITES)
+_CLAIM = _Prepared.of("reelforge_claim", "WITH" + _CLAIMED + _WRITES)
 
 
 def apply_on(connection: Connection, change: StateChange) -> Applied:
@@ -261,8 +305,11 @@ def cancel_requested(connection: Connection, workflow_id: str) -> bool:
 
 
 def _apply_in_one_statement(connection: Connection, change: StateChange) -> Applied:
-    statement = _APPLY if change.claim_limit is None else _CLAIM
-    row = connection.exec_driver_sql(statement, _parameters(change)).one()
+    values = _parameters(change)
+    if change.claim_limit is None:
+        row = _APPLY.run(connection, values)
+    else:
+        row = _CLAIM.run(connection, values, after=_CLAIM_LOCKS)
     return Applied(written=bool(row.written), cancel_requested=bool(row.cancel_requested))
 
 
