@@ -57,7 +57,6 @@ with exactly two lines:
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import platform
 import subprocess
@@ -530,10 +529,6 @@ def main() -> None:
         raise SystemExit(1) from None
     report.details["load average at end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     render(report, args.sections, args.results)
-    # Each Runtime's exit hook (Runtime.start_background) shuts its orchestrator down once more
-    # at interpreter exit, after the scratch database is gone, and warns that it could not
-    # remove its worker row; that warning would follow the two lines that must come last.
-    logging.getLogger("core.orchestrator").setLevel(logging.ERROR)
     for line in last_lines(report):
         print(line)
 

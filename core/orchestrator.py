@@ -78,6 +78,7 @@ class Orchestrator:
         self._local: set[str] = set()  # submitted here and not finished yet
         self._active: set[str] = set()  # claimed by this runner right now
         self._housekeeper: threading.Thread | None = None
+        self._shut_down = False
 
     # -- entry points ---------------------------------------------------------------------
 
@@ -102,7 +103,11 @@ class Orchestrator:
 
     def shutdown(self, *, wait: bool = True) -> None:
         """Stop cleanly: runs in flight stop at their next check and are released untouched
-        (recovery resumes them on the next start); runs not yet started stay queued."""
+        (recovery resumes them on the next start); runs not yet started stay queued. Once: the
+        process's exit hook may come after an explicit shutdown."""
+        if self._shut_down:
+            return
+        self._shut_down = True
         self.stopping.set()
         self.executor.shutdown(wait=wait)
         if self._housekeeper is not None and wait:
