@@ -77,6 +77,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from core import telemetry
 from core.config import Settings
 from core.db import scratch_database, upgrade_schema
 from core.providers.base import Providers
@@ -511,6 +512,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    # With OTEL_EXPORTER_OTLP_ENDPOINT set, the engine's runs are traced as in production
+    # (issue 15 compares the overhead with tracing off and on); without it this does nothing.
+    tracing = telemetry.setup("bench")
     base_url = database_server()
     redis_url = (
         os.environ.get("BENCH_REDIS_URL") or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
@@ -519,6 +523,7 @@ def main() -> None:
     try:
         needs_redis = {"celery", "peers"} & set(args.sections)
         report.details.update(machine(base_url, redis_url if needs_redis else None))
+        report.details["tracing"] = "on (OTLP)" if tracing else "off"
         if "peers" in args.sections and not args.peers_python.exists():
             raise BenchError(f"bench: no {args.peers_python}: `make bench` creates it")
         with (
