@@ -420,7 +420,9 @@ def _ledger_moves(session: Session, flt: MonitoringFilter, granularity: Granular
     closed days of the range, raw rows for the rest."""
     split = _split(session, "ledger", flt, granularity)
     raw = rollup.ledger_moves(
-        session, split.raw(CreditTransaction.created_at), *_ledger_narrowing(flt)
+        session,
+        split.raw(CreditTransaction.created_at),
+        *_narrowing(flt, CreditTransaction.user_id, Workflow.project_id),
     ).subquery()
     rolled = LedgerDayRollup
     parts = [
@@ -444,7 +446,7 @@ def _ledger_moves(session: Session, flt: MonitoringFilter, granularity: Granular
                 rolled.reserved,
                 rolled.refunded,
                 rolled.released,
-            ).where(split.rollup(rolled.day), *_narrowing(flt, rolled))
+            ).where(split.rollup(rolled.day), *_narrowing(flt, rolled.user_id, rolled.project_id))
         )
     return union_all(*parts).subquery()
 
@@ -465,7 +467,7 @@ def outcomes_over_time(session: Session, flt: MonitoringFilter) -> list[OutcomeB
     if split.rolled:
         parts.append(
             select(_bucket(session, rolled.day, flt.granularity), rolled.status, rolled.runs).where(
-                split.rollup(rolled.day), *_narrowing(flt, rolled)
+                split.rollup(rolled.day), *_narrowing(flt, rolled.user_id, rolled.project_id)
             )
         )
     runs = union_all(*parts).subquery()
@@ -968,7 +970,7 @@ def _run_facts(session: Session, flt: MonitoringFilter) -> Any:
                 *(rolled[g] for g in groups),
                 rolled.runs,
                 *(rolled[m] for m in measures),
-            ).where(split.rollup(rolled.day), *_narrowing(flt, rolled))
+            ).where(split.rollup(rolled.day), *_narrowing(flt, rolled.user_id, rolled.project_id))
         )
     return union_all(*parts).cte("run_facts")
 
@@ -1070,12 +1072,7 @@ def _created_in(flt: MonitoringFilter) -> ColumnElement[bool]:
 
 
 def _run_scope(flt: MonitoringFilter) -> list[ColumnElement[bool]]:
-    scope = []
-    if flt.user_id is not None:
-        scope.append(Workflow.user_id == flt.user_id)
-    if flt.project_id is not None:
-        scope.append(Workflow.project_id == flt.project_id)
-    return scope
+    return _narrowing(flt, Workflow.user_id, Workflow.project_id)
 
 
 def _runs_of(flt: MonitoringFilter, workflow_id: Any) -> list[ColumnElement[bool]]:
@@ -1109,23 +1106,14 @@ def _split(
     return rollup.split(session, kind, flt.since, flt.until)
 
 
-def _ledger_narrowing(flt: MonitoringFilter) -> list[ColumnElement[bool]]:
-    """The filter's user and project on rollup.ledger_moves' rows."""
+def _narrowing(flt: MonitoringFilter, user_id: Any, project_id: Any) -> list[ColumnElement[bool]]:
+    """The filter's user and project on the given columns (a run's, a ledger row's joined to its
+    run, a rollup's)."""
     scope = []
     if flt.user_id is not None:
-        scope.append(CreditTransaction.user_id == flt.user_id)
+        scope.append(user_id == flt.user_id)
     if flt.project_id is not None:
-        scope.append(Workflow.project_id == flt.project_id)
-    return scope
-
-
-def _narrowing(flt: MonitoringFilter, rolled: Any) -> list[ColumnElement[bool]]:
-    """The filter's user and project on a rollup's rows."""
-    scope = []
-    if flt.user_id is not None:
-        scope.append(rolled.user_id == flt.user_id)
-    if flt.project_id is not None:
-        scope.append(rolled.project_id == flt.project_id)
+        scope.append(project_id == flt.project_id)
     return scope
 
 
