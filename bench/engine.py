@@ -7,24 +7,29 @@ The engine is driven only through its public entry points (Runtime, start_workfl
 `python -m core worker`, `python -m core api`).
 
 Providers: the offline ones, which draw the still and encode the MP4 for real (1.5-3 s of CPU a
-run on 2 cores). Their time is inside api_calls and is subtracted, but under concurrency it also
-takes the CPU from the engine, so the concurrency levels, the critical path and freshness use
-"instant" providers (--providers instant, the default): the same offline providers with the
-still drawn and the clip encoded once per process, every latency and every file the engine
-reads, probes, hashes and stores unchanged (bench/runs.py). --providers offline turns that off.
+run on 2 cores). Their time is subtracted, but under concurrency it also takes the CPU from the
+engine, so every section but celery uses "instant" providers (--providers instant, the
+default): the same offline providers with the still drawn and the clip encoded once per
+process, every latency and every file the engine reads, probes, hashes and stores unchanged
+(bench/runs.py). --providers offline turns that off.
+
+Provider time, where runs execute in this process, is measured around every provider method
+call with perf_counter (runs.ProviderClock): api_calls hold whole milliseconds per call, and
+the fifteen sub-millisecond calls of an instant run would round (mostly down) to nothing there.
+The Celery workers' runs, in other processes, are read from their api_calls.
 
 Sections (`--sections`, comma-separated; all by default):
 - overhead   per run, wall time (from just before start_workflow to the finished_at the engine
-             stamped) minus time inside provider calls (the sum of its api_calls), median and
+             stamped) minus time inside provider calls (measured here, above), median and
              p95, zero latency, 1/8/32/64 runs at once (--levels; WORKER_THREADS and
              MAX_ACTIVE_RUNS_PER_USER set to the level) on the threads executor in this process;
              completed runs per second at each level (the throughput figure; each level runs in
              rounds of that many runs started together). First, a check that api_calls hold all
-             provider time: every provider method of the offline providers timed from outside,
-             against what the same runs recorded, one run at a time.
+             provider time: the time measured around the offline providers' calls against what
+             the same runs recorded in api_calls, one run at a time.
 - celery     the same with EXECUTOR=celery and 2 `python -m core worker` processes, at 1 and 8
              runs at once (--celery-levels): the workers draw and encode every run (a worker
-             process runs the product's own providers).
+             process runs the product's own providers); provider time from api_calls.
 - critical   200 runs at once with OFFLINE_LATENCY_S=2: the batch's wall time, and each run's
              own (its start to its end), against one run's critical path, computed from what
              that latency means per call (section_critical).
@@ -34,7 +39,7 @@ Sections (`--sections`, comma-separated; all by default):
 - peers      the same six steps, no-ops, as a Celery chain on Redis (solo worker, Redis results),
              that chain with one Postgres statement per step, and a Prefect 3 flow of six tasks
              (ephemeral server, default settings), interleaved round by round with the engine at
-             one run at a time (offline providers, provider time subtracted). They run in
+             one run at a time (instant providers, provider time subtracted). They run in
              .venv-peers (bench/peers.py, pinned in bench/peers-requirements.txt), never in .venv.
 - hot        the watch query p95 at 1,000,000 step rows and the monitoring total at 100,000
              runs (bench/hot_queries.py).
@@ -80,6 +85,7 @@ from sqlalchemy.exc import OperationalError
 from core import telemetry
 from core.config import Settings
 from core.db import scratch_database, upgrade_schema
+from core.providers import build_providers
 from core.providers.base import Providers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -153,10 +159,11 @@ def section_overhead(ctx: Context, report: Report) -> None:
             worker_threads=level,
             max_active_runs_per_user=level,
         )
-        with runs.runtime(settings, providers_for(ctx, settings)) as engine:
+        clock = runs.ProviderClock()
+        with runs.runtime(settings, runs.timed(providers_for(ctx, settings), clock)) as engine:
             user = runs.bench_user(engine.db, f"overhead-{level}@example.com")
             runs.warm_up(engine, user)
-            batch = runs.run_rounds(engine, user, level, max(level, ctx.args.runs))
+            batch = runs.run_rounds(engine, user, level, max(level, ctx.args.runs), clock)
         report.add(
             f"overhead per run, throughput (threads, {kind} providers)",
             f"{level} at once",
@@ -166,10 +173,12 @@ def section_overhead(ctx: Context, report: Report) -> None:
             report.engine_ms = spread([s.overhead_s for s in batch.samples])[0] * 1000
 
 
-def providers_for(ctx: Context, settings: Settings) -> Providers | None:
+def providers_for(ctx: Context, settings: Settings) -> Providers:
     """--providers instant: the offline ones with their drawing and encoding done once (the
-    engine's figures, not the encoder's); offline: the product's own (None)."""
-    return runs.instant_providers(settings) if ctx.args.providers == "instant" else None
+    engine's figures, not the encoder's); offline: the product's own."""
+    if ctx.args.providers == "instant":
+        return runs.instant_providers(settings)
+    return build_providers(settings)
 
 
 def check_provider_time(ctx: Context, report: Report) -> None:
@@ -177,14 +186,15 @@ def check_provider_time(ctx: Context, report: Report) -> None:
     left out of api_calls would wrongly count as engine overhead. These runs use the product's
     offline providers, drawing and encoding every run, one run at a time."""
     settings = runs.settings_for(ctx.url, ctx.workdir, offline_latency_s=0)
-    providers, clock = runs.timed_providers(settings)
-    with runs.runtime(settings, providers) as engine:
+    clock = runs.ProviderClock()
+    with runs.runtime(settings, runs.timed(build_providers(settings), clock)) as engine:
         user = runs.bench_user(engine.db, "calibration@example.com")
         runs.warm_up(engine, user)
-        clock[0] = 0.0
-        batch = runs.run_rounds(engine, user, 1, ctx.args.calibration_runs)
-    recorded = sum(s.provider_s for s in batch.samples) / len(batch.samples)
-    outside = clock[0] / len(batch.samples)
+        clock.reset()
+        batch = runs.run_rounds(engine, user, 1, ctx.args.calibration_runs, clock)
+        ids = [s.workflow_id for s in batch.samples]
+        recorded = sum(runs.recorded_provider_seconds(engine.db, ids).values()) / len(ids)
+    outside = clock.total() / len(batch.samples)
     report.add(
         "provider time check (offline providers)",
         f"{len(batch.samples)} runs, one at a time",
@@ -298,12 +308,14 @@ def section_peers(ctx: Context, report: Report) -> None:
             peers_client.start(ctx.args.peers_python, ctx.redis_url, peer_db, ctx.workdir)
         )
         settings = runs.settings_for(ctx.url, ctx.workdir, offline_latency_s=0)
-        engine = stack.enter_context(runs.runtime(settings))
+        clock = runs.ProviderClock()
+        providers = runs.timed(providers_for(ctx, settings), clock)
+        engine = stack.enter_context(runs.runtime(settings, providers))
         user = runs.bench_user(engine.db, "peers@example.com")
         runs.warm_up(engine, user)
         walls: dict[str, list[float]] = {"reelforge": [], **{p: [] for p in peers_client.PEERS}}
         for _ in range(ctx.args.rounds):
-            batch = runs.run_rounds(engine, user, 1, ctx.args.peer_runs)
+            batch = runs.run_rounds(engine, user, 1, ctx.args.peer_runs, clock)
             walls["reelforge"] += [s.overhead_s for s in batch.samples]
             for peer in peers_client.PEERS:
                 walls[peer] += peers.run(peer, ctx.args.peer_runs)

@@ -57,9 +57,9 @@ def prepare(db: Database, streams: int) -> tuple[str, list[str]]:
         secret = tokens.create_token(session, user.id, name="bench").secret
     runs = []
     for n in range(streams):
-        workflow_id, _ = workflows.start_workflow(
+        workflow_id = workflows.start_workflow(
             db, user_id=user.id, request=REQUEST, client_key=f"bench-{n}", actor="bench"
-        )
+        ).workflow_id
         with db.begin() as session:
             workflows.claim(session, workflow_id, RUNNER, stale_before=utcnow())
             deadline = utcnow() + timedelta(hours=1)

@@ -48,6 +48,12 @@ def run_context(workflow_id: str) -> Iterator[None]:
         _run.reset(token)
 
 
+def current_run_id() -> str | None:
+    """The run this thread (context) is executing, if any."""
+    current = _run.get()
+    return None if current is None else current.run_id
+
+
 def set_step(step: str) -> None:
     """The step the current run is executing, for the lines that follow."""
     current = _run.get()
