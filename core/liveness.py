@@ -48,6 +48,10 @@ def run_lock_key(workflow_id: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+_TRY_LOCK = "SELECT pg_try_advisory_lock(%(k)s)"
+_UNLOCK = "SELECT pg_advisory_unlock(%(k)s)"
+
+
 class RunLocks:
     """The runs this process is running: one thread each, and on Postgres an advisory lock
     each, so no other process runs them either."""
@@ -67,7 +71,7 @@ class RunLocks:
         with self._mutex:
             if workflow_id in self._held:
                 return False
-            if self.enabled and not self._execute("SELECT pg_try_advisory_lock(:k)", workflow_id):
+            if self.enabled and not self._execute(_TRY_LOCK, workflow_id):
                 return False
             self._held.add(workflow_id)
             return True
@@ -78,7 +82,7 @@ class RunLocks:
             if not self.enabled:
                 return
             try:
-                self._execute("SELECT pg_advisory_unlock(:k)", workflow_id)
+                self._execute(_UNLOCK, workflow_id)
             except DBAPIError:  # the connection is gone, and the lock with it
                 log.warning("Workflow %s - run lock connection lost on release", workflow_id)
 
@@ -96,8 +100,8 @@ class RunLocks:
                 isolation_level="AUTOCOMMIT"
             )
         try:
-            return self._connection.execute(
-                text(statement), {"k": run_lock_key(workflow_id)}
+            return self._connection.exec_driver_sql(
+                statement, {"k": run_lock_key(workflow_id)}
             ).scalar()
         except DBAPIError:
             self._connection.invalidate()

@@ -270,6 +270,22 @@ class StepExecution:
             with telemetry.call_span(self, operation, provider, number):
                 return self._attempt(operation, fn, provider, number, cost_usd)
 
+        # The first attempt goes out on its own, as most calls succeed at once: setting up the
+        # retry machinery costs about as much as an instant provider's call. A transient
+        # failure of it is handed to tenacity as its attempt 1 (re-raised, not sent again), so
+        # the waits, logs and stop are tenacity's from there on.
+        try:
+            return attempt()
+        except TransientProviderError as error:
+            if attempts == 1:
+                raise
+            first_failure: list[TransientProviderError] = [error]
+
+        def replayed_then_attempt() -> T:
+            if first_failure:
+                raise first_failure.pop()
+            return attempt()
+
         retrying = Retrying(
             stop=stop_after_attempt(attempts),
             wait=wait_retry_after(self.settings),
@@ -278,7 +294,7 @@ class StepExecution:
             before_sleep=self._before_sleep,
             sleep=self.wait,
         )
-        return retrying(attempt)
+        return retrying(replayed_then_attempt)
 
     def _attempt(
         self, operation: str, fn: Callable[[], T], provider: str, attempt: int, cost: Decimal
