@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select, update
@@ -25,6 +25,7 @@ from core.schemas import WorkflowRequest
 COSTS_SETTING_KEY = "credit_costs"
 COSTS_AUDIT_ACTION = "credit_costs.update"
 SYSTEM_ACTOR = "system"
+RESERVE_REASON = "credits reserved at start"
 
 
 class TransactionKind(StrEnum):
@@ -111,9 +112,30 @@ def image_cost_of(request: WorkflowRequest, costs: CreditCosts) -> int:
     return image.square if request.image_config.size == "1024x1024" else image.wide
 
 
+@dataclass(frozen=True)
+class CostsRead:
+    """Costs as read, with the stored value they came from (None: no row, the defaults)."""
+
+    stored: dict[str, Any] | None
+    costs: CreditCosts
+
+
+# What this process read last: a run's start in one statement prices the run with it, and the
+# statement checks the stored value is still this one (core.run_start).
+_last_read: CostsRead | None = None
+
+
 def load_costs(session: Session) -> CreditCosts:
+    global _last_read
     row = session.get(Setting, COSTS_SETTING_KEY)
-    return DEFAULT_CREDIT_COSTS if row is None else CreditCosts.model_validate(row.value)
+    stored = None if row is None else row.value
+    costs = DEFAULT_CREDIT_COSTS if stored is None else CreditCosts.model_validate(stored)
+    _last_read = CostsRead(stored, costs)
+    return costs
+
+
+def costs_last_read() -> CostsRead | None:
+    return _last_read
 
 
 def save_costs(session: Session, raw: dict, *, actor: str) -> CreditCosts:
@@ -254,7 +276,7 @@ def reserve(session: Session, user_id: int, amount: int, *, workflow_id: str, ac
         amount=-amount,
         kind=TransactionKind.RESERVE,
         actor=actor,
-        reason="credits reserved at start",
+        reason=RESERVE_REASON,
         workflow_id=workflow_id,
         idempotency_key=f"reserve:{workflow_id}",
     )

@@ -118,6 +118,12 @@ def run_started(session: Session, model: str | None) -> None:
     on_commit(session, RUNS_STARTED.labels(model=_model_label(model)).inc)
 
 
+def start_observed(model: str | None, credits: int) -> None:
+    """A run's start, already committed (one statement: core.run_start)."""
+    RUNS_STARTED.labels(model=_model_label(model)).inc()
+    CREDITS_SPENT.inc(credits)
+
+
 def run_finished(session: Session, workflow_id: str) -> None:
     """Call after the run's final status is written in `session`: it is read back from there."""
     row = session.execute(

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from core import liveness, logs, metrics, run_writes, telemetry, webhooks, workflows
 from core.clock import utcnow
 from core.config import Settings
-from core.db import Database
+from core.db import Database, Statements
 from core.errors import InvalidTransitionError, RunnerStoppingError
 from core.executor import Executor, ThreadExecutor
 from core.pipeline import STEPS, EndRun, NextStep, next_action
@@ -72,23 +72,29 @@ class Orchestrator:
         # process that only hands runs to Celery workers is not one).
         self.listed_as: str | None = settings.executor if self.executor.runs_here else None
         self.run_locks = liveness.RunLocks(db)
-        self.writer = RunWriter(db.engine.url, pool_size=settings.worker_threads)
+        self.statements = Statements(db.engine.url, pool_size=settings.worker_threads)
+        self.writer = RunWriter(self.statements)
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._local: set[str] = set()  # submitted here and not finished yet
         self._active: set[str] = set()  # claimed by this runner right now
+        self._created: dict[str, WorkflowView] = {}  # submitted with their view, not claimed yet
         self._housekeeper: threading.Thread | None = None
         self._shut_down = False
 
     # -- entry points ---------------------------------------------------------------------
 
-    def submit(self, workflow_id: str) -> None:
-        """Hand a run to the executor (once: a run already waiting here is not queued twice)."""
+    def submit(self, workflow_id: str, created: WorkflowView | None = None) -> None:
+        """Hand a run to the executor (once: a run already waiting here is not queued twice).
+        `created`: the run as its start just wrote it, which a runner here claims without
+        reading it back (the claim's fence checks it is still queued with its steps pending)."""
         with self._lock:
             if workflow_id in self._local or self.stopping.is_set():
                 return
             if self.executor.runs_here:  # a remote run never comes back through run_workflow
                 self._local.add(workflow_id)
+                if created is not None:
+                    self._created[workflow_id] = created
         self.executor.submit(workflow_id)
 
     def start(self) -> RecoveryReport:
@@ -113,7 +119,7 @@ class Orchestrator:
         if self._housekeeper is not None and wait:
             self._housekeeper.join(timeout=5)
         self.run_locks.close()
-        self.writer.dispose()
+        self.statements.dispose()
         if self.listed_as is not None:
             try:
                 with self.db.begin() as session:
@@ -211,14 +217,14 @@ class Orchestrator:
             with self._lock:
                 self._active.discard(workflow_id)
                 self._local.discard(workflow_id)
+                self._created.pop(workflow_id, None)
             if locked:
                 self.run_locks.release(workflow_id)  # after the run's last write
 
     def _nudge_waiting(self, user_id: int) -> None:
         """A slot of the user's just freed: hand their oldest waiting run to the executor. Past
         the submit dedup on purpose: that run may be on its way out of a refused claim here."""
-        with self.writer.engine.connect() as connection:
-            waiting = liveness.next_waiting(connection, user_id)
+        waiting = self.statements.run(lambda c: liveness.next_waiting(c, user_id))
         if waiting is not None and not self.stopping.is_set():
             self.executor.submit(waiting)
 
@@ -227,8 +233,10 @@ class Orchestrator:
     def _claim(self, workflow_id: str) -> tuple[WorkflowView, HeldRun] | None:
         """Take the run: a queued one with its first step started in the same write, or a
         running one whose runner stopped beating (a takeover, which starts nothing yet)."""
-        with self.writer.engine.connect() as connection:
-            view = workflows.read_workflow(connection, workflow_id)
+        with self._lock:
+            view = self._created.pop(workflow_id, None)
+        if view is None:
+            view = self.statements.run(lambda c: workflows.read_workflow(c, workflow_id))
         if view is None or view.status.is_terminal:
             return None
         action = next_action(view, max_recoveries=self.settings.max_recoveries)

@@ -20,34 +20,18 @@ connection (their planning cost more than their execution); the ORM is for pages
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
-from decimal import Decimal
 from enum import Enum
 from typing import Any, Protocol
 
-from sqlalchemy import (
-    Connection,
-    Engine,
-    Row,
-    bindparam,
-    create_engine,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError
-from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from core import inbox, webhooks
 from core.clock import utcnow
-from core.db import make_engine
+from core.db import Prepared, Statements, json_text
 from core.errors import InvalidTransitionError
 from core.models import (
     ApiCall,
@@ -120,45 +104,18 @@ class Applied:
     cancel_requested: bool
 
 
-def _disconnected(error: BaseException) -> bool:
-    return isinstance(error, DBAPIError) and error.connection_invalidated
-
-
 class RunWriter:
-    """Applies state changes on connections of its own pool: autocommit, and on Postgres no
-    ping before each checkout. A connection found dead (the server restarted, or killed it)
-    fails its statement before anything is written and is thrown away; the statement is sent
-    once more on a fresh connection."""
+    """Applies state changes, each one statement, on core.db.Statements."""
 
-    def __init__(self, url: str | URL, *, pool_size: int) -> None:
-        self.engine = _runner_engine(make_url(url), pool_size)
-        self._retrying = Retrying(
-            stop=stop_after_attempt(2), retry=retry_if_exception(_disconnected), reraise=True
-        )
+    def __init__(self, statements: Statements) -> None:
+        self._statements = statements
 
     def apply(self, change: StateChange) -> Applied:
-        return self._retrying(self._apply_once, change)
-
-    def _apply_once(self, change: StateChange) -> Applied:
-        with self.engine.connect() as connection:
-            return apply_on(connection, change)
+        return self._statements.run(lambda connection: apply_on(connection, change))
 
     def cancel_requested(self, workflow_id: str) -> bool:
         """The run's cancel flag as it stands now (one read)."""
-        with self.engine.connect() as connection:
-            return cancel_requested(connection, workflow_id)
-
-    def dispose(self) -> None:
-        self.engine.dispose()
-
-
-def _runner_engine(url: URL, pool_size: int) -> Engine:
-    if url.get_backend_name() != "postgresql":
-        # core.db's SQLite setup (pragmas, BEGIN IMMEDIATE) applies.
-        return make_engine(url.render_as_string(hide_password=False))
-    return create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, isolation_level="AUTOCOMMIT"
-    )
+        return self._statements.run(lambda connection: cancel_requested(connection, workflow_id))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,39 +214,8 @@ SELECT (SELECT ok FROM fenced) AS written, (SELECT cancel_requested FROM held) A
 """
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    """A statement Postgres plans once per connection (PREPARE) and then only runs (EXECUTE):
-    planning these CTEs cost about twice their execution (1.3 ms of 2 ms, measured)."""
-
-    name: str
-    sql: str  # with $1, $2, ... for the values, in the order of `params`
-    params: tuple[str, ...]
-
-    @classmethod
-    def of(cls, name: str, named_sql: str) -> _Prepared:
-        params: list[str] = []
-
-        def number(match: re.Match[str]) -> str:
-            if match.group(1) not in params:
-                params.append(match.group(1))
-            return f"${params.index(match.group(1)) + 1}"
-
-        return cls(name, re.sub(r"%\((\w+)\)s", number, named_sql), tuple(params))
-
-    def run(self, connection: Connection, values: dict[str, Any], *, after: str = "") -> Row[Any]:
-        """EXECUTE it with `values`, after the statements `after` in the same round trip (and
-        the same implicit transaction), PREPAREing it first on a connection new to it."""
-        prepared = connection.connection.info.setdefault("reelforge_prepared", set())
-        if self.name not in prepared:
-            connection.exec_driver_sql(f"PREPARE {self.name} AS {self.sql}")
-            prepared.add(self.name)
-        arguments = ", ".join(f"%({param})s" for param in self.params)
-        return connection.exec_driver_sql(f"{after}EXECUTE {self.name}({arguments})", values).one()
-
-
-_APPLY = _Prepared.of("reelforge_apply", "WITH" + _HELD + _WRITES)
-_CLAIM = _Prepared.of("reelforge_claim", "WITH" + _CLAIMED + _WRITES)
+_APPLY = Prepared.of("reelforge_apply", "WITH" + _HELD + _WRITES)
+_CLAIM = Prepared.of("reelforge_claim", "WITH" + _CLAIMED + _WRITES)
 
 
 def apply_on(connection: Connection, change: StateChange) -> Applied:
@@ -321,7 +247,7 @@ def _parameters(change: StateChange) -> dict[str, Any]:
         "user_id": change.user_id,
         "claim_limit": change.claim_limit,
         "now": change.now,
-        "steps": _json([_step_row(step) for step in change.steps]),
+        "steps": json_text([_step_row(step) for step in change.steps]),
         "step_count": len(change.steps),
         "status": run.status.value,
         "run_runner_id": run.runner_id,
@@ -329,32 +255,18 @@ def _parameters(change: StateChange) -> dict[str, Any]:
         "heartbeat_at": run.heartbeat_at,
         "started_at": run.started_at,
         "finished_at": run.finished_at,
-        "events": _json([{"kind": kind.value, "payload": p} for kind, p in change.events]),
+        "events": json_text([{"kind": kind.value, "payload": p} for kind, p in change.events]),
         "event_count": len(change.events),
-        "calls": _json([vars(call) for call in change.calls]),
-        "assets": _json(list(change.assets)),
-        "deliveries": _json(list(change.deliveries)),
-        "notices": _json(list(change.notices)),
+        "calls": json_text([vars(call) for call in change.calls]),
+        "assets": json_text(list(change.assets)),
+        "deliveries": json_text(list(change.deliveries)),
+        "notices": json_text(list(change.notices)),
     }
 
 
 def _step_row(step: StepView) -> dict[str, Any]:
     row = {column: getattr(step, column) for column in STEP_COLUMNS}
     return {**row, "name": step.name.value, "sources": list(step_sources(step.status))}
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, default=_json_default, separators=(",", ":"))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, Enum):
-        return value.value
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ class Runtime:
         self.orchestrator = Orchestrator(
             self.db, self.providers, settings, executor=executor or build_executor(settings)
         )
-        telemetry.instrument_database(self.db.engine, self.orchestrator.writer.engine)
+        telemetry.instrument_database(self.db.engine, self.orchestrator.statements.engine)
         self.mailer = (
             None
             if settings.smtp_url is None
@@ -134,7 +134,7 @@ class Runtime:
         # The run's trace starts here: the runner continues it from the row, the broker's
         # message carries it to a worker (core.telemetry).
         with telemetry.starting_run() as span:
-            workflow_id, created = workflows.start_workflow(
+            started = workflows.start_workflow(
                 self.db,
                 user_id=user.id,
                 request=request,
@@ -144,12 +144,12 @@ class Runtime:
                 still=StillChoice(self.still_fingerprint(request), reuse_still),
                 idempotency_key=idempotency_key,
             )
-            telemetry.started(span, workflow_id, created=created)
-            if created:
+            telemetry.started(span, started.workflow_id, created=started.created)
+            if started.created:
                 if self.mailer is not None:
                     self.mailer.nudge()  # the start may have crossed a budget threshold
-                self.orchestrator.submit(workflow_id)
-        return workflow_id, created
+                self.orchestrator.submit(started.workflow_id, started.view)
+        return started.workflow_id, started.created
 
     def still_fingerprint(self, request: WorkflowRequest) -> str:
         spec = reuse.image_spec(request, self.settings.image_model)

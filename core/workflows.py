@@ -26,7 +26,17 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core import budgets, credits, idempotency, inbox, metrics, reuse, telemetry, webhooks
+from core import (
+    budgets,
+    credits,
+    idempotency,
+    inbox,
+    metrics,
+    reuse,
+    run_start,
+    telemetry,
+    webhooks,
+)
 from core.auth import UserView
 from core.db import Database
 from core.errors import (
@@ -43,6 +53,7 @@ from core.models import (
     User,
     Workflow,
     WorkflowStep,
+    new_workflow_id,
     utcnow,
     view_of,
 )
@@ -189,6 +200,17 @@ class StillChoice:
     reuse: bool = False
 
 
+@dataclass(frozen=True)
+class Started:
+    """What a start did: the run (made by this start, or by an earlier one with the same client
+    or idempotency key) and, when this start wrote it in one statement (core.run_start), the
+    run as written, which a runner in this process then needs not read back."""
+
+    workflow_id: str
+    created: bool
+    view: WorkflowView | None = None
+
+
 def start_workflow(
     db: Database,
     *,
@@ -200,8 +222,8 @@ def start_workflow(
     still: StillChoice = StillChoice(),  # noqa: B008 - frozen, so one shared default is safe
     idempotency_key: str | None = None,
     now: datetime | None = None,
-) -> tuple[str, bool]:
-    """Create a workflow and reserve its credits in one transaction. Returns (id, created).
+) -> Started:
+    """Create a workflow and reserve its credits in one transaction.
 
     The same (user, client_key) always yields the same workflow: a double click or a retried
     call creates one run and one charge, even when both requests race. `global_webhook_url`
@@ -217,28 +239,137 @@ def start_workflow(
         return found
 
     try:
+        if db.dialect == "postgresql" and idempotency_key is None and not still.reuse:
+            started = _start_in_one_statement(
+                db, user_id, request, client_key, actor, global_webhook_url, still.fingerprint
+            )
+            if started is not None:
+                return started
         with db.begin() as session:
             found = existing(session)
             if found is not None:
-                return found, False
+                return Started(found, created=False)
             workflow_id = _create(
                 session, user_id, request, client_key, actor, global_webhook_url, still
             )
             if idempotency_key is not None:
                 idempotency.remember(session, user_id, idempotency_key, workflow_id, now)
-            return workflow_id, True
+            return Started(workflow_id, created=True)
     except IntegrityError:
         with db.read() as session:
             found = existing(session)
         if found is None:
             raise
-        return found, False
+        return Started(found, created=False)
+
+
+def _start_in_one_statement(
+    db: Database,
+    user_id: int,
+    request: WorkflowRequest,
+    client_key: str,
+    actor: str,
+    global_webhook_url: str | None,
+    fingerprint: str | None,
+) -> Started | None:
+    """The common start as one statement, priced with the costs this process read last; None
+    when it does not apply (no costs read yet, a budget, a refusal, costs changed since): the
+    full start then decides, and words any refusal."""
+    seen = credits.costs_last_read()
+    if seen is None:
+        return None
+    run = _new_run(user_id, request, client_key, global_webhook_url, fingerprint, seen.costs)
+    steps = _new_steps(run["id"])
+    scopes = [scope.key for scope in budgets.scopes_of(user_id, request.project_id)]
+    start = run_start.StartRequest(
+        run=run,
+        steps=steps,
+        scopes=scopes,
+        costs_key=credits.COSTS_SETTING_KEY,
+        stored_costs=seen.stored,
+        actor=actor,
+        reason=credits.RESERVE_REASON,
+        event_kind=EventKind.RUN.value,
+        event=run_payload(WorkflowStatus.QUEUED),
+    )
+    outcome = db.statements.run(lambda connection: run_start.start(connection, start))
+    if outcome.created is not None:
+        metrics.start_observed(request.video_model, run["cost_credits"])
+        view = _workflow_view(outcome.created, [_pending_step(step) for step in steps])
+        return Started(run["id"], created=True, view=view)
+    if outcome.existing_id is not None:
+        # Our own run when the statement was sent again after a lost connection.
+        return Started(outcome.existing_id, created=outcome.existing_id == run["id"])
+    return None
 
 
 def _by_client_key(session: Session, user_id: int, client_key: str) -> str | None:
     return session.execute(
         select(Workflow.id).where(Workflow.user_id == user_id, Workflow.client_key == client_key)
     ).scalar()
+
+
+def _new_run(
+    user_id: int,
+    request: WorkflowRequest,
+    client_key: str,
+    global_webhook_url: str | None,
+    fingerprint: str | None,
+    costs: credits.CreditCosts,
+) -> dict[str, Any]:
+    """The columns a start decides for its run; the others keep their defaults."""
+    return {
+        "id": new_workflow_id(),
+        "user_id": user_id,
+        "project_id": request.project_id,
+        "client_key": client_key,
+        "status": WorkflowStatus.QUEUED.value,
+        "image_prompt": request.image_prompt,
+        "video_prompt": request.video_prompt,
+        "request": request.to_json(),
+        "cost_credits": credits.cost_of(request, costs),
+        "image_credits": credits.image_cost_of(request, costs),
+        "video_model": request.video_model,
+        "image_fingerprint": fingerprint,
+        "global_webhook_url": global_webhook_url,
+        "created_at": utcnow(),
+        **telemetry.run_trace_columns(),
+    }
+
+
+def _new_steps(workflow_id: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "workflow_id": workflow_id,
+            "name": name.value,
+            "position": position,
+            "status": StepStatus.PENDING.value,
+            "progress": 0,
+            "message": "",
+            "attempts": 0,
+            "output": {},
+        }
+        for position, name in enumerate(STEP_ORDER)
+    ]
+
+
+def _pending_step(row: dict[str, Any]) -> StepView:
+    """The view of a step `_new_steps` made."""
+    return StepView(
+        name=StepName(row["name"]),
+        position=row["position"],
+        status=StepStatus(row["status"]),
+        progress=row["progress"],
+        message=row["message"],
+        attempts=row["attempts"],
+        provider_request_id=None,
+        output=dict(row["output"]),
+        error_message=None,
+        error_category=None,
+        started_at=None,
+        finished_at=None,
+        deadline_at=None,
+    )
 
 
 def _create(
@@ -256,33 +387,14 @@ def _create(
     if not active:
         raise PermissionDeniedError("this account is deactivated")
     costs = credits.load_costs(session)
-    workflow = Workflow(
-        user_id=user_id,
-        project_id=request.project_id,
-        client_key=client_key,
-        status=WorkflowStatus.QUEUED.value,
-        image_prompt=request.image_prompt,
-        video_prompt=request.video_prompt,
-        request=request.to_json(),
-        cost_credits=credits.cost_of(request, costs),
-        image_credits=credits.image_cost_of(request, costs),
-        video_model=request.video_model,
-        image_fingerprint=still.fingerprint,
-        reuse_image_from=reuse.find_source(session, user_id, still.fingerprint)
-        if still.reuse and still.fingerprint
-        else None,
-        global_webhook_url=global_webhook_url,
-        **telemetry.run_trace_columns(),
-    )
+    run = _new_run(user_id, request, client_key, global_webhook_url, still.fingerprint, costs)
+    reused = None
+    if still.reuse and still.fingerprint:
+        reused = reuse.find_source(session, user_id, still.fingerprint)
+    workflow = Workflow(**run, reuse_image_from=reused)
     session.add(workflow)
     session.flush()
-    session.execute(
-        insert(WorkflowStep),
-        [
-            {"workflow_id": workflow.id, "name": name.value, "position": i, "output": {}}
-            for i, name in enumerate(STEP_ORDER)
-        ],
-    )
+    session.execute(insert(WorkflowStep), _new_steps(workflow.id))
     budgets.charge(
         session,
         workflow_id=workflow.id,

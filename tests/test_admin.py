@@ -166,9 +166,9 @@ def test_ledger_history_pages_newest_first(db, boss, alice):
 
 
 def finished_run(db, user: UserView, status: WorkflowStatus, key: str) -> str:
-    workflow_id, _ = start_workflow(
+    workflow_id = start_workflow(
         db, user_id=user.id, request=REQUEST, client_key=key, actor=user.email
-    )
+    ).workflow_id
     with db.begin() as session:
         if status is WorkflowStatus.COMPLETED:
             session.execute(
@@ -199,7 +199,9 @@ def test_a_run_is_never_refunded_twice_nor_while_running(db, boss, alice):
     with pytest.raises(RequestValidationError) as refused, db.begin() as session:
         admin.refund_run(session, boss, failed, reason="again")
     assert "already refunded" in refused.value.problems["workflow"]
-    running, _ = start_workflow(db, user_id=alice.id, request=REQUEST, client_key="r", actor="a")
+    running = start_workflow(
+        db, user_id=alice.id, request=REQUEST, client_key="r", actor="a"
+    ).workflow_id
     with pytest.raises(RequestValidationError), db.begin() as session:
         admin.refund_run(session, boss, running, reason="early")
     with pytest.raises(NotFoundError), db.begin() as session:

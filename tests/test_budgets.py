@@ -51,7 +51,9 @@ def status_of(db, scope: Scope) -> budgets.BudgetStatus:
 
 
 def start(db, user, key: str, request=REQUEST) -> str:
-    workflow_id, _ = start_workflow(db, user_id=user.id, request=request, client_key=key, actor="t")
+    workflow_id = start_workflow(
+        db, user_id=user.id, request=request, client_key=key, actor="t"
+    ).workflow_id
     return workflow_id
 
 

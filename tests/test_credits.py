@@ -82,8 +82,8 @@ def test_the_same_client_key_twice_makes_one_run_and_one_charge(db, make_user):
     user = make_user(credits=100)
     first = start_workflow(db, user_id=user.id, request=REQUEST, client_key="click", actor="t")
     second = start_workflow(db, user_id=user.id, request=REQUEST, client_key="click", actor="t")
-    assert first == (first[0], True)
-    assert second == (first[0], False)
+    assert first.created and not second.created
+    assert second.workflow_id == first.workflow_id
     assert balance_of(db, user.id) == 100 - COST
 
 
@@ -95,15 +95,17 @@ def test_a_double_click_racing_itself_makes_one_run(db, make_user):
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(start, range(8)))
-    assert len({workflow_id for workflow_id, _ in results}) == 1
-    assert sum(created for _, created in results) == 1
+    assert len({started.workflow_id for started in results}) == 1
+    assert sum(started.created for started in results) == 1
     assert balance_of(db, user.id) == 100 - COST
     assert_invariant(db)
 
 
 def test_a_refund_happens_exactly_once_even_when_raced(db, make_user):
     user = make_user(credits=100)
-    workflow_id, _ = start_workflow(db, user_id=user.id, request=REQUEST, client_key="k", actor="t")
+    workflow_id = start_workflow(
+        db, user_id=user.id, request=REQUEST, client_key="k", actor="t"
+    ).workflow_id
 
     def refund(_: int) -> int:
         with db.begin() as session:
@@ -194,7 +196,9 @@ def test_saved_costs_are_what_the_next_run_pays(db, make_user):
 def test_grants_racing_refunds_never_lose_an_update(db, make_user):
     user = make_user(credits=COST * 20)
     started = [
-        start_workflow(db, user_id=user.id, request=REQUEST, client_key=f"k{i}", actor="t")[0]
+        start_workflow(
+            db, user_id=user.id, request=REQUEST, client_key=f"k{i}", actor="t"
+        ).workflow_id
         for i in range(20)
     ]
 
@@ -245,7 +249,9 @@ def ledger_rows(db, user_id: int) -> list[tuple]:
 
 def test_every_ledger_row_says_what_why_and_for_which_run(db, make_user):
     user = make_user(credits=100)
-    workflow_id, _ = start_workflow(db, user_id=user.id, request=REQUEST, client_key="k", actor="t")
+    workflow_id = start_workflow(
+        db, user_id=user.id, request=REQUEST, client_key="k", actor="t"
+    ).workflow_id
     with db.begin() as session:
         credits.adjust(session, user.id, -5, actor="admin@example.com", reason="goodwill fix")
         credits.grant(session, user.id, 7, actor="admin@example.com", reason="welcome back")
@@ -266,7 +272,9 @@ def test_a_free_run_gets_no_refund_row_and_a_one_credit_run_gets_its_credit(db, 
     with db.begin() as session:
         credits.save_costs(session, raw, actor="admin@example.com")
     user = make_user(credits=10)
-    workflow_id, _ = start_workflow(db, user_id=user.id, request=REQUEST, client_key="k", actor="t")
+    workflow_id = start_workflow(
+        db, user_id=user.id, request=REQUEST, client_key="k", actor="t"
+    ).workflow_id
     with db.begin() as session:
         assert credits.refund(session, workflow_id, reason="it failed") == cost
     refunds = [row for row in ledger_rows(db, user.id) if row[0] == "refund"]

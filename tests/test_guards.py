@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select, update
 
-from core import credits, workflows
+from core import credits, run_start, workflows
 from core.auth import UserView
 from core.db import Database
 from core.errors import FailureCategory, InvalidTransitionError
@@ -34,9 +34,9 @@ def user(make_user) -> UserView:
 
 
 def new_run(db: Database, user: UserView, key: str = "k") -> str:
-    workflow_id, _ = workflows.start_workflow(
+    workflow_id = workflows.start_workflow(
         db, user_id=user.id, request=REQUEST, client_key=key, actor="t"
-    )
+    ).workflow_id
     return workflow_id
 
 
@@ -488,6 +488,13 @@ def in_transaction(move):
     return run
 
 
+def _prepared_sql(statement: str) -> str:
+    """A statement as the server runs it: an EXECUTE of the runner's prepared starts is its SQL."""
+    if statement.startswith("EXECUTE reelforge_start("):
+        return " ".join(run_start.START.sql.split())
+    return statement
+
+
 LEDGER_MOVES = {
     "grant": in_transaction(lambda s, u, w: credits.grant(s, u, 5, actor="t", reason="r")),
     "adjust": in_transaction(lambda s, u, w: credits.adjust(s, u, -5, actor="t", reason="r")),
@@ -509,16 +516,28 @@ def test_the_balance_changes_by_one_relative_update_never_read_then_write(db, us
     def record(_conn, _cursor, statement, *_args) -> None:
         statements.append(" ".join(statement.split()))
 
-    event.listen(db.engine, "before_cursor_execute", record)
+    engines = (db.engine, db.statements.engine)  # sessions, and one-statement starts
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
     try:
         LEDGER_MOVES[move](db, user.id, workflow_id)
     finally:
-        event.remove(db.engine, "before_cursor_execute", record)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
 
-    touching = [s for s in statements if "users.balance" in s or s.startswith("UPDATE users")]
+    # A PREPARE only defines a statement; its EXECUTE runs it.
+    statements = [_prepared_sql(s) for s in statements if not s.startswith("PREPARE ")]
+    touching = [s for s in statements if re.search(r"\bbalance\b", s) and "users" in s]
     assert len(touching) == 1, touching
-    assert touching[0].startswith("UPDATE users SET balance=(users.balance + "), touching[0]
-    where = touching[0].split(" WHERE ")[1]
-    assert where.startswith("users.id = ") and "users.balance + " in where
+    if touching[0].startswith("WITH"):  # a start in one statement (core.run_start)
+        update = re.findall(r"UPDATE users SET balance = [^)]*", touching[0])
+        assert len(update) == 1, touching[0]
+        assert re.match(r"UPDATE users SET balance = balance - \$(\d+) WHERE id = ", update[0])
+        assert re.search(r"AND balance >= \$\d+", update[0]), update[0]
+        assert "SELECT balance" not in touching[0]
+    else:
+        assert touching[0].startswith("UPDATE users SET balance=(users.balance + "), touching[0]
+        where = touching[0].split(" WHERE ")[1]
+        assert where.startswith("users.id = ") and "users.balance + " in where
     with db.read() as session:
         assert credits.balance_mismatches(session) == []

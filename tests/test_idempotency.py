@@ -17,7 +17,7 @@ SECOND = timedelta(seconds=1)
 
 
 def start(db, user, key: str, now: datetime) -> tuple[str, bool]:
-    return workflows.start_workflow(
+    started = workflows.start_workflow(
         db,
         user_id=user.id,
         request=REQUEST,
@@ -26,6 +26,7 @@ def start(db, user, key: str, now: datetime) -> tuple[str, bool]:
         idempotency_key=key,
         now=now,
     )
+    return started.workflow_id, started.created
 
 
 def reserves(db, user) -> list[int]:

@@ -18,9 +18,9 @@ RUNNER = "runner-under-test"
 
 
 def claimed_run(db, user) -> str:
-    workflow_id, _ = workflows.start_workflow(
+    workflow_id = workflows.start_workflow(
         db, user_id=user.id, request=REQUEST, client_key=utcnow().isoformat(), actor=user.email
-    )
+    ).workflow_id
     with db.begin() as session:
         assert workflows.claim(
             session, workflow_id, RUNNER, stale_before=utcnow() - timedelta(hours=1)

@@ -260,9 +260,9 @@ def test_cancel_during_generate_video_ends_cancelled_refunded_and_cancelled_at_t
 
 def test_a_run_cancelled_before_it_starts_is_refunded_at_once(settings, user, db):
     runtime = engine(settings)
-    workflow_id, _ = workflows.start_workflow(
+    workflow_id = workflows.start_workflow(
         db, user_id=user.id, request=parse_request(SHORT), client_key="k", actor="t"
-    )
+    ).workflow_id
     view = runtime.cancel(workflow_id, user)
 
     assert view.status is WorkflowStatus.CANCELLED
@@ -358,9 +358,9 @@ def test_a_run_restarted_too_often_fails_as_stale_and_is_refunded(settings, user
 
 
 def test_a_runner_that_lost_its_claim_can_no_longer_write(settings, user, db):
-    workflow_id, _ = workflows.start_workflow(
+    workflow_id = workflows.start_workflow(
         db, user_id=user.id, request=parse_request(SHORT), client_key="k", actor="t"
-    )
+    ).workflow_id
     with db.begin() as session:
         assert workflows.claim(session, workflow_id, "runner-a", stale_before=utcnow())
     with db.begin() as session:  # runner-a's heartbeat is older than "now": b takes over

@@ -83,9 +83,9 @@ def test_cancelling_a_queued_run_logs_the_request_the_cancelled_steps_and_final(
 ):
     user = make_user(credits=100)
     runtime = engine(settings)
-    workflow_id, _ = workflows.start_workflow(
+    workflow_id = workflows.start_workflow(
         db, user_id=user.id, request=parse_request(SHORT), client_key="k", actor="t"
-    )
+    ).workflow_id
     runtime.cancel(workflow_id, user)
     runtime.cancel(workflow_id, user)  # ended: nothing more is logged
 
@@ -104,9 +104,9 @@ def test_cancelling_a_queued_run_logs_the_request_the_cancelled_steps_and_final(
 
 def test_concurrent_writers_to_one_run_get_gap_free_unique_seqs(db, make_user):
     user = make_user(credits=100)
-    workflow_id, _ = workflows.start_workflow(
+    workflow_id = workflows.start_workflow(
         db, user_id=user.id, request=parse_request(SHORT), client_key="k", actor="t"
-    )
+    ).workflow_id
     writers, each = 8, 10
     start = threading.Barrier(writers)
     failures: list[BaseException] = []
@@ -145,7 +145,7 @@ def test_one_read_returns_each_runs_events_after_its_own_cursor(db, make_user):
     runs = [
         workflows.start_workflow(
             db, user_id=user.id, request=parse_request(SHORT), client_key=key, actor="t"
-        )[0]
+        ).workflow_id
         for key in ("a", "b")
     ]
     with db.begin() as session:

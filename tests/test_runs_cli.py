@@ -18,7 +18,9 @@ def test_runs_list_show_and_cancel_a_queued_run_and_workers_lists_none(tmp_path)
     with db.begin() as session:
         user = create_user(session, "ops@example.com", starting_credits=100)
     request = parse_request({"imagePrompt": "a fox", "videoPrompt": "slow pan"})
-    workflow_id, _ = start_workflow(db, user_id=user.id, request=request, client_key="k", actor="t")
+    workflow_id = start_workflow(
+        db, user_id=user.id, request=request, client_key="k", actor="t"
+    ).workflow_id
     db.dispose()
 
     listed = run_cli(tmp_path, "runs", "list", "--status", "queued", "--json")

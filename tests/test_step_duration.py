@@ -25,9 +25,9 @@ def test_a_steps_duration_is_exact_even_starting_at_the_end_of_a_second(
 ):
     user = make_user()
     request = parse_request({"imagePrompt": "a", "videoPrompt": "b"})
-    workflow_id, _ = workflows.start_workflow(
+    workflow_id = workflows.start_workflow(
         db, user_id=user.id, request=request, client_key="k", actor="t"
-    )
+    ).workflow_id
     validate = (WorkflowStep.workflow_id == workflow_id, WorkflowStep.name == "validate")
     with db.begin() as session:
         session.execute(

@@ -108,7 +108,7 @@ def test_a_claim_past_the_users_slots_is_refused_and_the_run_says_why_it_waits(d
     def start(owner) -> str:
         return workflows.start_workflow(
             db, user_id=owner.id, request=request, client_key=uuid.uuid4().hex, actor="t"
-        )[0]
+        ).workflow_id
 
     def claim(workflow_id: str) -> bool:
         with db.begin() as session:

@@ -174,9 +174,9 @@ def test_a_refused_webhook_starts_nothing_and_charges_nothing(runtime, make_user
 
 
 def queued(runtime: Runtime, user, req) -> str:
-    workflow_id, _ = workflows.start_workflow(
+    workflow_id = workflows.start_workflow(
         runtime.db, user_id=user.id, request=req, client_key=uuid.uuid4().hex, actor=user.email
-    )
+    ).workflow_id
     return workflow_id
 
 
@@ -242,13 +242,13 @@ def test_two_senders_claiming_at_once_on_postgres_take_different_messages(postgr
     try:
         with db.begin() as session:
             user = create_user(session, "senders@example.com", starting_credits=100)
-        workflow_id, _ = workflows.start_workflow(
+        workflow_id = workflows.start_workflow(
             db,
             user_id=user.id,
             request=request("http://receiver.test/hook", ["step"]),
             client_key="k",
             actor=user.email,
-        )
+        ).workflow_id
         complete_by_hand(db, workflow_id)
         with db.begin() as first:
             mine = webhooks.claim_due(first, lease_s=60, limit=5)  # locked until this commits

@@ -163,13 +163,13 @@ def wait_until_done(runtime: Runtime, workflow_id: str, timeout_s: float = 60) -
 
 def queued_run(runtime: Runtime, user: UserView, payload: dict[str, Any] | None = None) -> str:
     """A run created and charged but handed to no worker: it stays queued while a test looks."""
-    workflow_id, _ = workflows.start_workflow(
+    workflow_id = workflows.start_workflow(
         runtime.db,
         user_id=user.id,
         request=parse_request(payload or PAYLOAD),
         client_key=uuid.uuid4().hex,
         actor=user.email,
-    )
+    ).workflow_id
     return workflow_id
 
 

@@ -17,13 +17,13 @@ RUNNER = "runner-test"
 
 
 def start(db, user, client_key: str | None = None, **overrides) -> str:
-    workflow_id, _ = workflows.start_workflow(
+    workflow_id = workflows.start_workflow(
         db,
         user_id=user.id,
         request=parse_request({**REQUEST, **overrides}),
         client_key=client_key or uuid.uuid4().hex,
         actor=user.email,
-    )
+    ).workflow_id
     return workflow_id
 
 
