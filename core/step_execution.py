@@ -100,6 +100,7 @@ class StepExecution:
         self._reused_from: str | None = None
         self._pending_progress: tuple[int, str, VideoJobProgress | None] | None = None
         self._last_write = time.monotonic()  # the step's start was just written
+        self._cancel_requested = workflow.cancel_requested  # as that write returned it
         self.started = time.monotonic()  # for the step's duration (core.metrics)
         self.last_progress = step.progress
 
@@ -151,8 +152,13 @@ class StepExecution:
             raise StepTimeoutError(f"Step {self.step.name} ran past its {budget:.0f} s budget")
 
     def check(self) -> None:
+        """Stopping, the deadline, and the cancel flag: as the step's last write returned it
+        when that was within `progress_min_interval_s` (the staleness progress already has),
+        else read again."""
         self._check_local()
-        if self._held.cancel_requested():
+        if time.monotonic() - self._last_write >= self.settings.progress_min_interval_s:
+            self._cancel_requested = self._held.cancel_requested()
+        if self._cancel_requested:
             raise WorkflowCancelledError("cancelled by the user")
 
     def wait(self, seconds: float) -> None:
@@ -185,7 +191,7 @@ class StepExecution:
             }
             self._pending_progress = None
         self.step = replace(self.step, **step_values)
-        self._held.progress(self.step, self.take_calls())
+        self._cancel_requested = self._held.progress(self.step, self.take_calls())
         self._last_write = time.monotonic()
 
     def take_calls(self) -> list[ApiCallRecord]:

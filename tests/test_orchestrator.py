@@ -224,9 +224,13 @@ def test_bad_requests_are_refused_with_the_field_named_and_nothing_written(setti
 # -- cancel and deadlines ---------------------------------------------------------------------
 
 
+# 0.5 s: the default, with which a check within that time of the step's last write takes the
+# cancel flag that write returned instead of reading it again.
+@pytest.mark.parametrize("progress_interval_s", [0, 0.5])
 def test_cancel_during_generate_video_ends_cancelled_refunded_and_cancelled_at_the_provider(
-    settings, user
+    settings, user, progress_interval_s
 ):
+    settings = settings.model_copy(update={"progress_min_interval_s": progress_interval_s})
     # A job that really is in flight at the provider: queued 1 s, then 3 s generating.
     slow = OfflineVideoGenerator(settings.offline_provider_dir, latency_s=1.0)
     video = Spy(slow)
