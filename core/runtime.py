@@ -86,7 +86,9 @@ class Runtime:
         self.orchestrator = Orchestrator(
             self.db, self.providers, settings, executor=executor or build_executor(settings)
         )
-        telemetry.instrument_database(self.db.engine, self.orchestrator.statements.engine)
+        telemetry.instrument_database(
+            self.db.engine, self.db.statements.engine, self.orchestrator.statements.engine
+        )
         self.mailer = (
             None
             if settings.smtp_url is None

@@ -101,7 +101,8 @@ def setup(role: str) -> bool:
 
 
 def instrument_database(*engines: Engine) -> None:
-    """Trace the statements of the process's engines (the Runtime's and its runner's).
+    """Trace the statements of the process's engines (the Runtime's sessions and single
+    statements, and its runner's).
     Explicitly, not through the instrumentation's patched `create_engine`: core.db imported
     that name long before `setup` could patch it. The instrumentation is applied once per
     process, so a second Runtime's engines are not traced."""
