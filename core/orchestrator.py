@@ -36,6 +36,13 @@ from core.workflows import StepView, WorkflowView
 log = logging.getLogger(__name__)
 
 
+# The runner's connections, at most (twice this with the pool's overflow), however many runs
+# it holds: a state change is one statement of about a millisecond, so a few connections serve
+# hundreds of runs, and a connection per thread would take 2 x WORKER_THREADS of the server's
+# max_connections (100 by default, shared by every process). Past them a write waits its turn.
+RUNNER_CONNECTIONS = 8
+
+
 def _with_step(view: WorkflowView, step: StepView) -> WorkflowView:
     return replace(view, steps=tuple(step if s.name == step.name else s for s in view.steps))
 
@@ -72,7 +79,9 @@ class Orchestrator:
         # process that only hands runs to Celery workers is not one).
         self.listed_as: str | None = settings.executor if self.executor.runs_here else None
         self.run_locks = liveness.RunLocks(db)
-        self.statements = Statements(db.engine.url, pool_size=settings.worker_threads)
+        self.statements = Statements(
+            db.engine.url, pool_size=min(settings.worker_threads, RUNNER_CONNECTIONS)
+        )
         self.writer = RunWriter(self.statements)
         self.stopping = threading.Event()
         self._lock = threading.Lock()
