@@ -102,6 +102,7 @@ HISTOGRAM_EDGES_MS = tuple(round(e * 1000) for e in HISTOGRAM_EDGES_S)
 CALL_BUCKETS_PER_DOUBLING = 8
 STEP_BUCKETS_PER_DOUBLING = 4
 _LARGEST_MS = 2**31  # durations are 32-bit integers
+ANALYZE_AFTER_DAYS = 7  # a fill of this many days (not the daily one) refreshes its statistics
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,7 @@ def _fill(session: Session, kind: Kind, first: datetime, last: datetime) -> set[
             claimed = _claim(fill, kind, missing)
             if claimed:
                 _roll_up(fill, kind, claimed)
+                _analyze_after_many(fill, kind, claimed)
         rolled = _rolled(session, kind, first, last)  # what this snapshot sees of the fill
     return rolled.keys() - stale
 
@@ -259,6 +261,16 @@ def _roll_up(session: Session, kind: Kind, days: list[datetime]) -> None:
         source = sums(session, start, end)
         names = [c.name for c in source.selected_columns]
         session.execute(_TABLES[kind].__table__.insert().from_select(names, source))
+
+
+def _analyze_after_many(session: Session, kind: Kind, days: list[datetime]) -> None:
+    """Postgres: refresh the planner's statistics of a rollup that a fill of many days (the
+    first read of a year of history) has just grown from nearly nothing. Until autovacuum's
+    next pass the planner would take it for nearly empty, and sort its rows by text keys where
+    hashing them is several times cheaper (measured on delivered_cost: 140 -> 86 ms at 100,000
+    runs)."""
+    if len(days) >= ANALYZE_AFTER_DAYS and session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"ANALYZE {_TABLES[kind].__tablename__}"))
 
 
 def _spans(days: list[datetime]) -> list[tuple[datetime, datetime]]:
