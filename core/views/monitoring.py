@@ -1311,10 +1311,29 @@ def _bucketed_percentiles(
     values: dict[int, list[float]] = {}
     for j, v in session.execute(union_all(*lookups)):
         values.setdefault(j, []).append(float(v))
+    short = set()
     for j, (key, i, h) in enumerate(wanted):
-        first, *after = sorted(values[j])
         share = h - math.floor(h)
-        found[key][f"p{i}"] = first + share * (after[0] - first) if share else first
+        read = sorted(values.get(j, ()))
+        if len(read) < (2 if share else 1):
+            short.add(key)
+            continue
+        first = read[0]
+        found[key][f"p{i}"] = first + share * (read[1] - first) if share else first
+    # Each statement sees what has committed when it starts: a row that left the set between
+    # the counts and the lookups (a step of an unclosed day set back from completed) leaves a
+    # rank unread. Those keys are read whole, as without buckets.
+    for key in short:
+        whole = values_of(key).subquery()
+        row = _aggregate(
+            session,
+            whole,
+            keys=(),
+            value=whole.c[0].name,
+            percentiles=percentiles,
+            measures=lambda c: [],
+        )[0]
+        found[key] = {f"p{i}": row[f"p{i}"] for i in range(len(percentiles))}
     return found
 
 
