@@ -663,9 +663,9 @@ class LedgerDayRollup(Base):
 
 
 class CallDayRollup(Base):
-    """A day's provider calls (by start), counted per provider and operation: the provider
-    panel's counts and list price. (Its latency percentiles need every call: they are read
-    raw.)"""
+    """A day's provider calls (by start), counted per provider, operation and latency bucket
+    (core.views.rollup.duration_bucket): the provider panel's counts and list price, and where
+    its exact latency percentiles lie."""
 
     __tablename__ = "rollup_call_days"
     __table_args__ = (Index("ix_rollup_call_days_day", "day"),)
@@ -674,6 +674,7 @@ class CallDayRollup(Base):
     day: Mapped[datetime] = mapped_column()
     provider: Mapped[str] = mapped_column(String(40))
     operation: Mapped[str] = mapped_column(String(40))
+    bucket_ms: Mapped[int] = mapped_column(Integer)  # the bucket's lower edge
     calls: Mapped[int] = mapped_column(Integer)
     first_attempts: Mapped[int] = mapped_column(Integer)
     retries: Mapped[int] = mapped_column(Integer)
@@ -683,8 +684,9 @@ class CallDayRollup(Base):
 
 
 class StepDayRollup(Base):
-    """A day's completed steps (by start), per step and histogram bin (core.views.rollup): the
-    step panel's counts, sums, maxima and histogram. (Percentiles are read raw.)"""
+    """A day's completed steps (by start), per step, histogram bin and duration bucket
+    (core.views.rollup): the step panel's counts, sums, maxima and histogram, and where its
+    exact percentiles lie."""
 
     __tablename__ = "rollup_step_days"
     __table_args__ = (Index("ix_rollup_step_days_day", "day"),)
@@ -693,6 +695,7 @@ class StepDayRollup(Base):
     day: Mapped[datetime] = mapped_column()
     name: Mapped[str] = mapped_column(String(32))
     bin: Mapped[int] = mapped_column(Integer)
+    bucket_ms: Mapped[int] = mapped_column(Integer)  # the duration bucket's lower edge
     count: Mapped[int] = mapped_column(Integer)
     sum_ms: Mapped[int] = mapped_column(BigInteger)
     max_ms: Mapped[int] = mapped_column(Integer)

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -17,7 +18,7 @@ from sqlalchemy import select
 
 from core import credits, workflows
 from core.auth import UserView
-from core.models import CreditTransaction
+from core.models import CreditTransaction, Workflow
 from core.runtime import Runtime
 
 # Variables that would point the engine at real providers or a real database: tests (and the
@@ -143,3 +144,21 @@ def scrape(url: str) -> Scrape:
 def scrape_text(exposition: str) -> Scrape:
     families = text_string_to_metric_families(exposition)
     return Scrape([sample for family in families for sample in family.samples])
+
+
+def a_run(
+    run_id: str, user_id: int, status: str, created: datetime, *, cost_credits: int = 0, **more
+) -> Workflow:
+    """A run row as monitoring tests write history: its own client key, placeholder prompts."""
+    return Workflow(
+        id=run_id,
+        user_id=user_id,
+        client_key=run_id,
+        status=status,
+        image_prompt="i",
+        video_prompt="v",
+        request={},
+        cost_credits=cost_credits,
+        created_at=created,
+        **more,
+    )

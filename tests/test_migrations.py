@@ -98,6 +98,8 @@ def test_the_apis_idempotency_keys_before_0011_keep_their_runs(tmp_path):
 
 # -- upgrading a database that holds data -----------------------------------------------------
 
+# Rollup tables a migration may empty (with their kind's rollup_days rows).
+ROLLED_UP_AGAIN = {"rollup_call_days": "calls", "rollup_step_days": "steps"}
 OLDER_REVISIONS = [
     r.revision
     for r in reversed(list(ScriptDirectory.from_config(alembic_config("")).walk_revisions()))
@@ -181,4 +183,10 @@ def test_upgrading_a_database_with_data_keeps_every_row(kind, revision, tmp_path
     assert all(before.values()), "every table of the old schema got a row"
     for table, rows in before.items():
         kept = [{name: row[name] for name in rows[0]} for row in after[table]]
+        if table in ROLLED_UP_AGAIN and not kept:
+            # Sums of raw rows, dropped with their days' claims: the next reads roll them up
+            # again (0016 added a column their old rows cannot fill).
+            claims = [r for r in after["rollup_days"] if r["kind"] == ROLLED_UP_AGAIN[table]]
+            assert claims == [], table
+            continue
         assert kept == rows, table

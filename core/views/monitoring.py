@@ -20,16 +20,20 @@ video through the priced calls' partial index (migration 0013).
 Sums over closed days come from day rollups (core.views.rollup, migration 0014): the cost of a
 delivered video, credit usage and totals, and the counts, means, maxima and histograms of the
 step and provider panels; the raw rows serve the rest of the range, and the two are summed, so
-every figure is the raw rows' own. Percentiles need every value: the step and provider panels
-scan their covering index for them alone. The step and provider rollups know no users nor
-projects, so those panels read raw rows when the filter names either. `bench/monitoring.py` and
-`bench/hot_queries.py` time them all.
+every figure is the raw rows' own. The step and provider rollups also count durations per
+bucket (migration 0016): a percentile's ranks are found in the bucket counts and only the
+buckets holding them are read, from their covering index (_bucketed_percentiles), which gives
+percentile_cont's own figure. They know no users nor projects, so those panels read raw rows
+(every value, in index order) when the filter names either, or for hourly ranges.
+`bench/monitoring.py` and `bench/hot_queries.py` time them all.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
@@ -37,6 +41,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     DateTime,
     Float,
@@ -398,6 +403,7 @@ def kpis(session: Session, flt: MonitoringFilter) -> Kpis:
 
 _FINISHED = (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED)
 _RUN_MOVES = ("reserve", "refund", "release")  # the ledger rows a run writes
+_CREDIT_MOVES = ("reserved", "refunded", "released")  # their columns in _ledger_moves
 
 
 def credit_totals(session: Session, flt: MonitoringFilter) -> tuple[int, int, int]:
@@ -515,13 +521,11 @@ def step_durations(session: Session, flt: MonitoringFilter) -> list[StepDuration
     _tune(session)
     steps = WorkflowStep.__table__
     edges_ms = rollup.HISTOGRAM_EDGES_MS
-    # As in provider_performance: the counts from the rollup where it serves the filter, the
-    # scan only for the percentiles.
+    # As in provider_performance: the counts and the percentiles' buckets from the rollup
+    # where it serves the filter.
     split = _split(session, "steps", flt, flt.granularity, narrowable=False)
 
     def measures(c: Any) -> list[ColumnElement[Any]]:
-        if split.rolled:
-            return []
         # Cumulative counts (one comparison per edge), turned into bins below.
         ms = c.duration_ms
         below = [_count_if(ms < edge, f"below{i}") for i, edge in enumerate(edges_ms)]
@@ -532,23 +536,23 @@ def step_durations(session: Session, flt: MonitoringFilter) -> list[StepDuration
             *below,
         ]
 
-    rows = _grouped_percentiles(
-        session,
-        table=steps,
-        where=[
-            steps.c.status == StepStatus.COMPLETED.value,
-            steps.c.started_at >= flt.since,
-            steps.c.started_at < flt.until,
-            *_runs_of(flt, steps.c.workflow_id),
-        ],
-        keys=("name",),
-        value="duration_ms",
-        reads=(),
-        measures=measures,
-    )
+    completed_in_range = [
+        steps.c.status == StepStatus.COMPLETED.value,
+        steps.c.started_at >= flt.since,
+        steps.c.started_at < flt.until,
+    ]
     if split.rolled:
-        counts = _step_counts(session, split)
-        rows = [{**r, **counts[r["name"]]} for r in rows if r["name"] in counts]
+        rows = _step_counts(session, split, completed_in_range)
+    else:
+        rows = _grouped_percentiles(
+            session,
+            table=steps,
+            where=[*completed_in_range, *_runs_of(flt, steps.c.workflow_id)],
+            keys=("name",),
+            value="duration_ms",
+            reads=(),
+            measures=measures,
+        )
     by_name = {r["name"]: r for r in rows}
     return [
         StepDuration(
@@ -565,38 +569,50 @@ def step_durations(session: Session, flt: MonitoringFilter) -> list[StepDuration
     ]
 
 
-def _step_counts(session: Session, split: rollup.Split) -> dict[str, dict[str, int]]:
-    """Per step: n, sum, max and below<i> (cumulative counts below each histogram edge), as
-    step_durations' one-pass measures give them: raw steps outside the split's rolled-up days,
-    day sums inside."""
+def _step_counts(
+    session: Session, split: rollup.Split, completed_in_range: list[ColumnElement[bool]]
+) -> list[dict[str, Any]]:
+    """step_durations' rows where the split has rolled-up days: per step n, sum, max and
+    below<i> (cumulative counts below each histogram edge), as its one-pass measures give them
+    (raw steps outside those days, day sums inside), and percentiles p0, p1 found through the
+    duration buckets (`completed_in_range`: the steps they rank)."""
     steps = WorkflowStep.__table__.c
     rolled = StepDayRollup.__table__.c
     raw = rollup.step_bins(steps, split.raw(steps.started_at))
-    days = select(rolled.name, rolled.bin, rolled["count"], rolled.sum_ms, rolled.max_ms).where(
-        split.rollup(rolled.day)
-    )
+    days = select(
+        rolled.name, rolled.bin, rolled.bucket_ms, rolled["count"], rolled.sum_ms, rolled.max_ms
+    ).where(split.rollup(rolled.day))
     both = union_all(raw, days).subquery()
+    keys = (both.c.name, both.c.bin, both.c.bucket_ms)
     rows = session.execute(
         select(
-            both.c.name,
-            both.c.bin,
+            *keys,
             func.sum(both.c["count"]).label("count"),
             func.sum(both.c.sum_ms).label("sum_ms"),
             func.max(both.c.max_ms).label("max_ms"),
-        ).group_by(both.c.name, both.c.bin)
+        ).group_by(*keys)
     )
     edges = len(rollup.HISTOGRAM_EDGES_MS)
-    counts: dict[str, dict[str, int]] = {}
-    for r in rows:
-        c = counts.setdefault(
-            r.name, {"n": 0, "sum": 0, "max": 0, **{f"below{i}": 0 for i in range(edges)}}
-        )
-        c["n"] += int(r.count)
-        c["sum"] += int(r.sum_ms)
-        c["max"] = max(c["max"], int(r.max_ms))
-        for i in range(r.bin, edges):  # bin b lies below edges b, b+1, ...
-            c[f"below{i}"] += int(r.count)
-    return counts
+    counts: dict[str, dict[str, Any]] = {}
+    bins: dict[str, list[int]] = {}
+    buckets: dict[str, dict[int, int]] = {}
+    for name, bin_, bucket, count, sum_ms, max_ms in rows:
+        c = counts.setdefault(name, {"name": name, "n": 0, "sum": 0, "max": 0})
+        c["n"] += int(count)
+        c["sum"] += int(sum_ms)
+        c["max"] = max(c["max"], int(max_ms))
+        bins.setdefault(name, [0] * (edges + 1))[bin_] += int(count)
+        by_bucket = buckets.setdefault(name, {})
+        by_bucket[bucket] = by_bucket.get(bucket, 0) + int(count)
+    for name, c in counts.items():
+        below = itertools.accumulate(bins[name][:edges])  # bin b lies below edges b, b+1, ...
+        c.update({f"below{i}": count for i, count in enumerate(below)})
+
+    def values_of(name: str) -> Select:
+        return select(steps.duration_ms).where(steps.name == name, *completed_in_range)
+
+    values = _bucketed_percentiles(session, buckets, values_of, steps.duration_ms)
+    return [{**c, **values[name]} for name, c in counts.items()]
 
 
 def _bins(below: Sequence[int], total: int) -> tuple[int, ...]:
@@ -693,22 +709,21 @@ def provider_performance(session: Session, flt: MonitoringFilter) -> list[Provid
     operation. (Per provider, latencies would mix a 50 ms HEAD with a 15 s image: sum the rows
     with provider_totals for calls and USD instead.)"""
     _tune(session)
-    # The counts from the rollup where it serves the filter (it knows no users nor projects),
-    # beside a scan that only feeds the percentiles: the counts' per-row work is most of the
-    # cost of one pass computing both.
+    # Where the rollup serves the filter (it knows no users nor projects): the counts from it,
+    # and the percentiles from its bucket counts and the few rows of the buckets holding them.
     split = _split(session, "calls", flt, flt.granularity, narrowable=False)
-    rows = _grouped_percentiles(
-        session,
-        table=ApiCall.__table__,
-        where=_call_scope(flt),
-        keys=("provider", "operation"),
-        value="duration_ms",
-        reads=() if split.rolled else ("attempt", "outcome", "cost_usd"),
-        measures=(lambda c: []) if split.rolled else rollup.call_counts,
-    )
     if split.rolled:
-        counts = _call_counts(session, flt, split)
-        rows = [{**r, **counts[(r["provider"], r["operation"])]} for r in rows]
+        rows = _call_counts(session, flt, split)
+    else:
+        rows = _grouped_percentiles(
+            session,
+            table=ApiCall.__table__,
+            where=_call_scope(flt),
+            keys=("provider", "operation"),
+            value="duration_ms",
+            reads=("attempt", "outcome", "cost_usd"),
+            measures=rollup.call_counts,
+        )
     stats = [
         ProviderStats(
             provider=r["provider"],
@@ -729,29 +744,46 @@ def provider_performance(session: Session, flt: MonitoringFilter) -> list[Provid
 
 def _call_counts(
     session: Session, flt: MonitoringFilter, split: rollup.Split
-) -> dict[tuple[str, str], dict[str, Any]]:
-    """rollup.call_counts per (provider, operation): raw calls outside the split's rolled-up
-    days, day sums inside."""
-    only = [] if flt.provider is None else [ApiCall.provider == flt.provider]
-    keys = (ApiCall.provider, ApiCall.operation)
-    raw = select(*keys, *rollup.call_counts(ApiCall.__table__.c)).where(
-        split.raw(ApiCall.started_at), *only
-    )
+) -> list[dict[str, Any]]:
+    """provider_performance's rows per (provider, operation) where the split has rolled-up
+    days: rollup.call_counts (raw calls outside those days, day sums inside) and percentiles
+    p0, p1 found through the latency buckets."""
+    calls = ApiCall.__table__.c
+    only = [] if flt.provider is None else [calls.provider == flt.provider]
+    raw = rollup.call_buckets(calls, and_(split.raw(calls.started_at), *only))
     rolled = CallDayRollup.__table__.c
     names = ("calls", "first_attempts", "retries", "errors", "transient", "cost")
-    days = select(rolled.provider, rolled.operation, *(rolled[n] for n in names)).where(
+    days = select(
+        rolled.provider, rolled.operation, rolled.bucket_ms, *(rolled[n] for n in names)
+    ).where(
         split.rollup(rolled.day),
         *([] if flt.provider is None else [rolled.provider == flt.provider]),
     )
-    both = union_all(raw.group_by(*keys), days).subquery()
+    both = union_all(raw, days).subquery()
+    keys = (both.c.provider, both.c.operation, both.c.bucket_ms)
     rows = session.execute(
-        select(
-            both.c.provider,
-            both.c.operation,
-            *(func.sum(both.c[n]).label(n) for n in names),
-        ).group_by(both.c.provider, both.c.operation)
+        select(*keys, *(func.sum(both.c[n]).label(n) for n in names)).group_by(*keys)
     )
-    return {(r.provider, r.operation): dict(r._mapping) for r in rows}
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    buckets: dict[tuple[str, str], dict[int, int]] = {}
+    for r in rows:
+        key = (r.provider, r.operation)
+        sums = found.setdefault(key, {"provider": r.provider, "operation": r.operation})
+        for n in names:
+            if r._mapping[n] is not None:
+                sums[n] = sums.get(n, 0) + r._mapping[n]
+        buckets.setdefault(key, {})[int(r.bucket_ms)] = int(r.calls)
+
+    def values_of(key: tuple[str, str]) -> Select:
+        return select(calls.duration_ms).where(
+            calls.provider == key[0],
+            calls.operation == key[1],
+            calls.started_at >= flt.since,
+            calls.started_at < flt.until,
+        )
+
+    values = _bucketed_percentiles(session, buckets, values_of, calls.duration_ms)
+    return [{**sums, "cost": sums.get("cost"), **values[key]} for key, sums in found.items()]
 
 
 def _only_provider(flt: MonitoringFilter, column: Any) -> list[ColumnElement[bool]]:
@@ -799,9 +831,9 @@ def credit_usage(
         select(
             moves.c.bucket,
             key.label("key"),
-            func.sum(moves.c.reserved).label("reserved"),
-            func.sum(moves.c.refunded).label("refunded"),
-            func.sum(moves.c.released).label("released"),
+            # Sums of integers as integers: Postgres sums bigints as numeric, and decoding
+            # thousands of Decimals costs more than the sum.
+            *(cast(func.sum(moves.c[m]), BigInteger).label(m) for m in _CREDIT_MOVES),
         )
         .where(*runs_only)
         .group_by(moves.c.bucket, key)
@@ -815,14 +847,14 @@ def credit_usage(
     starts: dict[Any, datetime] = {}  # a few dozen distinct buckets, thousands of rows
     usage = [
         CreditUsage(
-            start=starts.get(r.bucket) or starts.setdefault(r.bucket, _as_utc(r.bucket)),
-            key=r.key,
-            label=r.label or "(no project)",
-            reserved=int(r.reserved),
-            refunded=int(r.refunded),
-            released=int(r.released),
+            start=starts.get(bucket) or starts.setdefault(bucket, _as_utc(bucket)),
+            key=key,
+            label=label or "(no project)",
+            reserved=reserved,
+            refunded=refunded,
+            released=released,
         )
-        for r in rows
+        for bucket, key, reserved, refunded, released, label in rows
     ]
     # Sorted here (runs without a project last): the databases disagree on where NULLs sort.
     return sorted(usage, key=lambda u: (u.start, u.key is None, u.key or 0))
@@ -921,8 +953,8 @@ def delivered_cost(session: Session, flt: MonitoringFilter) -> DeliveredCosts:
             DeliveredCost(
                 key=key,
                 label=labels[r.grouping].get(key, str(key)),
-                runs=r.runs,
-                delivered=r.delivered,
+                runs=int(r.runs),
+                delivered=int(r.delivered),
                 credits_reserved=int(r.reserved),
                 credits_refunded=int(r.refunded),
                 credits_saved=int(r.released),
@@ -941,9 +973,9 @@ def delivered_cost(session: Session, flt: MonitoringFilter) -> DeliveredCosts:
 
 
 def _run_facts(session: Session, flt: MonitoringFilter) -> Any:
-    """The finished runs created in the range as (bucket, status, model, user_id, project_id,
-    runs, reserved, refunded, released, net, usd): sums per closed day from the rollup, one row
-    per run (runs = 1) for the rest."""
+    """The finished runs created in the range summed per (bucket, status, model, user_id,
+    project_id) as runs, reserved, refunded, released, net, usd: from the rollup's day sums for
+    the closed days, from the runs themselves for the rest."""
     granularity = flt.usage_granularity
     split = _split(session, "runs", flt, granularity)
     # The few runs of the raw edges look up their own rows; a range read raw throughout sums
@@ -972,7 +1004,16 @@ def _run_facts(session: Session, flt: MonitoringFilter) -> Any:
                 *(rolled[m] for m in measures),
             ).where(split.rollup(rolled.day), *_narrowing(flt, rolled.user_id, rolled.project_id))
         )
-    return union_all(*parts).cte("run_facts")
+    # Summed per bucket and group first: a year's rollup holds about one row per day and group
+    # (57,000 at 100,000 runs), five times the rows per week and group that the four groupings
+    # then read.
+    facts = union_all(*parts).subquery()
+    keys = [facts.c.bucket, *(facts.c[g] for g in groups)]
+    return (
+        select(*keys, *(func.sum(facts.c[m]).label(m) for m in ("runs", *measures)))
+        .group_by(*keys)
+        .cte("run_facts")
+    )
 
 
 def _delivered_labels(session: Session, rows: Sequence[Any]) -> dict[str, dict[Any, str]]:
@@ -1234,6 +1275,88 @@ def _grouped_percentiles(
     return _aggregate(
         session, source, keys=keys, value=value, percentiles=percentiles, measures=measures
     )
+
+
+def _bucketed_percentiles(
+    session: Session,
+    buckets: dict[Any, dict[int, int]],
+    values_of: Callable[[Any], Select],
+    value: Any,
+    percentiles: Sequence[float] = (0.5, 0.95),
+) -> dict[Any, dict[str, float | None]]:
+    """Per key, percentile_cont's own p0, p1, ... from the counts of its values per bucket
+    ({lower edge: count}, every value of `values_of(key)` counted once). percentile_cont takes
+    h = p * (n - 1) (in double precision) and gives v[floor h] + (h - floor h) *
+    (v[ceil h] - v[floor h]); each of those ranks lies in one bucket, at an offset the counts
+    below give, and is read from the nearer end of its bucket (an index on (key, value) reads
+    only the rows up to it). One statement reads every rank of every key."""
+    found: dict[Any, dict[str, float | None]] = {
+        key: {f"p{i}": None for i in range(len(percentiles))} for key in buckets
+    }
+    wanted: list[tuple[Any, int, float]] = []  # (key, i, h)
+    lookups = []
+    for key, counts in buckets.items():
+        n = sum(counts.values())
+        for i, p in enumerate(percentiles):
+            if not n:
+                continue
+            h = p * (n - 1)
+            for ranked in _rank_lookups(values_of(key), value, counts, h):
+                lookups.append(
+                    select(literal(len(wanted)).label("j"), ranked.subquery().c[0].label("v"))
+                )
+            wanted.append((key, i, h))
+    if not lookups:
+        return found
+    values: dict[int, list[float]] = {}
+    for j, v in session.execute(union_all(*lookups)):
+        values.setdefault(j, []).append(float(v))
+    short = set()
+    for j, (key, i, h) in enumerate(wanted):
+        share = h - math.floor(h)
+        read = sorted(values.get(j, ()))
+        if len(read) < (2 if share else 1):
+            short.add(key)
+            continue
+        first = read[0]
+        found[key][f"p{i}"] = first + share * (read[1] - first) if share else first
+    # Each statement sees what has committed when it starts: a row that left the set between
+    # the counts and the lookups (a step of an unclosed day set back from completed) leaves a
+    # rank unread. Those keys are read whole, as without buckets.
+    for key in short:
+        whole = values_of(key).subquery()
+        row = _aggregate(
+            session,
+            whole,
+            keys=(),
+            value=whole.c[0].name,
+            percentiles=percentiles,
+            measures=lambda c: [],
+        )[0]
+        found[key] = {f"p{i}": row[f"p{i}"] for i in range(len(percentiles))}
+    return found
+
+
+def _rank_lookups(values: Select, value: Any, counts: dict[int, int], h: float) -> list[Select]:
+    """Statements that read the ranks floor(h) and ceil(h) (from 0) of `values` in `value`
+    order, counted per bucket in `counts`: one per bucket they lie in, from its nearer end."""
+    edges = sorted(counts)
+    i, offset = 0, math.floor(h)
+    while offset >= counts[edges[i]]:  # an IndexError past the last: counts and h disagree
+        offset -= counts[edges[i]]
+        i += 1
+    count = counts[edges[i]]
+    take = 2 if h > math.floor(h) and offset + 1 < count else 1
+    lookups = []
+    if take == 1 and h > math.floor(h):  # ceil(h) is the first value of the next bucket
+        lookups.append(values.where(value >= edges[i + 1]).order_by(value).limit(1))
+    if offset <= count // 2:
+        lookup = values.where(value >= edges[i]).order_by(value).offset(offset)
+    else:
+        above = [value < edges[i + 1]] if i + 1 < len(edges) else []
+        lookup = values.where(value >= edges[i], *above).order_by(value.desc())
+        lookup = lookup.offset(count - offset - take)
+    return [*lookups, lookup.limit(take)]
 
 
 def _aggregate(

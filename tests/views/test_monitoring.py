@@ -20,12 +20,12 @@ from core.models import (
     CreditTransaction,
     Project,
     User,
-    Workflow,
     WorkflowStep,
 )
 from core.states import STEP_ORDER
 from core.views import monitoring
 from core.views.monitoring import Granularity, MonitoringFilter
+from tests.helpers import a_run
 
 JAN = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -80,21 +80,7 @@ def build_history(db) -> dict[str, int]:
         s.flush()
 
         def run(wid, user, status, created, *, project=None, cost=10, **kw):
-            s.add(
-                Workflow(
-                    id=wid,
-                    user_id=user.id,
-                    project_id=project,
-                    client_key=wid,
-                    status=status,
-                    image_prompt="i",
-                    video_prompt="v",
-                    request={},
-                    cost_credits=cost,
-                    created_at=created,
-                    **kw,
-                )
-            )
+            s.add(a_run(wid, user.id, status, created, project_id=project, cost_credits=cost, **kw))
 
         def step(wid, position, status, started=None, seconds=None, **kw):
             finished = started + timedelta(seconds=seconds) if seconds is not None else None

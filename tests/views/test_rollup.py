@@ -16,6 +16,7 @@ from core.models import RollupDay, Workflow
 from core.tools import demo
 from core.views import monitoring, rollup
 from core.views.monitoring import MonitoringFilter
+from tests.helpers import a_run
 from tests.views.test_delivered_cost import RANGE, at, figures, history  # noqa: F401 (a fixture)
 
 NOW = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
@@ -50,19 +51,7 @@ def hold_a_run_open(db, user_id: int, created: datetime) -> None:
     """A run queued since `created`: no day from then on is closed, so everything after it is
     read raw."""
     with db.begin() as s:
-        s.add(
-            Workflow(
-                id="held-open",
-                user_id=user_id,
-                client_key="held-open",
-                status="queued",
-                image_prompt="i",
-                video_prompt="v",
-                request={},
-                cost_credits=0,
-                created_at=created,
-            )
-        )
+        s.add(a_run("held-open", user_id, "queued", created))
 
 
 def test_rollup_and_raw_rows_give_the_raw_figures_on_seeded_history(db):
