@@ -6,17 +6,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from sqlalchemy import select
 
-from core import credits, workflows
+from core import credits, telemetry, workflows
 from core.auth import UserView
 from core.models import CreditTransaction, Workflow
 from core.runtime import Runtime
@@ -161,4 +162,19 @@ def a_run(
         cost_credits=cost_credits,
         created_at=created,
         **more,
+    )
+
+
+def call_attempt(attributes: Mapping[str, Any]) -> tuple:
+    """A provider call attempt's span attributes, as the fields of its api_calls row."""
+    return tuple(
+        attributes[key]
+        for key in (
+            telemetry.STEP,
+            telemetry.PROVIDER,
+            telemetry.OPERATION,
+            telemetry.ATTEMPT,
+            telemetry.OUTCOME,
+            telemetry.COST_USD,
+        )
     )

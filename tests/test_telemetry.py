@@ -35,7 +35,7 @@ from core.models import ApiCall
 from core.runtime import Runtime
 from core.schemas import parse_request
 from core.states import STEP_ORDER, WorkflowStatus
-from tests.helpers import ParkedExecutor, load, wait_for
+from tests.helpers import ParkedExecutor, call_attempt, load, wait_for
 from tests.otlp_receiver import otlp_receiver
 from tests.test_cli import run_cli
 
@@ -152,14 +152,7 @@ def _one(spans: tuple[ReadableSpan, ...], name: str) -> ReadableSpan:
 def _attempt(span: ReadableSpan, step_of: dict[str, str]) -> tuple:
     a = span.attributes
     assert a[telemetry.RUN_ID] and a[telemetry.STEP] == step_of[_hex(span)[2]]
-    return (
-        a[telemetry.STEP],
-        a[telemetry.PROVIDER],
-        a[telemetry.OPERATION],
-        a[telemetry.ATTEMPT],
-        a[telemetry.OUTCOME],
-        a[telemetry.COST_USD],
-    )
+    return call_attempt(a)
 
 
 def test_a_failed_step_ends_its_span_in_error_with_the_runs_outcome(spans, runtime, make_user):

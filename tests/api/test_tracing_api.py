@@ -15,7 +15,7 @@ from sqlalchemy import select
 from core import telemetry
 from core.models import ApiCall, Workflow, WorkflowStep
 from core.states import STEP_ORDER, StepName
-from tests.helpers import ENGINE_ENV, wait_for
+from tests.helpers import ENGINE_ENV, call_attempt, wait_for
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.test_telemetry import PAYLOAD
 from tests.test_workers import Worker
@@ -147,14 +147,7 @@ def _named(spans: list[ReceivedSpan], name: str) -> list[ReceivedSpan]:
 def _attempt(span: ReceivedSpan, step_of: dict[str, str], workflow_id: str) -> tuple:
     a = span.attributes
     assert a[telemetry.RUN_ID] == workflow_id and a[telemetry.STEP] == step_of[span.parent_id]
-    return (
-        a[telemetry.STEP],
-        a[telemetry.PROVIDER],
-        a[telemetry.OPERATION],
-        a[telemetry.ATTEMPT],
-        a[telemetry.OUTCOME],
-        a[telemetry.COST_USD],
-    )
+    return call_attempt(a)
 
 
 def test_without_an_endpoint_nothing_is_exported_and_a_run_has_no_trace_id(start_api, receiver):
