@@ -50,6 +50,7 @@ def run_lock_key(workflow_id: str) -> int:
 
 _TRY_LOCK = "SELECT pg_try_advisory_lock(%(k)s)"
 _UNLOCK = "SELECT pg_advisory_unlock(%(k)s)"
+_ALIVE = "SELECT 1"
 
 
 class RunLocks:
@@ -86,6 +87,19 @@ class RunLocks:
             except DBAPIError:  # the connection is gone, and the lock with it
                 log.warning("Workflow %s - run lock connection lost on release", workflow_id)
 
+    def keep(self) -> None:
+        """Make sure this process still holds its runs' locks (the housekeeping beat calls
+        this). A lock connection that dropped (the server restarted, or killed it) took them
+        with it, and recovery elsewhere would take those runs over as dead: the dead connection
+        is replaced, and the locks are taken again on the new one (`_connected`)."""
+        with self._mutex:
+            if not self.enabled or not self._held:
+                return
+            try:
+                self._execute(_ALIVE, None)
+            except DBAPIError:  # found dead and thrown away: this reconnects
+                self._execute(_ALIVE, None)
+
     def close(self) -> None:
         with self._mutex:
             self._held.clear()
@@ -93,20 +107,26 @@ class RunLocks:
                 self._connection.close()
                 self._connection = None
 
-    def _execute(self, statement: str, workflow_id: str) -> object:
-        if self._connection is None or self._connection.closed:
-            # AUTOCOMMIT: the connection holds locks for minutes, never an open transaction.
-            self._connection = self._db.engine.connect().execution_options(
-                isolation_level="AUTOCOMMIT"
-            )
+    def _execute(self, statement: str, workflow_id: str | None) -> object:
         try:
-            return self._connection.exec_driver_sql(
-                statement, {"k": run_lock_key(workflow_id)}
-            ).scalar()
+            key = {} if workflow_id is None else {"k": run_lock_key(workflow_id)}
+            return self._connected().exec_driver_sql(statement, key).scalar()
         except DBAPIError:
-            self._connection.invalidate()
-            self._connection = None
+            if self._connection is not None:
+                self._connection.invalidate()
+                self._connection = None
             raise
+
+    def _connected(self) -> Connection:
+        if self._connection is not None and not self._connection.closed:
+            return self._connection
+        # AUTOCOMMIT: the connection holds locks for minutes, never an open transaction.
+        self._connection = self._db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        for workflow_id in sorted(self._held):  # they went with the connection that is gone
+            key = {"k": run_lock_key(workflow_id)}
+            if not self._connection.exec_driver_sql(_TRY_LOCK, key).scalar():
+                log.warning("Workflow %s - its run lock was taken elsewhere meanwhile", workflow_id)
+        return self._connection
 
 
 def unheld(db: Database, workflow_ids: Sequence[str]) -> list[str]:

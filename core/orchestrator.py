@@ -423,6 +423,7 @@ class Orchestrator:
             try:
                 with self._lock:
                     active = list(self._active)
+                self.run_locks.keep()
                 with self.db.begin() as session:
                     workflows.heartbeat(session, active, self.runner_id)
                     if self.listed_as is not None:

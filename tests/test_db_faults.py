@@ -17,6 +17,7 @@ from core.auth import create_user
 from core.config import Settings
 from core.db import Database
 from core.executor import ThreadExecutor
+from core.liveness import run_lock_key
 from core.models import WorkflowStep
 from core.runtime import Runtime
 from core.schemas import parse_request
@@ -174,3 +175,40 @@ def test_killed_connections_and_a_short_outage_lose_no_run(
         interruptions=interruptions,
         taken_over=taken_over,
     )
+
+
+def lock_holder(observer: Database, workflow_id: str) -> int | None:
+    """The backend holding the run's lock (a bigint advisory lock shows in pg_locks as its high
+    and low 32 bits), or None."""
+    key = run_lock_key(workflow_id) & 0xFFFF_FFFF_FFFF_FFFF
+    with observer.read() as session:
+        return session.execute(
+            text(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND classid = CAST(:high AS oid) AND objid = CAST(:low AS oid)"
+                " AND objsubid = 1"
+            ),
+            {"high": key >> 32, "low": key & 0xFFFF_FFFF},
+        ).scalar()
+
+
+def test_a_runner_that_lost_its_lock_connection_takes_its_run_locks_again(
+    postgres_only_url, runtime, observer
+):
+    """Recovery in another process reads a free run lock as a dead runner and takes the run
+    over: a live runner whose lock connection was killed holds its locks again by its next
+    housekeeping beat, and its run goes on to the end."""
+    with runtime.db.begin() as session:
+        user = create_user(session, "locks@example.com", starting_credits=1000)
+    runtime.start_background()
+    workflow_id = runtime.start_workflow(user, parse_request(PAYLOAD))[0]
+    wait_for(lambda: lock_holder(observer, workflow_id) is not None)
+    killed = lock_holder(observer, workflow_id)
+
+    with server_admin(postgres_only_url) as admin:
+        admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": killed})
+    wait_for(lambda: lock_holder(observer, workflow_id) not in (None, killed))
+
+    wait_for(lambda: load(runtime, workflow_id).status.is_terminal, timeout_s=120)
+    view = load(runtime, workflow_id)
+    assert view.status is WorkflowStatus.COMPLETED and view.recoveries == 0
