@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, delete, func, select, text, update
+from sqlalchemy import Connection, delete, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -48,6 +48,7 @@ def run_lock_key(workflow_id: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+_LOCK = "SELECT pg_advisory_lock(%(k)s)"
 _TRY_LOCK = "SELECT pg_try_advisory_lock(%(k)s)"
 _UNLOCK = "SELECT pg_advisory_unlock(%(k)s)"
 _ALIVE = "SELECT 1"
@@ -138,8 +139,8 @@ def unheld(db: Database, workflow_ids: Sequence[str]) -> list[str]:
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         for workflow_id in workflow_ids:
             key = {"k": run_lock_key(workflow_id)}
-            if connection.execute(text("SELECT pg_try_advisory_lock(:k)"), key).scalar():
-                connection.execute(text("SELECT pg_advisory_unlock(:k)"), key)
+            if connection.exec_driver_sql(_TRY_LOCK, key).scalar():
+                connection.exec_driver_sql(_UNLOCK, key)
                 free.append(workflow_id)
     return free
 
@@ -154,15 +155,15 @@ def recovery_turn(db: Database, *, wait: bool) -> Iterator[bool]:
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         key = {"k": RECOVERY_LOCK_KEY}
         if wait:
-            connection.execute(text("SELECT pg_advisory_lock(:k)"), key)
+            connection.exec_driver_sql(_LOCK, key)
             got = True
         else:
-            got = bool(connection.execute(text("SELECT pg_try_advisory_lock(:k)"), key).scalar())
+            got = bool(connection.exec_driver_sql(_TRY_LOCK, key).scalar())
         try:
             yield got
         finally:
             if got:
-                connection.execute(text("SELECT pg_advisory_unlock(:k)"), key)
+                connection.exec_driver_sql(_UNLOCK, key)
 
 
 # -- runs in hand -------------------------------------------------------------------------------

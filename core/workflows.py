@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import (
@@ -295,7 +296,7 @@ def _start_in_one_statement(
     outcome = db.statements.run(lambda connection: run_start.start(connection, start))
     if outcome.created is not None:
         metrics.start_observed(request.video_model, run["cost_credits"])
-        view = _workflow_view(outcome.created, [_pending_step(step) for step in steps])
+        view = _workflow_view(outcome.created, [_step_view(SimpleNamespace(**s)) for s in steps])
         return Started(run["id"], created=True, view=view)
     if outcome.existing_id is not None:
         # Our own run when the statement was sent again after a lost connection.
@@ -338,6 +339,7 @@ def _new_run(
 
 
 def _new_steps(workflow_id: str) -> list[dict[str, Any]]:
+    """A new run's steps, every column as written (the view of the run is built from them)."""
     return [
         {
             "workflow_id": workflow_id,
@@ -348,28 +350,21 @@ def _new_steps(workflow_id: str) -> list[dict[str, Any]]:
             "message": "",
             "attempts": 0,
             "output": {},
+            **dict.fromkeys(_UNSET_STEP_COLUMNS),
         }
         for position, name in enumerate(STEP_ORDER)
     ]
 
 
-def _pending_step(row: dict[str, Any]) -> StepView:
-    """The view of a step `_new_steps` made."""
-    return StepView(
-        name=StepName(row["name"]),
-        position=row["position"],
-        status=StepStatus(row["status"]),
-        progress=row["progress"],
-        message=row["message"],
-        attempts=row["attempts"],
-        provider_request_id=None,
-        output=dict(row["output"]),
-        error_message=None,
-        error_category=None,
-        started_at=None,
-        finished_at=None,
-        deadline_at=None,
-    )
+_UNSET_STEP_COLUMNS = (
+    "provider_request_id",
+    "error_message",
+    "error_category",
+    "started_at",
+    "finished_at",
+    "deadline_at",
+    "worker_id",
+)
 
 
 def _create(
@@ -478,7 +473,7 @@ def _workflow_view(w: Workflow | Row[Any], steps: Sequence[StepView]) -> Workflo
     )
 
 
-def _step_view(s: WorkflowStep | Row[Any]) -> StepView:
+def _step_view(s: WorkflowStep | Row[Any] | SimpleNamespace) -> StepView:
     return StepView(
         name=StepName(s.name),
         position=s.position,
