@@ -44,23 +44,7 @@ from core.models import (
 )
 from core.run_events import EventKind, final_payload, run_payload, step_payload
 from core.states import StepStatus, WorkflowStatus, step_sources
-from core.workflows import ApiCallRecord, StepView, WorkflowView
-
-# The columns of a step a runner writes (the rest never change after creation).
-STEP_COLUMNS = (
-    "status",
-    "progress",
-    "message",
-    "attempts",
-    "provider_request_id",
-    "output",
-    "error_message",
-    "error_category",
-    "started_at",
-    "finished_at",
-    "deadline_at",
-    "worker_id",
-)
+from core.workflows import STEP_COLUMNS, ApiCallRecord, StepView, WorkflowView
 
 
 @dataclass(frozen=True)

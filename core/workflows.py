@@ -68,6 +68,22 @@ from core.states import (
     workflow_sources,
 )
 
+# The columns of a step that change as it runs (the others are set when its run is created).
+STEP_COLUMNS = (
+    "status",
+    "progress",
+    "message",
+    "attempts",
+    "provider_request_id",
+    "output",
+    "error_message",
+    "error_category",
+    "started_at",
+    "finished_at",
+    "deadline_at",
+    "worker_id",
+)
+
 
 @dataclass(frozen=True)
 class StepView:
@@ -342,6 +358,7 @@ def _new_steps(workflow_id: str) -> list[dict[str, Any]]:
     """A new run's steps, every column as written (the view of the run is built from them)."""
     return [
         {
+            **dict.fromkeys(STEP_COLUMNS),
             "workflow_id": workflow_id,
             "name": name.value,
             "position": position,
@@ -350,21 +367,9 @@ def _new_steps(workflow_id: str) -> list[dict[str, Any]]:
             "message": "",
             "attempts": 0,
             "output": {},
-            **dict.fromkeys(_UNSET_STEP_COLUMNS),
         }
         for position, name in enumerate(STEP_ORDER)
     ]
-
-
-_UNSET_STEP_COLUMNS = (
-    "provider_request_id",
-    "error_message",
-    "error_category",
-    "started_at",
-    "finished_at",
-    "deadline_at",
-    "worker_id",
-)
 
 
 def _create(
