@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -133,19 +133,49 @@ class Prepared:
 
         return cls(name, re.sub(r"%\((\w+)\)s", number, named_sql), tuple(params))
 
-    def run(self, connection: Connection, values: dict[str, Any], *, after: str = "") -> Row[Any]:
-        """EXECUTE it with `values`, after the statements `after` in the same round trip (and
-        the same implicit transaction), PREPAREing it first on a connection new to it."""
+    def run(
+        self,
+        connection: Connection,
+        values: dict[str, Any],
+        *,
+        before: str = "",
+        first: Sequence[Bound] = (),
+    ) -> Row[Any]:
+        """EXECUTE it with `values` and return its row. In the same round trip, and the same
+        implicit transaction, it comes after the plain SQL `before`, then after the prepared
+        statements `first` (each with its own values; their rows are not returned). Each is
+        PREPAREd first on a connection new to it."""
+        sql, parameters = [before], dict(values)
+        for n, earlier in enumerate(first):
+            prefix = f"first{n}_"
+            sql.append(earlier.statement.prepared_on(connection).execute_as(prefix) + ";")
+            parameters.update({prefix + k: v for k, v in earlier.values.items()})
+        sql.append(self.prepared_on(connection).execute)
+        return connection.exec_driver_sql("".join(sql), parameters).one()
+
+    def prepared_on(self, connection: Connection) -> Prepared:
         prepared = connection.connection.info.setdefault("reelforge_prepared", set())
         if self.name not in prepared:
             connection.exec_driver_sql(f"PREPARE {self.name} AS {self.sql}")
             prepared.add(self.name)
-        return connection.exec_driver_sql(after + self.execute, values).one()
+        return self
 
     @cached_property
     def execute(self) -> str:
-        arguments = ", ".join(f"%({param})s" for param in self.params)
+        return self.execute_as("")
+
+    def execute_as(self, prefix: str) -> str:
+        """The EXECUTE, taking each value from the parameter named `prefix` + its name."""
+        arguments = ", ".join(f"%({prefix}{param})s" for param in self.params)
         return f"EXECUTE {self.name}({arguments})"
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A prepared statement with the values to run it with."""
+
+    statement: Prepared
+    values: dict[str, Any]
 
 
 def json_text(value: Any) -> str:

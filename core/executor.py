@@ -9,8 +9,9 @@ executors are bound once to the function that runs a workflow (the orchestrator'
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from core.logs import run_context
@@ -24,7 +25,15 @@ class Executor(Protocol):
     def bind(self, job: Job) -> None:
         """The function that runs one workflow in this process (ignored by remote executors)."""
 
-    def submit(self, workflow_id: str) -> None: ...
+    def submit(self, workflow_id: str, *, reserved: bool = False) -> None:
+        """Run it; `reserved`: on the thread `reserve` kept for it."""
+
+    def reserve(self) -> bool:
+        """Keep a thread for a run about to be submitted, when one is free now (a local
+        executor); False when none is, or when runs execute elsewhere."""
+
+    def unreserve(self) -> None:
+        """Give back a thread `reserve` kept, for a run that will not be submitted."""
 
     def revoke(self, workflow_id: str) -> None:
         """Drop a run still waiting to start, where the executor can (a broker message)."""
@@ -61,10 +70,31 @@ class ThreadExecutor(_LocalExecutor):
 
     def __init__(self, max_workers: int) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="reelforge-run")
+        self._max_workers = max_workers
+        self._taken = 0  # runs submitted and not finished, and threads reserved
+        self._count = threading.Lock()
 
-    def submit(self, workflow_id: str) -> None:
+    def submit(self, workflow_id: str, *, reserved: bool = False) -> None:
+        if not reserved:
+            with self._count:
+                self._taken += 1
         future = self._pool.submit(_in_run_context, self._bound(), workflow_id)
-        future.add_done_callback(_log_crash)
+        future.add_done_callback(self._finished)
+
+    def reserve(self) -> bool:
+        with self._count:
+            if self._taken >= self._max_workers:
+                return False
+            self._taken += 1
+            return True
+
+    def unreserve(self) -> None:
+        with self._count:
+            self._taken -= 1
+
+    def _finished(self, future: Future[Any]) -> None:
+        self.unreserve()
+        _log_crash(future)
 
     def shutdown(self, *, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=True)
@@ -73,8 +103,14 @@ class ThreadExecutor(_LocalExecutor):
 class InlineExecutor(_LocalExecutor):
     """Runs each job at once in the caller's thread: tests and scripts that want no threads."""
 
-    def submit(self, workflow_id: str) -> None:
+    def submit(self, workflow_id: str, *, reserved: bool = False) -> None:
         _in_run_context(self._bound(), workflow_id)
+
+    def reserve(self) -> bool:
+        return True  # the caller's thread runs it as soon as it is submitted
+
+    def unreserve(self) -> None:
+        return None
 
     def shutdown(self, *, wait: bool = True) -> None:
         return None

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from core import liveness, logs, metrics, run_writes, telemetry, webhooks, workflows
 from core.clock import utcnow
 from core.config import Settings
-from core.db import Database, Statements
+from core.db import Bound, Database, Statements
 from core.errors import InvalidTransitionError, RunnerStoppingError
 from core.executor import Executor, ThreadExecutor
 from core.pipeline import STEPS, EndRun, NextStep, next_action
@@ -88,6 +89,9 @@ class Orchestrator:
         self._local: set[str] = set()  # submitted here and not finished yet
         self._active: set[str] = set()  # claimed by this runner right now
         self._created: dict[str, WorkflowView] = {}  # submitted with their view, not claimed yet
+        # Claimed with their start (claim_at_start), each with a thread of the executor kept
+        # for it, not handed to that thread yet.
+        self._claimed: dict[str, tuple[WorkflowView, HeldRun]] = {}
         self._housekeeper: threading.Thread | None = None
         self._shut_down = False
 
@@ -96,15 +100,46 @@ class Orchestrator:
     def submit(self, workflow_id: str, created: WorkflowView | None = None) -> None:
         """Hand a run to the executor (once: a run already waiting here is not queued twice).
         `created`: the run as its start just wrote it, which a runner here claims without
-        reading it back (the claim's fence checks it is still queued with its steps pending)."""
+        reading it back (the claim's fence checks it is still queued with its steps pending).
+        A run claimed with its start goes to the thread kept for it."""
         with self._lock:
-            if workflow_id in self._local or self.stopping.is_set():
+            reserved = workflow_id in self._claimed
+            if not reserved and (workflow_id in self._local or self.stopping.is_set()):
                 return
             if self.executor.runs_here:  # a remote run never comes back through run_workflow
                 self._local.add(workflow_id)
-                if created is not None:
+                if created is not None and not reserved:
                     self._created[workflow_id] = created
-        self.executor.submit(workflow_id)
+        self.executor.submit(workflow_id, reserved=reserved)
+
+    def claim_at_start(self, view: WorkflowView) -> _ClaimAtStart | None:
+        """core.workflows.RunsAtStart: when a thread of the executor is free now, keep it for
+        the new run `view` and take the run's lock, so the start can claim the run as it writes
+        it (the run must not show as running while it waits for a thread, and recovery must
+        not find it running with its lock free)."""
+        if self.stopping.is_set() or not self.executor.reserve():
+            return None
+        if not self.run_locks.acquire(view.id):
+            self.executor.unreserve()
+            return None
+        action = next_action(view, max_recoveries=self.settings.max_recoveries)
+        assert isinstance(action, NextStep)  # a new run: its first step
+        held = self._hold(view, started_at=utcnow())
+        first = self._started(view, action.step)
+        change = held.claim_change(
+            first, limit=self.settings.max_active_runs_per_user, recoveries=view.recoveries
+        )
+        return _ClaimAtStart(self, view, first, held, run_writes.claim_of_new_run(change))
+
+    def _settle_claim_at_start(self, offer: _ClaimAtStart, claimed: bool, cancel: bool) -> None:
+        if not claimed:
+            self.run_locks.release(offer.view.id)
+            self.executor.unreserve()
+            return
+        held = replace(offer.held, first_step_started=True)
+        view = self._claimed_view(offer.view, offer.first, held, cancel)
+        with self._lock:
+            self._claimed[view.id] = (view, held)
 
     def start(self) -> RecoveryReport:
         """Recover what a previous process left behind, then keep heartbeats and recovery going."""
@@ -189,15 +224,19 @@ class Orchestrator:
     def run_workflow(self, workflow_id: str) -> WorkflowStatus | None:
         """Run (or resume) one workflow to its end in this thread. Returns its final status, or
         None when another runner holds it or this runner is stopping."""
-        locked = False
+        with self._lock:
+            claimed = self._claimed.pop(workflow_id, None)
+        locked = claimed is not None  # claimed with its start, its lock taken then
         try:
-            # Before the claim: a process holding the lock is running the run (this may be a
-            # duplicate delivery of its message), and recovery sees a free lock as a dead runner.
-            locked = self.run_locks.acquire(workflow_id)
-            if not locked:
-                log.info("Workflow %s - already running elsewhere", workflow_id)
-                return None
-            claimed = self._claim(workflow_id)
+            if claimed is None:
+                # Before the claim: a process holding the lock is running the run (this may be
+                # a duplicate delivery of its message), and recovery sees a free lock as a dead
+                # runner.
+                locked = self.run_locks.acquire(workflow_id)
+                if not locked:
+                    log.info("Workflow %s - already running elsewhere", workflow_id)
+                    return None
+                claimed = self._claim(workflow_id)
             if claimed is None:
                 log.info(
                     "Workflow %s - not claimed: held, ended, or its user's slots full", workflow_id
@@ -259,7 +298,13 @@ class Orchestrator:
         if cancel is None:
             return None
         held = replace(held, first_step_started=True)
-        claimed = replace(
+        return self._claimed_view(view, first, held, cancel), held
+
+    def _claimed_view(
+        self, view: WorkflowView, first: StepView, held: HeldRun, cancel: bool
+    ) -> WorkflowView:
+        """The queued run `view` as its claim left it."""
+        return replace(
             _with_step(view, first),
             status=WorkflowStatus.RUNNING,
             runner_id=self.runner_id,
@@ -267,7 +312,6 @@ class Orchestrator:
             started_at=held.started_at,
             cancel_requested=cancel,
         )
-        return claimed, held
 
     def _take_over(self, workflow_id: str) -> tuple[WorkflowView, HeldRun] | None:
         stale_before = utcnow() - timedelta(seconds=self.settings.heartbeat_stale_s)
@@ -435,3 +479,22 @@ class Orchestrator:
                     next_recovery = time.monotonic() + self.settings.recovery_interval_s
             except Exception:  # noqa: BLE001 - a database blip must not kill the heartbeat
                 log.exception("Housekeeping pass failed; retrying at the next beat")
+
+
+@dataclass
+class _ClaimAtStart:
+    """core.workflows.ClaimOffer: a runner's claim of a new run, the thread and lock kept for
+    it until the start's round trip says whether it holds."""
+
+    orchestrator: Orchestrator
+    view: WorkflowView
+    first: StepView
+    held: HeldRun
+    statement: Bound
+
+    def settle(self, row: Row[Any] | None) -> bool:
+        outcome = None if row is None else run_writes.applied(row)
+        claimed = outcome is not None and outcome.written
+        cancel = outcome is not None and outcome.cancel_requested
+        self.orchestrator._settle_claim_at_start(self, claimed, cancel)
+        return claimed

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row
 
-from core.db import Prepared, json_text
+from core.db import Bound, Prepared, json_text
 
 START = Prepared.of(
     "reelforge_start",
@@ -74,7 +74,7 @@ event AS (
     INSERT INTO run_events (workflow_id, seq, kind, payload, created_at)
     SELECT run.id, 1, %(event_kind)s, CAST(%(event)s AS json), run.created_at FROM run
 )
-SELECT run.*, (SELECT id FROM existing) AS existing_id FROM (SELECT 1) AS one LEFT JOIN run ON true
+SELECT (SELECT id FROM run) AS created_id, (SELECT id FROM existing) AS existing_id
 """,
 )
 
@@ -98,29 +98,45 @@ class StartRequest:
 
 @dataclass(frozen=True)
 class StartOutcome:
-    created: Row[Any] | None  # the run's row as written
+    created: bool  # the statement wrote the run
     existing_id: str | None  # the run an earlier start with the same client key made
 
 
 def start(connection: Connection, request: StartRequest) -> StartOutcome:
     """Send the statement on an autocommit `connection` (its own transaction)."""
+    row = START.run(connection, _values(request))
+    return StartOutcome(created=row.created_id is not None, existing_id=row.existing_id)
+
+
+def start_then(connection: Connection, request: StartRequest, then: Bound) -> Row[Any]:
+    """Send the statement, then `then` in the same round trip and the same transaction (a
+    runner's claim of the new run, core.orchestrator); `then`'s row. `then` sees the run the
+    start wrote, and runs after the start's row locks are taken."""
+    return then.statement.run(connection, then.values, first=[Bound(START, _values(request))])
+
+
+def written(connection: Connection, workflow_id: str) -> bool:
+    """Whether the run exists: after start_then, whether its start wrote it."""
+    return connection.exec_driver_sql(_EXISTS, {"id": workflow_id}).scalar() is not None
+
+
+_EXISTS = "SELECT 1 FROM workflows WHERE id = %(id)s"
+
+
+def _values(request: StartRequest) -> dict[str, Any]:
     run, stored_costs = request.run, request.stored_costs
-    row = START.run(
-        connection,
-        {
-            "user_id": run["user_id"],
-            "client_key": run["client_key"],
-            "cost": run["cost_credits"],
-            "scopes": request.scopes,
-            "project_id": run["project_id"],
-            "costs_key": request.costs_key,
-            "stored_costs": None if stored_costs is None else json_text(stored_costs),
-            "run": json_text(run),
-            "steps": json_text(request.steps),
-            "actor": request.actor,
-            "reason": request.reason,
-            "event_kind": request.event_kind,
-            "event": json_text(request.event),
-        },
-    )
-    return StartOutcome(created=row if row.id is not None else None, existing_id=row.existing_id)
+    return {
+        "user_id": run["user_id"],
+        "client_key": run["client_key"],
+        "cost": run["cost_credits"],
+        "scopes": request.scopes,
+        "project_id": run["project_id"],
+        "costs_key": request.costs_key,
+        "stored_costs": None if stored_costs is None else json_text(stored_costs),
+        "run": json_text(run),
+        "steps": json_text(request.steps),
+        "actor": request.actor,
+        "reason": request.reason,
+        "event_kind": request.event_kind,
+        "event": json_text(request.event),
+    }

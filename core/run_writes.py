@@ -26,12 +26,12 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 from sqlalchemy.dialects import sqlite
 
 from core import inbox, webhooks
 from core.clock import utcnow
-from core.db import Prepared, Statements, json_text
+from core.db import Bound, Prepared, Statements, json_text
 from core.errors import InvalidTransitionError
 from core.models import (
     ApiCall,
@@ -214,13 +214,23 @@ def cancel_requested(connection: Connection, workflow_id: str) -> bool:
     return bool(connection.execute(_CANCEL_FLAG, {"workflow_id": workflow_id}).scalar())
 
 
+def claim_of_new_run(change: StateChange) -> Bound:
+    """A claim to send right after the run's start, in its round trip (Postgres): the start's
+    own writes already hold the user's row, so the claim's row locks are not needed."""
+    assert change.claim_limit is not None
+    return Bound(_CLAIM, _parameters(change))
+
+
+def applied(row: Row[Any]) -> Applied:
+    """What the statement's row says of its change."""
+    return Applied(written=bool(row.written), cancel_requested=bool(row.cancel_requested))
+
+
 def _apply_in_one_statement(connection: Connection, change: StateChange) -> Applied:
     values = _parameters(change)
     if change.claim_limit is None:
-        row = _APPLY.run(connection, values)
-    else:
-        row = _CLAIM.run(connection, values, after=_CLAIM_LOCKS)
-    return Applied(written=bool(row.written), cancel_requested=bool(row.cancel_requested))
+        return applied(_APPLY.run(connection, values))
+    return applied(_CLAIM.run(connection, values, before=_CLAIM_LOCKS))
 
 
 def _parameters(change: StateChange) -> dict[str, Any]:
@@ -425,6 +435,11 @@ class HeldRun:
     def claim(self, first: StepView, *, limit: int, recoveries: int) -> bool | None:
         """Take the queued run and start its first step: the run's cancel flag, or None when
         the run was not queued any more or its user has `limit` runs running."""
+        applied = self.writer.apply(self.claim_change(first, limit=limit, recoveries=recoveries))
+        return applied.cancel_requested if applied.written else None
+
+    def claim_change(self, first: StepView, *, limit: int, recoveries: int) -> StateChange:
+        """The claim as a change: the run running, its first step started."""
         now = utcnow()
         change = self._change(
             now,
@@ -438,8 +453,7 @@ class HeldRun:
                 *self._webhook(now, "step", _step_state(first)),
             ),
         )
-        applied = self.writer.apply(replace(change, claim_limit=limit, user_id=self.user_id))
-        return applied.cancel_requested if applied.written else None
+        return replace(change, claim_limit=limit, user_id=self.user_id)
 
     def progress(self, step: StepView, calls: Sequence[ApiCallRecord] = ()) -> bool:
         """The step, still processing, as it now stands (progress, message, provider job)."""

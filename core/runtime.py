@@ -145,6 +145,7 @@ class Runtime:
                 global_webhook_url=self.settings.webhook_url,
                 still=StillChoice(self.still_fingerprint(request), reuse_still),
                 idempotency_key=idempotency_key,
+                runs_here=self.orchestrator,
             )
             telemetry.started(span, started.workflow_id, created=started.created)
             if started.created:

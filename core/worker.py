@@ -99,13 +99,19 @@ class CeleryExecutor:
     def bind(self, job: Any) -> None:
         return None  # the workers run their own orchestrator's run_workflow
 
-    def submit(self, workflow_id: str) -> None:
+    def submit(self, workflow_id: str, *, reserved: bool = False) -> None:
         try:
             self._app.send_task(TASK_NAME, args=[workflow_id], task_id=workflow_id, queue=QUEUE)
         except OperationalError as exc:
             # The run is in the database, queued and paid for: recovery sends it again once
             # Redis answers. The user's start must not fail for a lost nudge.
             log.error("Workflow %s - broker unavailable, left for recovery: %s", workflow_id, exc)
+
+    def reserve(self) -> bool:
+        return False  # the run goes through the broker to a worker's own runner
+
+    def unreserve(self) -> None:
+        return None
 
     def revoke(self, workflow_id: str) -> None:
         # Workers drop a revoked message when it reaches them; one already running is stopped

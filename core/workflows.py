@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     Connection,
@@ -39,7 +39,7 @@ from core import (
     webhooks,
 )
 from core.auth import UserView
-from core.db import Database
+from core.db import Bound, Database
 from core.errors import (
     FailureCategory,
     InvalidTransitionError,
@@ -228,6 +228,25 @@ class Started:
     view: WorkflowView | None = None
 
 
+class ClaimOffer(Protocol):
+    """A runner's claim of a new run, sent in its start's round trip (core.orchestrator)."""
+
+    statement: Bound
+
+    def settle(self, row: Row[Any] | None) -> bool:
+        """The claim's row after the round trip (None: the round trip failed); whether the run
+        is now held by the runner. Called exactly once."""
+
+
+class RunsAtStart(Protocol):
+    """A process that can run a new run at once: its runner claims the run in the start's
+    round trip, so the run is running when the start returns, without a round trip of its own."""
+
+    def claim_at_start(self, view: WorkflowView) -> ClaimOffer | None:
+        """The claim of `view` (the run as its start writes it); None when no runner here is
+        free to run it now (it then starts queued)."""
+
+
 def start_workflow(
     db: Database,
     *,
@@ -239,13 +258,15 @@ def start_workflow(
     still: StillChoice = StillChoice(),  # noqa: B008 - frozen, so one shared default is safe
     idempotency_key: str | None = None,
     now: datetime | None = None,
+    runs_here: RunsAtStart | None = None,
 ) -> Started:
     """Create a workflow and reserve its credits in one transaction.
 
     The same (user, client_key) always yields the same workflow: a double click or a retried
     call creates one run and one charge, even when both requests race. `global_webhook_url`
     (the installation's WEBHOOK_URL) will hear every event of the run. An API client's
-    `idempotency_key` does the same for core.idempotency.WINDOW after `now`.
+    `idempotency_key` does the same for core.idempotency.WINDOW after `now`. With
+    `runs_here`, a common start (below) is claimed by a runner of this process as it is written.
     """
     now = now or utcnow()
 
@@ -258,7 +279,14 @@ def start_workflow(
     try:
         if db.dialect == "postgresql" and idempotency_key is None and not still.reuse:
             started = _start_in_one_statement(
-                db, user_id, request, client_key, actor, global_webhook_url, still.fingerprint
+                db,
+                user_id,
+                request,
+                client_key,
+                actor,
+                global_webhook_url,
+                still.fingerprint,
+                runs_here,
             )
             if started is not None:
                 return started
@@ -288,20 +316,21 @@ def _start_in_one_statement(
     actor: str,
     global_webhook_url: str | None,
     fingerprint: str | None,
+    runs_here: RunsAtStart | None,
 ) -> Started | None:
     """The common start as one statement, priced with the costs this process read last; None
     when it does not apply (no costs read yet, a budget, a refusal, costs changed since): the
-    full start then decides, and words any refusal."""
+    full start then decides, and words any refusal. A runner of `runs_here` free now claims
+    the run in the same round trip."""
     seen = credits.costs_last_read()
     if seen is None:
         return None
     run = _new_run(user_id, request, client_key, global_webhook_url, fingerprint, seen.costs)
     steps = _new_steps(run["id"])
-    scopes = [scope.key for scope in budgets.scopes_of(user_id, request.project_id)]
     start = run_start.StartRequest(
         run=run,
         steps=steps,
-        scopes=scopes,
+        scopes=[scope.key for scope in budgets.scopes_of(user_id, request.project_id)],
         costs_key=credits.COSTS_SETTING_KEY,
         stored_costs=seen.stored,
         actor=actor,
@@ -309,15 +338,61 @@ def _start_in_one_statement(
         event_kind=EventKind.RUN.value,
         event=run_payload(WorkflowStatus.QUEUED),
     )
-    outcome = db.statements.run(lambda connection: run_start.start(connection, start))
-    if outcome.created is not None:
+    view = _queued_view(run, request, steps)
+    claim = runs_here.claim_at_start(view) if runs_here is not None else None
+    if claim is None:
+        outcome = db.statements.run(lambda connection: run_start.start(connection, start))
+        written, existing_id = outcome.created, outcome.existing_id
+    else:
+        written, existing_id = _start_claimed(db, start, claim), None
+    if written:
         metrics.start_observed(request.video_model, run["cost_credits"])
-        view = _workflow_view(outcome.created, [_step_view(SimpleNamespace(**s)) for s in steps])
         return Started(run["id"], created=True, view=view)
-    if outcome.existing_id is not None:
+    if existing_id is not None:
         # Our own run when the statement was sent again after a lost connection.
-        return Started(outcome.existing_id, created=outcome.existing_id == run["id"])
+        return Started(existing_id, created=existing_id == run["id"])
     return None
+
+
+def _start_claimed(db: Database, start: run_start.StartRequest, claim: ClaimOffer) -> bool:
+    """Send the start with the claim; whether the start wrote the run (claimed or not: the
+    claim is refused when the user already has their limit of runs running)."""
+    row = None
+    try:
+        row = db.statements.run(lambda c: run_start.start_then(c, start, claim.statement))
+    finally:
+        claimed = claim.settle(row)
+    if claimed:
+        return True
+    workflow_id = start.run["id"]
+    return db.statements.run(lambda connection: run_start.written(connection, workflow_id))
+
+
+def _queued_view(
+    run: dict[str, Any], request: WorkflowRequest, steps: list[dict[str, Any]]
+) -> WorkflowView:
+    """The run as the one-statement start writes it: `run`'s columns, the rest as created."""
+    return WorkflowView(
+        id=run["id"],
+        user_id=run["user_id"],
+        project_id=run["project_id"],
+        status=WorkflowStatus.QUEUED,
+        request=request,
+        cost_credits=run["cost_credits"],
+        cancel_requested=False,
+        runner_id=None,
+        heartbeat_at=None,
+        recoveries=0,
+        error_message=None,
+        error_category=None,
+        created_at=run["created_at"],
+        started_at=None,
+        finished_at=None,
+        steps=tuple(_step_view(SimpleNamespace(**step)) for step in steps),
+        global_webhook_url=run["global_webhook_url"],
+        trace_id=run["trace_id"],
+        traceparent=run["traceparent"],
+    )
 
 
 def _by_client_key(session: Session, user_id: int, client_key: str) -> str | None:

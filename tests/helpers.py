@@ -110,7 +110,13 @@ class ParkedExecutor:
     def bind(self, job: Callable[[str], object]) -> None:
         pass
 
-    def submit(self, workflow_id: str) -> None:
+    def submit(self, workflow_id: str, *, reserved: bool = False) -> None:
+        pass
+
+    def reserve(self) -> bool:
+        return False  # nothing here runs a run: a start leaves it queued
+
+    def unreserve(self) -> None:
         pass
 
     def revoke(self, workflow_id: str) -> None:

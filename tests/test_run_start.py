@@ -4,17 +4,26 @@ refusal."""
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import event, select, update
 
-from core import budgets, credits, workflows
+from core import budgets, credits, liveness, workflows
 from core.auth import UserView, create_user
+from core.config import Settings
 from core.db import Database
 from core.errors import BudgetExceededError, InsufficientCreditsError, PermissionDeniedError
+from core.executor import ThreadExecutor
 from core.models import CreditTransaction, RunEvent, User, Workflow, WorkflowStep
+from core.providers import build_providers
+from core.runtime import Runtime
 from core.schemas import parse_request
+from core.states import StepName, StepStatus, WorkflowStatus
+from tests.helpers import balance, load, wait_for
 
 REQUEST = parse_request({"imagePrompt": "a fox", "videoPrompt": "dolly in"})
 COST = credits.cost_of(REQUEST, credits.DEFAULT_CREDIT_COSTS)
@@ -152,3 +161,99 @@ def test_a_start_its_fences_refuse_is_refused_by_the_full_start_with_nothing_wri
     assert len(one_statement_starts) == 1  # tried, fenced out, then the full start refused
     with db.read() as session:
         assert session.scalars(select(Workflow.id).where(Workflow.user_id == user.id)).all() == []
+
+
+# -- a runner of this process claims the run in its start's round trip ------------------------
+
+
+class GatedModerator:
+    """The offline moderator, holding each run in its first step until the gate opens."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner, self.name = inner, inner.name
+        self.gate, self.entered = threading.Event(), threading.Semaphore(0)
+
+    def moderate(self, texts: list[str]) -> Any:
+        self.entered.release()
+        assert self.gate.wait(timeout=30)
+        return self._inner.moderate(texts)
+
+
+@pytest.fixture
+def limit() -> int:
+    """A user's runs running at once (a test parametrizes it to change it)."""
+    return 2
+
+
+@pytest.fixture
+def gated(settings: Settings, costs_read, limit: int) -> Iterator[tuple[Runtime, GatedModerator]]:
+    """A runtime with two run threads whose runs wait in their first step for the gate."""
+    providers = build_providers(settings)
+    moderator = GatedModerator(providers.moderator)
+    runtime = Runtime(
+        settings.model_copy(update={"max_active_runs_per_user": limit}),
+        upgrade=False,
+        executor=ThreadExecutor(2),
+        providers=dataclasses.replace(providers, moderator=moderator),
+    )
+    yield runtime, moderator
+    moderator.gate.set()
+    runtime.shutdown()
+
+
+def claims_sent_with_starts(runtime: Runtime) -> list[str]:
+    sent: list[str] = []
+
+    @event.listens_for(runtime.db.statements.engine, "before_cursor_execute")
+    def seen(conn, cursor, statement: str, *args: Any) -> None:
+        if statement.startswith("EXECUTE reelforge_start") and "reelforge_claim" in statement:
+            sent.append(statement)
+
+    return sent
+
+
+def test_a_free_runner_claims_the_run_in_its_starts_round_trip(gated, make_user):
+    runtime, moderator = gated
+    claims = claims_sent_with_starts(runtime)
+    workflow_id, created = runtime.start_workflow(make_user(), REQUEST)
+
+    # Running as the start returns, its lock held: no moment queued, none with a free lock.
+    run = load(runtime, workflow_id)
+    assert created and len(claims) == 1
+    assert (run.status, run.runner_id) == (WorkflowStatus.RUNNING, runtime.orchestrator.runner_id)
+    assert run.step(StepName.VALIDATE).status is StepStatus.PROCESSING
+    assert liveness.unheld(runtime.db, [workflow_id]) == []
+    moderator.gate.set()
+    wait_for(lambda: load(runtime, workflow_id).status is WorkflowStatus.COMPLETED)
+
+
+def test_a_run_that_must_wait_for_a_thread_starts_queued(gated, make_user):
+    runtime, moderator = gated
+    user = make_user(credits=1000)
+    busy = [runtime.start_workflow(user, REQUEST)[0] for _ in range(2)]
+    for _ in busy:
+        assert moderator.entered.acquire(timeout=30)  # both threads taken
+    claims = claims_sent_with_starts(runtime)
+
+    waiting, _ = runtime.start_workflow(user, REQUEST)
+    assert claims == [] and load(runtime, waiting).status is WorkflowStatus.QUEUED
+    moderator.gate.set()
+    for workflow_id in [*busy, waiting]:
+        wait_for(lambda w=workflow_id: load(runtime, w).status is WorkflowStatus.COMPLETED)
+
+
+@pytest.mark.parametrize("limit", [1])
+def test_a_claim_its_users_limit_refuses_leaves_the_run_queued_and_its_lock_free(gated, make_user):
+    runtime, moderator = gated
+    user = make_user(credits=1000)
+    first, _ = runtime.start_workflow(user, REQUEST)
+    claims = claims_sent_with_starts(runtime)
+
+    second, created = runtime.start_workflow(user, REQUEST)  # a thread is free, the user is not
+    assert created and len(claims) == 1
+    assert load(runtime, second).status is WorkflowStatus.QUEUED
+    assert liveness.unheld(runtime.db, [second]) == [second]
+    moderator.gate.set()
+    for workflow_id in (first, second):  # the second goes once the first frees its slot
+        wait_for(lambda w=workflow_id: load(runtime, w).status is WorkflowStatus.COMPLETED)
+    assert balance(runtime, user) == 1000 - 2 * COST
