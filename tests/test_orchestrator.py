@@ -431,6 +431,35 @@ def test_a_stored_file_that_cannot_be_read_back_fails_verification_and_refunds(s
     assert balance(runtime, user) == 100
 
 
+class BitRot:
+    """Local storage whose stored file `rotten` (not its staged copy) comes back with one byte
+    changed: same size, other bytes."""
+
+    def __init__(self, inner, rotten: str) -> None:
+        self._inner, self.name, self.rotten = inner, inner.name, rotten
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def get(self, key: str) -> bytes:
+        data = self._inner.get(key)
+        stored = key.endswith(f"/{self.rotten}") and "/staging/" not in key
+        return bytes([data[0] ^ 1]) + data[1:] if stored else data
+
+
+@pytest.mark.parametrize("rotten", ["image.png", "video.mp4"])
+def test_a_stored_file_read_back_changed_fails_verification_and_refunds(settings, user, rotten):
+    storage = BitRot(build_providers(settings).storage, rotten)
+    runtime = engine(settings, with_providers(settings, storage=storage))
+    workflow_id, _ = runtime.start_workflow(user, parse_request(SHORT))
+
+    view = load(runtime, workflow_id)
+    assert (view.status, view.error_category) == (WorkflowStatus.FAILED, "verification")
+    assert f"{rotten} does not match its checksum" in view.error_message
+    assert view.step(StepName.FINALIZE).status is StepStatus.FAILED
+    assert balance(runtime, user) == 100
+
+
 def test_a_running_workflow_beats_its_heartbeat(settings, user):
     beating = settings.model_copy(update={"heartbeat_interval_s": 0.05})
     video = Spy(build_providers(settings).video, status=itertools.repeat(STUCK))
