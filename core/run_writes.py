@@ -7,7 +7,8 @@ the events of the run's log, and the provider calls, assets, webhook deliveries 
 that go with it. `RunWriter.apply` writes such a StateChange:
 
 - on Postgres as ONE statement, its own transaction (data-modifying CTEs; a claim adds two row
-  locks in front, sent in the same round trip). Every write in it hangs on the fence: the run
+  locks in front, sent in the same round trip; a new run's claim rides on its start's round
+  trip instead, `claim_of_new_run`). Every write in it hangs on the fence: the run
   still held by this runner (or, for a claim, still queued with its user under their limit of
   running runs) and every step in a state its transition allows. A change that loses its fence
   writes nothing at all.
