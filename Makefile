@@ -94,7 +94,11 @@ MUTANT_FUNCTIONS := core.credits.x__apply core.credits.x_grant core.credits.x_ad
 	core.credits.x_reserve core.credits.x_refund core.workflows.x_claim \
 	core.workflows.x_heartbeat core.workflows.x_release core.workflows.x__move_run \
 	core.run_writes.x_apply_on core.run_writes.x__apply_in_one_statement core.run_writes.x__parameters \
-	core.run_writes.x__step_row core.states.x_step_sources core.states.x_workflow_sources
+	core.run_writes.x__step_row core.run_writes.x_claim_of_new_run core.run_writes.x_applied \
+	core.run_start.x_start core.run_start.x_start_then core.run_start.x_written \
+	core.run_start.x__values core.workflows.x__start_in_one_statement \
+	core.workflows.x__start_claimed core.workflows.x__queued_view \
+	core.states.x_step_sources core.states.x_workflow_sources
 mutants: install
 	@test -n "$$TEST_DATABASE_URL" || { echo "make mutants runs on Postgres: set TEST_DATABASE_URL"; exit 1; }
 	REQUIRE_POSTGRES=1 $(VENV)/bin/mutmut run --max-children 2 $(foreach f,$(MUTANT_FUNCTIONS),'$(f)__mutmut_*')
