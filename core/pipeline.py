@@ -257,11 +257,30 @@ def generate_image(ctx: StepContext) -> dict[str, Any]:
 
 
 def _stage_image(ctx: StepContext, data: bytes, content_type: str) -> dict[str, Any]:
-    """Park the still under the run's staging key (upload_image stores it for good)."""
+    """Check the still decodes, and park it under the run's staging key (upload_image stores
+    it for good with a copy inside storage); its checksum and size are taken here, once."""
+    probe = _probe_still(data)
     storage, key = ctx.providers.storage, storage_key(ctx.workflow, "staging/image.png")
     ctx.report(80, "keeping the image")
+    checksum = sha256_meanwhile(data)
     ctx.call("put", lambda: storage.put(key, data, content_type), provider=storage.name)
-    return {"staging_key": key, "content_type": content_type, "size_bytes": len(data)}
+    return {
+        "staging_key": key,
+        "content_type": content_type,
+        "size_bytes": len(data),
+        "sha256": checksum.result(),
+        "width": probe.width,
+        "height": probe.height,
+    }
+
+
+def _probe_still(data: bytes) -> media.ImageProbe:
+    try:
+        return media.probe_image(data)
+    except ValueError as exc:
+        raise StepFailedError(
+            f"The image model returned an unreadable image: {exc}", FailureCategory.VERIFICATION
+        ) from exc
 
 
 def _reuse_still(ctx: StepContext, source_id: str, spec: ImageSpec) -> dict[str, Any] | None:
@@ -308,25 +327,26 @@ def _intact(ctx: StepContext, still: reuse.StoredStill) -> bytes | None:
 
 
 def upload_image(ctx: StepContext) -> dict[str, Any]:
-    """Check the image decodes, store it under its final key and record the asset."""
+    """Store the staged still under its final key, a copy inside storage (on S3 the bytes
+    never leave it), and record the asset; finalize reads it back against the checksum
+    generate_image took."""
     staged = ctx.output_of(StepName.GENERATE_IMAGE)
-    storage = ctx.providers.storage
-    data = ctx.call("get", lambda: storage.get(staged["staging_key"]), provider=storage.name)
-    try:
-        probe = media.probe_image(data)
-    except ValueError as exc:
-        raise StepFailedError(
-            f"The image model returned an unreadable image: {exc}", FailureCategory.VERIFICATION
-        ) from exc
+    storage, key = ctx.providers.storage, storage_key(ctx.workflow, "image.png")
+    if "sha256" not in staged:  # staged by a version that checked the still here instead
+        data = ctx.call("get", lambda: storage.get(staged["staging_key"]), provider=storage.name)
+        probe = _probe_still(data)
+        staged = {**staged, "sha256": sha256(data), "width": probe.width, "height": probe.height}
     ctx.report(50, "storing the image")
-    return _store(
+    ctx.call("copy", lambda: storage.copy(staged["staging_key"], key), provider=storage.name)
+    return _record_asset(
         ctx,
         "image",
-        "image.png",
-        data,
+        key,
         staged["content_type"],
-        width=probe.width,
-        height=probe.height,
+        staged["sha256"],
+        staged["size_bytes"],
+        width=staged["width"],
+        height=staged["height"],
     )
 
 
@@ -454,16 +474,28 @@ def _store(
     storage, key = ctx.providers.storage, storage_key(ctx.workflow, name)
     checksum = sha256_meanwhile(data)
     ctx.call("put", lambda: storage.put(key, data, content_type), provider=storage.name)
-    digest = checksum.result()
+    return _record_asset(ctx, kind, key, content_type, checksum.result(), len(data), **dimensions)
+
+
+def _record_asset(
+    ctx: StepContext,
+    kind: str,
+    key: str,
+    content_type: str,
+    digest: str,
+    size: int,
+    **dimensions: Any,
+) -> dict[str, Any]:
+    """Record a stored file's asset row; returns the step output finalize checks it against."""
     ctx.add_asset(
         kind=kind,
         storage_key=key,
         content_type=content_type,
-        size_bytes=len(data),
+        size_bytes=size,
         sha256=digest,
         **dimensions,
     )
-    return {"storage_key": key, "sha256": digest, "size_bytes": len(data), **dimensions}
+    return {"storage_key": key, "sha256": digest, "size_bytes": size, **dimensions}
 
 
 def _probe_video(data: bytes) -> media.VideoProbe:
@@ -547,7 +579,7 @@ Capability = Literal["moderator", "image", "video", "storage"]
 STEP_CALLS: dict[StepName, tuple[tuple[Capability, str], ...]] = {
     StepName.VALIDATE: (("moderator", "moderate"),),
     StepName.GENERATE_IMAGE: (("image", "generate"), ("storage", "put")),
-    StepName.UPLOAD_IMAGE: (("storage", "get"), ("storage", "put")),
+    StepName.UPLOAD_IMAGE: (("storage", "copy"),),
     StepName.GENERATE_VIDEO: (("video", "submit"), ("video", "status"), ("video", "result")),
     StepName.UPLOAD_VIDEO: (("video", "download"), ("storage", "put")),
     StepName.FINALIZE: (

@@ -4,6 +4,7 @@ permanent failures, cancel, deadlines, crash and resume, recovery, throttling, l
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import logging
 
@@ -25,7 +26,7 @@ from core.errors import (
 )
 from core.executor import InlineExecutor, ThreadExecutor
 from core.media import probe_image, probe_video
-from core.models import ApiCall, Workflow
+from core.models import ApiCall, Workflow, WorkflowStep
 from core.pipeline import STEP_CALLS
 from core.progress import VideoJobProgress
 from core.providers import build_providers
@@ -324,6 +325,33 @@ def test_a_run_killed_after_upload_image_resumes_without_a_second_image(settings
     assert image.calls["generate"] == 1
     assert view.recoveries == 1
     assert refunds(fresh, workflow_id) == []
+
+
+def test_a_still_staged_without_its_checksum_is_checked_when_stored(settings, user):
+    """A run whose still an earlier version staged (it took no checksum then), resumed at
+    upload_image: the still is read, checked and hashed there, then stored."""
+    dying_storage = Spy(build_providers(settings).storage, copy=[Crash()])
+    crashed = engine(settings, with_providers(settings, storage=dying_storage))
+    with pytest.raises(Crash):
+        crashed.start_workflow(user, parse_request(SHORT))
+    crashed.db.dispose()
+    fresh = engine(settings.model_copy(update={"heartbeat_stale_s": 0.05}))
+    with fresh.db.begin() as session:
+        step = session.execute(
+            select(WorkflowStep).where(WorkflowStep.name == StepName.GENERATE_IMAGE.value)
+        ).scalar_one()
+        step.output = {
+            k: v for k, v in step.output.items() if k not in ("sha256", "width", "height")
+        }
+    wait_for(lambda: fresh.orchestrator.recover().resubmitted != [])
+
+    view = load(fresh, step.workflow_id)
+    assert view.status is WorkflowStatus.COMPLETED
+    stored = view.step(StepName.UPLOAD_IMAGE).output
+    still = fresh.providers.storage.get(stored["storage_key"])
+    assert stored["sha256"] == hashlib.sha256(still).hexdigest()
+    probe = probe_image(still)
+    assert (stored["width"], stored["height"]) == (probe.width, probe.height)
 
 
 def test_a_resumed_video_step_reattaches_to_the_job_already_paid_for(settings, user):

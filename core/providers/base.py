@@ -142,6 +142,11 @@ class Storage(Protocol):
         """Size and type of a stored object, or None when it does not exist."""
         ...
 
+    def copy(self, source_key: str, key: str) -> None:
+        """Store under `key` the object at `source_key`, bytes and content type, without the
+        bytes coming through here (a server-side copy on S3)."""
+        ...
+
     def delete(self, key: str) -> None: ...
 
     def url(self, key: str, *, expires_s: int) -> str:

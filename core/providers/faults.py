@@ -128,6 +128,10 @@ class FaultyStorage(_Faulty[Storage]):
     def head(self, key: str) -> StoredObject | None:
         return self.inner.head(key)
 
+    def copy(self, source_key: str, key: str) -> None:
+        self.injector.inject("storage.copy")
+        self.inner.copy(source_key, key)
+
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 

@@ -9,6 +9,7 @@ import math
 import mimetypes
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -279,6 +280,16 @@ class LocalStorage:
             content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return StoredObject(key=key, size=size, content_type=content_type)
 
+    def copy(self, source_key: str, key: str) -> None:
+        """A hard link (a stored file is never changed in place: a put writes a new file and
+        renames it over the old), so the copy costs no bytes; a copy of the bytes where the
+        file system has no hard links."""
+        source, path = self._path(source_key), self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _link_atomic(source, path)
+        if _sidecar(source).exists():
+            _link_atomic(_sidecar(source), _sidecar(path))
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         path.unlink(missing_ok=True)
@@ -320,6 +331,23 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _link_atomic(source: Path, path: Path) -> None:
+    """`path` becomes `source`'s file (readers see the old file or the new one, as with
+    _write_atomic); its bytes are copied only where a hard link is refused."""
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        try:
+            os.link(source, temp)
+        except FileNotFoundError:
+            raise
+        except OSError:  # no hard links here (some network and FAT file systems)
+            shutil.copyfile(source, temp)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
         raise
 
 

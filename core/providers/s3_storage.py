@@ -137,6 +137,17 @@ class S3Storage:
             content_type=response.get("ContentType") or "application/octet-stream",
         )
 
+    def copy(self, source_key: str, key: str) -> None:
+        # CopyObject keeps the source's metadata, its content type included (MetadataDirective
+        # COPY), and copies inside S3: the bytes never leave it.
+        self._call(
+            "copy",
+            key,
+            lambda: self._s3().copy_object(
+                Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key}
+            ),
+        )
+
     def delete(self, key: str) -> None:
         # S3 answers 204 for a key that is not there, so deleting twice is fine.
         self._call("delete", key, lambda: self._s3().delete_object(Bucket=self.bucket, Key=key))

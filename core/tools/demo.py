@@ -831,6 +831,7 @@ CALL_MEDIAN_MS = {
     "generate": 14_000.0,  # a standard image; slower options scale it
     "put": 300.0,
     "get": 120.0,
+    "copy": 150.0,  # inside S3: the still never leaves it
     "submit": 450.0,
     "status": 180.0,
     "result": 300.0,

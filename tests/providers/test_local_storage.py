@@ -62,6 +62,38 @@ def test_delete_removes_the_object_and_its_metadata(storage: LocalStorage, tmp_p
     assert [p for p in (tmp_path / "storage").rglob("*") if p.is_file()] == []
 
 
+def test_a_copy_has_the_bytes_and_type_and_outlives_its_source(storage: LocalStorage) -> None:
+    storage.put("staging/still.bin", b"png bytes", "image/png")
+
+    storage.copy("staging/still.bin", KEY)
+    storage.delete("staging/still.bin")
+
+    assert storage.get(KEY) == b"png bytes"
+    assert storage.head(KEY) == StoredObject(key=KEY, size=9, content_type="image/png")
+
+
+def test_a_copy_over_an_object_replaces_it_and_a_later_put_of_the_source_does_not_reach_it(
+    storage: LocalStorage, tmp_path: Path
+) -> None:
+    storage.put("staging/still.png", b"first", "image/png")
+    storage.put(KEY, b"older", "image/png")
+
+    storage.copy("staging/still.png", KEY)
+    storage.put("staging/still.png", b"second", "image/png")  # a new file, not the linked one
+
+    assert storage.get(KEY) == b"first"
+    assert not [p for p in (tmp_path / "storage").rglob("*.tmp")]
+
+
+def test_a_copy_of_a_missing_object_fails_and_writes_nothing(
+    storage: LocalStorage, tmp_path: Path
+) -> None:
+    with pytest.raises(FileNotFoundError):
+        storage.copy("staging/none.png", KEY)
+    assert storage.head(KEY) is None
+    assert [p for p in (tmp_path / "storage").rglob("*") if p.is_file()] == []
+
+
 def test_the_url_is_a_file_uri_of_the_object(storage: LocalStorage) -> None:
     storage.put("a dir/clip #1.mp4", b"video", "video/mp4")
 

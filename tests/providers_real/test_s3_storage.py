@@ -28,6 +28,23 @@ def test_put_head_get_roundtrip_keeps_the_content_type(s3_twin):
     assert stored["ContentType"] == "image/png"
 
 
+def test_a_copy_inside_the_bucket_keeps_the_bytes_and_the_content_type(s3_twin):
+    store = storage(s3_twin)
+    store.put("runs/1/staging/still.png", b"\x89PNG fake", "image/png")
+
+    store.copy("runs/1/staging/still.png", "runs/1/still.png")
+    store.delete("runs/1/staging/still.png")
+
+    assert store.head("runs/1/still.png") == StoredObject("runs/1/still.png", 9, "image/png")
+    assert store.get("runs/1/still.png") == b"\x89PNG fake"
+
+
+def test_a_copy_of_a_missing_key_is_a_permanent_storage_error(s3_twin):
+    with pytest.raises(PermanentProviderError) as caught:
+        storage(s3_twin).copy("runs/1/staging/none.png", "runs/1/still.png")
+    assert caught.value.category is FailureCategory.STORAGE
+
+
 def test_head_of_a_missing_key_is_none_and_get_is_a_permanent_storage_error(s3_twin):
     store = storage(s3_twin)
     assert store.head("nope.mp4") is None
