@@ -275,12 +275,15 @@ def _stage_image(ctx: StepContext, data: bytes, content_type: str) -> dict[str, 
 
 
 def _probe_still(data: bytes) -> media.ImageProbe:
+    return _probed(media.probe_image, data, "The image model returned an unreadable image")
+
+
+def _probed(probe: Callable[[bytes], T], data: bytes, unreadable: str) -> T:
+    """`probe(data)`; a file that does not decode fails the step's verification."""
     try:
-        return media.probe_image(data)
+        return probe(data)
     except ValueError as exc:
-        raise StepFailedError(
-            f"The image model returned an unreadable image: {exc}", FailureCategory.VERIFICATION
-        ) from exc
+        raise StepFailedError(f"{unreadable}: {exc}", FailureCategory.VERIFICATION) from exc
 
 
 def _reuse_still(ctx: StepContext, source_id: str, spec: ImageSpec) -> dict[str, Any] | None:
@@ -499,12 +502,7 @@ def _record_asset(
 
 
 def _probe_video(data: bytes) -> media.VideoProbe:
-    try:
-        return media.probe_video(data)
-    except ValueError as exc:
-        raise StepFailedError(
-            f"The video provider returned an unreadable file: {exc}", FailureCategory.VERIFICATION
-        ) from exc
+    return _probed(media.probe_video, data, "The video provider returned an unreadable file")
 
 
 def finalize(ctx: StepContext) -> dict[str, Any]:
