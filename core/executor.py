@@ -89,12 +89,15 @@ class ThreadExecutor(_LocalExecutor):
             return True
 
     def unreserve(self) -> None:
-        with self._count:
-            self._taken -= 1
+        self._give_back()
 
     def _finished(self, future: Future[Any]) -> None:
-        self.unreserve()
+        self._give_back()  # the run's thread is free again
         _log_crash(future)
+
+    def _give_back(self) -> None:
+        with self._count:
+            self._taken -= 1
 
     def shutdown(self, *, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=True)

@@ -356,7 +356,9 @@ def _start_in_one_statement(
 
 def _start_claimed(db: Database, start: run_start.StartRequest, claim: ClaimOffer) -> bool:
     """Send the start with the claim; whether the start wrote the run (claimed or not: the
-    claim is refused when the user already has their limit of runs running)."""
+    claim is refused when the user already has their limit of runs running). Sent again after
+    a lost answer, the pair finds the run written and claimed by the first send, and reads as
+    refused: the run, running with its lock given back, is taken over by recovery."""
     row = None
     try:
         row = db.statements.run(lambda c: run_start.start_then(c, start, claim.statement))
